@@ -1,0 +1,83 @@
+"""Shared fixtures: an offline tokenizer and tiny random causal LMs (Llama, OPT, Qwen2)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+UPSTREAM_BANKS = REPO_ROOT.parent / "shared" / "upstream" / "learned_finetuner"
+
+_CORPUS = [
+    "It was great. It was terrible. Yes or No? Maybe so because the man went home.",
+    "Question: what is the answer? Answer: the answer is forty two, said the passage.",
+    "Does this mean that the hypothesis is true? Suppose the premise holds. Can we infer that?",
+    "In the previous sentence, does the pronoun refer to the dog? Title: Context: Passage:",
+    "0 1 2 3 4 5 6 7 8 9 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\"-()",
+]
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE tokenizer trained in memory: offline, deterministic, covers any text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", padding_side="left"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+def _tiny_config(family: str, vocab_size: int, tie: bool):
+    from transformers import LlamaConfig, OPTConfig, Qwen2Config
+
+    if family == "llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                           tie_word_embeddings=tie, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if family == "opt":
+        return OPTConfig(vocab_size=vocab_size, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=512, word_embed_proj_dim=32,
+                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                         dropout=0.1)
+    if family == "qwen2":
+        return Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                           tie_word_embeddings=tie, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    raise ValueError(family)
+
+
+def build_tiny_model(family: str = "llama", vocab_size: int = 400, tie: bool = True, seed: int = 0,
+                     dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(_tiny_config(family, vocab_size, tie), dtype=dtype)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_llama(tiny_tokenizer):
+    return build_tiny_model("llama", vocab_size=len(tiny_tokenizer))
+
+
+def pytest_collection_modifyitems(config, items):
+    # Real-model tests are marked `slow`; they still run in CI, in a short form (see README).
+    pass

@@ -1,0 +1,37 @@
+import torch
+
+from conftest import build_tiny_model
+from zo.blocks import block_aliases, effective_dim, effective_dims, layer_groups, parameter_blocks
+
+
+def test_tied_embedding_is_one_block_under_its_first_name():
+    model = build_tiny_model("llama", 400, tie=True)
+    names = [b.name for b in parameter_blocks(model)]
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    assert block_aliases(model) == {"model.embed_tokens.weight": ["lm_head.weight"]}
+    untied = [b.name for b in parameter_blocks(build_tiny_model("llama", 400, tie=False))]
+    assert untied[-1] == "lm_head.weight"
+
+
+def test_frozen_parameters_are_not_blocks():
+    model = build_tiny_model("llama", 400)
+    model.model.norm.weight.requires_grad_(False)
+    assert "model.norm.weight" not in [b.name for b in parameter_blocks(model)]
+
+
+def test_effective_dimension_follows_upstream_embed_rule():
+    # Llama-3.2-1B embedding: hidden 2048 x 15 tokens x batch 16 (spec §2.1)
+    assert effective_dim("model.embed_tokens.weight", torch.Size((128256, 2048)), 16) == 2048 * 15 * 16
+    assert effective_dim("model.layers.0.mlp.up_proj.weight", torch.Size((8192, 2048)), 16) == 8192 * 2048
+    assert effective_dim("model.norm.weight", torch.Size((2048,)), 16) == 2048
+    model = build_tiny_model("opt", 400)
+    dims = effective_dims(parameter_blocks(model), batch_size=8)
+    names = [b.name for b in parameter_blocks(model)]
+    # OPT's learned positions also match 'embed' upstream
+    assert dims[names.index("model.decoder.embed_positions.weight")] == 32 * 15 * 8
+
+
+def test_layer_groups():
+    groups = layer_groups(parameter_blocks(build_tiny_model("llama", 400)))
+    assert list(groups) == ["other", "layer.0", "layer.1"]
+    assert sum(len(v) for v in groups.values()) == 20

@@ -1,0 +1,139 @@
+import math
+
+import pytest
+import torch
+
+from conftest import build_tiny_model
+from zo.blocks import parameter_blocks
+from zo.estimator import NonFiniteLossError, ZOConfig, ZOOptimizer, lr_at
+from zo.noise import NoiseSource
+from zo.pertnn import PertNNBank
+from zo.sigma import ConstantSigma, LearnedSigma
+
+
+def _batches(n, vocab=400):
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randint(3, vocab, (3, 10), generator=gen) for _ in range(n)]
+
+
+def _run(model, sigma, config, batches, seed=5):
+    opt = ZOOptimizer(model, sigma, config, seed=seed, noise=NoiseSource(threads=2))
+    records = [opt.step(lambda ids=ids: model(input_ids=ids, labels=ids).loss) for ids in batches]
+    return opt, records
+
+
+def _constant_bank(model, value=1.0):
+    bank = PertNNBank([b.name for b in parameter_blocks(model)])
+    with torch.no_grad():
+        bank.w2.zero_()
+        bank.b2.fill_(value)
+    return bank
+
+
+def reference_mezo(model, records, lr, eps, noise):
+    """Plain MeZO written out: perturb, restore by copy, update with z regenerated from the seed."""
+    blocks = parameter_blocks(model)
+    losses = []
+    for rec, ids in zip(records, _batches(len(records))):
+        zs = [noise.block_noise(rec.seed, b.index, b.param.shape) for b in blocks]
+        saved = [b.param.detach().clone() for b in blocks]
+        with torch.no_grad():
+            for b, z in zip(blocks, zs):
+                b.param.add_(z, alpha=eps)
+            lp = model(input_ids=ids, labels=ids).loss.item()
+            for b, z, s in zip(blocks, zs, saved):
+                b.param.copy_(s).add_(z, alpha=-eps)
+            lm = model(input_ids=ids, labels=ids).loss.item()
+            g = (lp - lm) / (2 * eps)
+            for b, z, s in zip(blocks, zs, saved):
+                b.param.copy_(s).add_(z, alpha=-lr * g)
+        losses.append((lp, lm))
+    return losses
+
+
+def test_mezo_matches_a_plain_reference_bit_for_bit():
+    config = ZOConfig(lr=1e-3, eps=1e-3)
+    model = build_tiny_model("llama", 400)
+    ref = build_tiny_model("llama", 400)
+    _, records = _run(model, ConstantSigma(parameter_blocks(model)), config, _batches(4))
+    ref_losses = reference_mezo(ref, records, config.lr, config.eps, NoiseSource(threads=1))
+    assert [(r.loss_plus, r.loss_minus) for r in records] == ref_losses
+    for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert torch.equal(p, q), n
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), build_tiny_model("llama", 400).parameters()))
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("perturbation", ["virtual", "inplace"])
+def test_constant_sigma_bank_reproduces_mezo_exactly(normalize, perturbation):
+    config = ZOConfig(lr=1e-3, eps=1e-3, perturbation=perturbation)
+    mezo_model = build_tiny_model("llama", 400)
+    _, mezo = _run(mezo_model, ConstantSigma(parameter_blocks(mezo_model)), config, _batches(4))
+    ft_model = build_tiny_model("llama", 400)
+    blocks = parameter_blocks(ft_model)
+    sigma = LearnedSigma(_constant_bank(ft_model), blocks, batch_size=3, normalize=normalize)
+    _, learned = _run(ft_model, sigma, config, _batches(4))
+    assert [r.to_dict() for r in mezo] == [r.to_dict() for r in learned]
+    for p, q in zip(mezo_model.parameters(), ft_model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_normalization_makes_noise_trace_equal_effective_dimension():
+    model = build_tiny_model("llama", 400)
+    blocks = parameter_blocks(model)
+    bank = PertNNBank([b.name for b in blocks], generator=torch.Generator().manual_seed(3))
+    sigma = LearnedSigma(bank, blocks, batch_size=4, normalize=True)
+    from zo.stats import block_stats
+    coefs = torch.tensor(sigma.coefficients(block_stats(blocks)), dtype=torch.float64)
+    assert math.isclose(float((sigma.dims * coefs ** 2).sum()), float(sigma.dims.sum()), rel_tol=1e-12)
+    assert coefs.std() > 0  # the bank really gives different scales to different blocks
+
+
+@pytest.mark.parametrize("perturbation", ["virtual", "inplace"])
+def test_replaying_seeds_and_projected_grads_rebuilds_the_weights(perturbation):
+    config = ZOConfig(lr=2e-3, eps=1e-3, perturbation=perturbation, weight_decay=0.1)
+    model = build_tiny_model("qwen2", 400)
+    bank = PertNNBank([b.name for b in parameter_blocks(model)], generator=torch.Generator().manual_seed(0))
+    _, records = _run(model, LearnedSigma(bank, parameter_blocks(model), 3), config, _batches(5))
+    fresh = build_tiny_model("qwen2", 400)
+    replayer = ZOOptimizer(fresh, LearnedSigma(bank, parameter_blocks(fresh), 3), config, noise=NoiseSource(threads=1))
+    for rec in records:
+        replayer.replay(rec.to_dict())
+    for (n, p), q in zip(model.named_parameters(), fresh.parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_tied_embedding_is_updated_once():
+    config = ZOConfig(lr=1e-2, eps=1e-3)
+    model = build_tiny_model("llama", 400, tie=True)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    before = model.model.embed_tokens.weight.detach().clone()
+    opt, records = _run(model, ConstantSigma(parameter_blocks(model)), config, _batches(1))
+    rec = records[0]
+    z = opt.noise.block_noise(rec.seed, 0, before.shape)
+    expected = before.clone().add_(z, alpha=-config.lr * rec.projected_grad)
+    assert torch.equal(model.model.embed_tokens.weight, expected)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_non_finite_loss_raises_and_keeps_weights():
+    model = build_tiny_model("llama", 400)
+    before = [p.detach().clone() for p in model.parameters()]
+    for mode in ("virtual", "inplace"):
+        opt = ZOOptimizer(model, ConstantSigma(parameter_blocks(model)), ZOConfig(perturbation=mode))
+        with pytest.raises(NonFiniteLossError):
+            opt.step(lambda: model(input_ids=torch.tensor([[5, 6, 7]])).logits.sum() * float("nan"))
+        if mode == "virtual":  # nothing was ever written
+            assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+        else:  # restored up to the in-place round trip's fp32 round-off
+            assert all(torch.allclose(p, q, rtol=0, atol=1e-6) for p, q in zip(model.parameters(), before))
+
+
+def test_learning_rate_schedules():
+    assert lr_at(ZOConfig(lr=1.0), 50) == 1.0
+    linear = ZOConfig(lr=1.0, lr_schedule="linear", total_steps=10)
+    assert lr_at(linear, 0) == 1.0 and lr_at(linear, 5) == 0.5 and lr_at(linear, 10) == 0.0
+    assert lr_at(ZOConfig(lr=1.0, lr_schedule="cosine", total_steps=10), 5) == pytest.approx(0.5)
+    assert lr_at(ZOConfig(lr=1.0, warmup_steps=4), 1) == 0.5
+    with pytest.raises(ValueError):
+        ZOConfig(perturbation="sideways")

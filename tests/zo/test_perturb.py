@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from conftest import build_tiny_model
+from zo.blocks import parameter_blocks
+from zo.noise import NoiseSource
+from zo.perturb import VirtualPerturbation, add_noise_
+
+
+def _loss(model, ids):
+    return model(input_ids=ids, labels=ids).loss
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "qwen2"])
+def test_virtual_and_inplace_perturbations_give_the_same_loss(family):
+    model = build_tiny_model(family, 400)
+    blocks = parameter_blocks(model)
+    ids = torch.randint(3, 400, (3, 10), generator=torch.Generator().manual_seed(0))
+    noise = NoiseSource(threads=2)
+    scales = [1e-2 * (1 + i % 3) for i in range(len(blocks))]
+    with torch.inference_mode():
+        clean = _loss(model, ids).item()
+        ctx = VirtualPerturbation(model, blocks, noise, 7, scales)
+        with ctx:
+            virtual = _loss(model, ids).item()
+        ctx.check_all_applied()
+        add_noise_(noise, 7, blocks, scales)
+        inplace = _loss(model, ids).item()
+    assert virtual == inplace
+    assert virtual != clean
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_virtual_perturbation_restores_exactly_in_every_dtype(dtype):
+    model = build_tiny_model("llama", 400, dtype=dtype)
+    blocks = parameter_blocks(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.randint(3, 400, (2, 8))
+    noise = NoiseSource(threads=2)
+    with torch.inference_mode():
+        for sign in (1, -2, 1):
+            with VirtualPerturbation(model, blocks, noise, 3, [sign * 1e-3] * len(blocks)):
+                model(input_ids=ids)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), name
+    assert all(type(p) is torch.nn.Parameter for p in model.parameters())
+    assert "forward" not in model.model.embed_tokens.__dict__
+
+
+def test_inplace_round_trip_is_only_approximate_in_fp32():
+    """Why virtual is the default: +eps, -2eps, +eps in place does not return fp32 weights exactly."""
+    model = build_tiny_model("llama", 400)
+    blocks = parameter_blocks(model)
+    before = [b.param.detach().clone() for b in blocks]
+    noise = NoiseSource(threads=2)
+    with torch.no_grad():
+        for factor in (1, -2, 1):
+            add_noise_(noise, 9, blocks, [factor * 1e-3] * len(blocks))
+    drift = max((b.param - x).abs().max().item() for b, x in zip(blocks, before))
+    assert 0 < drift <= 2.5e-7  # a few ulps of weights of magnitude ~1
+
+
+def test_unreached_block_is_reported():
+    model = build_tiny_model("llama", 400)
+    blocks = parameter_blocks(model)
+    ctx = VirtualPerturbation(model, blocks, NoiseSource(threads=1), 1, [1e-3] * len(blocks))
+    with torch.inference_mode(), ctx:
+        model.model.embed_tokens(torch.tensor([[1, 2]]))  # only one module ran
+    with pytest.raises(RuntimeError, match="did not reach"):
+        ctx.check_all_applied()

@@ -1,0 +1,99 @@
+"""Parameter blocks: the unit that gets one learned noise scale sigma.
+
+One block per trainable parameter tensor, in `named_parameters()` order. Tied weights (the same
+Parameter object reachable under two names) appear once, under the first name, exactly as
+`named_parameters()` deduplicates them; this matches the block keys of the authors' banks.
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# Upstream counts "embed" tensors as if only ~15 tokens per example touched them (spec §2.1).
+UPSTREAM_TOKENS_PER_EXAMPLE = 15
+
+_LAYER_INDEX = re.compile(r"\.(?:layers|h|layer|blocks)\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Block:
+    index: int
+    name: str
+    param: nn.Parameter
+
+    @property
+    def layer(self) -> int | None:
+        """Transformer layer index parsed from the name, or None for embeddings / final norm / head."""
+        match = _LAYER_INDEX.search(self.name)
+        return int(match.group(1)) if match else None
+
+
+def parameter_blocks(model: nn.Module) -> list[Block]:
+    """Trainable tensors of `model` as blocks, tied weights once, in `named_parameters()` order."""
+    blocks: list[Block] = []
+    for name, param in model.named_parameters():  # remove_duplicate=True folds tied weights
+        if param.requires_grad:
+            blocks.append(Block(len(blocks), name, param))
+    if not blocks:
+        raise ValueError("the model has no trainable parameters: nothing to fine-tune")
+    return blocks
+
+
+def block_aliases(model: nn.Module) -> dict[str, list[str]]:
+    """Map each block name to the other names of the same tensor (e.g. a tied `lm_head.weight`)."""
+    first_name: dict[int, str] = {}
+    aliases: dict[str, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owner = first_name.setdefault(id(param), name)
+        if owner != name:
+            aliases.setdefault(owner, []).append(name)
+    return aliases
+
+
+def effective_dim(name: str, shape: torch.Size, batch_size: int, world_size: int = 1,
+                  tokens_per_example: int = UPSTREAM_TOKENS_PER_EXAMPLE) -> float:
+    """Upstream's "effective dimension" of one block, used by the noise normalization c (spec §2.1).
+
+    - a name containing 'embed' counts hidden_size x tokens_per_example x global batch: only the rows
+      of tokens in the batch get a gradient, so the full vocabulary would swamp the budget;
+    - any other tensor counts its number of elements.
+    Upstream's /1e6 scaling cancels in c and is dropped. The rule is by name, as upstream, because the
+    released banks were trained with it; OPT's `embed_positions` is therefore caught by it too.
+    """
+    if "embed" in name and len(shape) >= 2:
+        return float(shape[1] * tokens_per_example * batch_size * world_size)
+    numel = 1
+    for size in shape:
+        numel *= int(size)
+    return float(numel)
+
+
+def effective_dims(blocks: list[Block], batch_size: int, world_size: int = 1,
+                   tokens_per_example: int = UPSTREAM_TOKENS_PER_EXAMPLE) -> torch.Tensor:
+    """Effective dimension of every block as a float64 CPU tensor (one entry per block)."""
+    return torch.tensor(
+        [effective_dim(b.name, b.param.shape, batch_size, world_size, tokens_per_example) for b in blocks],
+        dtype=torch.float64,
+    )
+
+
+def layer_groups(blocks: list[Block]) -> "OrderedDict[str, list[int]]":
+    """Block indices grouped by transformer layer ('layer.N'), with 'other' for the rest.
+
+    For a layer-wise ablation (one sigma per layer instead of per tensor).
+    """
+    groups: OrderedDict[str, list[int]] = OrderedDict()
+    for block in blocks:
+        key = f"layer.{block.layer}" if block.layer is not None else "other"
+        groups.setdefault(key, []).append(block.index)
+    return groups
+
+
+def block_type(name: str) -> str:
+    """Short type of a block for logging, e.g. 'q_proj.weight' or 'input_layernorm.weight'."""
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if len(parts) >= 2 else name

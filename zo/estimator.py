@@ -1,0 +1,190 @@
+"""One zeroth-order step: sigma -> L(theta + eps*k*z), L(theta - eps*k*z) -> projected grad -> update.
+
+    g = (L+ - L-) / (2 eps)            theta_b <- theta_b - lr * g * k_b * z_b
+
+with k_b = 1 for MeZO and k_b = c * sigma_b for ZO Fine-tuner (zo.sigma). No hidden x10 / x20
+constants (upstream's cancel, spec §2.5). Three noise sweeps per step: one per perturbed forward and
+one for the update (in-place mode: +eps, -2 eps, then restore fused with the update).
+
+Every step is recorded as (seed, L+, L-, g, lr); `replay` rebuilds the weights from those records
+alone, bit for bit, which doubles as a compact checkpoint of the whole trajectory.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from zo.blocks import Block, parameter_blocks
+from zo.noise import NoiseSource
+from zo.perturb import VirtualPerturbation, add_noise_
+from zo.sigma import SigmaPolicy
+from zo.stats import BlockStatsCollector, block_stats
+
+PERTURBATION_MODES = ("virtual", "inplace")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A perturbed loss was NaN or inf; the weights are left as they were before the step."""
+
+
+@dataclass
+class ZOConfig:
+    lr: float = 1e-6
+    eps: float = 1e-3
+    weight_decay: float = 0.0
+    perturbation: str = "virtual"
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.perturbation not in PERTURBATION_MODES:
+            raise ValueError(f"perturbation must be one of {PERTURBATION_MODES}, got {self.perturbation!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.lr < 0:
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
+        if self.lr_schedule != "constant" and self.total_steps <= 0:
+            raise ValueError("a decaying lr schedule needs total_steps > 0")
+
+
+@dataclass
+class StepRecord:
+    step: int
+    seed: int
+    loss_plus: float
+    loss_minus: float
+    projected_grad: float
+    lr: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lr_at(config: ZOConfig, step: int) -> float:
+    """Learning rate for 0-based `step`: optional linear warm-up, then constant, linear or cosine decay."""
+    if config.warmup_steps > 0 and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.lr
+    span = max(1, config.total_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    if config.lr_schedule == "linear":
+        return config.lr * (1.0 - progress)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class ZOOptimizer:
+    """Zeroth-order SGD over the model's parameter blocks with per-block noise scales.
+
+    `seed` drives the per-step noise seeds through a private NumPy generator (the global RNGs are
+    never touched). The model is kept in eval mode: dropout must be off in ZO forwards.
+    """
+
+    def __init__(self, model: nn.Module, sigma: SigmaPolicy, config: ZOConfig, seed: int = 0,
+                 noise: NoiseSource | None = None, blocks: Sequence[Block] | None = None):
+        self.model = model
+        self.sigma = sigma
+        self.config = config
+        self.blocks = list(blocks) if blocks is not None else parameter_blocks(model)
+        self.noise = noise or NoiseSource()
+        self.seed_rng = np.random.Generator(np.random.PCG64(seed))
+        self.step_count = 0
+        # MeZO's weight decay skips biases and norms: here every 1-D tensor.
+        self.decayed = [b.param.dim() >= 2 for b in self.blocks]
+        self._stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- pieces shared by step and replay -----------------------------------------------------
+    def _block_stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self.sigma.needs_block_stats:
+            return None
+        if self._stats is None:
+            self._stats = block_stats(self.blocks)
+        return self._stats
+
+    def _update(self, seed: int, grad: float, lr: float, coefs: list[float], restore: float = 0.0) -> None:
+        """theta <- (theta + restore*k*z) * decay - lr*g*k*z in one sweep; gathers next step's stats."""
+        wd = self.config.weight_decay
+        decay = [1.0 - lr * wd if (wd and d) else 1.0 for d in self.decayed]
+        scales = [restore * k * f - lr * grad * k for k, f in zip(coefs, decay)]
+        collector = BlockStatsCollector(self.blocks) if self.sigma.needs_block_stats else None
+        with torch.no_grad():
+            add_noise_(self.noise, seed, self.blocks, scales, decay if wd else None,
+                       after_chunk=collector.add_chunk if collector else None)
+        self._stats = collector.result() if collector else None
+
+    def _perturb_inplace(self, seed: int, coefs: list[float], factor: float) -> None:
+        with torch.no_grad():
+            add_noise_(self.noise, seed, self.blocks, [factor * k for k in coefs])
+
+    def _virtual_loss(self, loss_fn: Callable[[], torch.Tensor], seed: int, coefs: list[float], factor: float) -> float:
+        ctx = VirtualPerturbation(self.model, self.blocks, self.noise, seed, [factor * k for k in coefs])
+        with ctx:
+            loss = float(loss_fn())
+        ctx.check_all_applied()
+        return loss
+
+    # -- the step ------------------------------------------------------------------------------
+    def step(self, loss_fn: Callable[[], torch.Tensor]) -> StepRecord:
+        """One ZO step; `loss_fn()` evaluates the minibatch loss of the model as it currently is."""
+        self.model.eval()
+        seed = int(self.seed_rng.integers(0, 2**62))
+        coefs = self.sigma.coefficients(self._block_stats())
+        lr = lr_at(self.config, self.step_count)
+        eps = self.config.eps
+        with torch.inference_mode():
+            if self.config.perturbation == "virtual":
+                loss_plus = self._virtual_loss(loss_fn, seed, coefs, eps)
+                loss_minus = self._virtual_loss(loss_fn, seed, coefs, -eps)
+            else:
+                self._perturb_inplace(seed, coefs, eps)
+                loss_plus = float(loss_fn())
+                self._perturb_inplace(seed, coefs, -2 * eps)
+                loss_minus = float(loss_fn())
+        if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+            if self.config.perturbation == "inplace":
+                self._perturb_inplace(seed, coefs, eps)
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.step_count}: L+={loss_plus}, L-={loss_minus}")
+        grad = (loss_plus - loss_minus) / (2 * eps)
+        restore = eps if self.config.perturbation == "inplace" else 0.0
+        self._update(seed, grad, lr, coefs, restore)
+        self.sigma.observe(loss_plus, loss_minus)
+        record = StepRecord(self.step_count, seed, loss_plus, loss_minus, grad, lr)
+        self.step_count += 1
+        return record
+
+    def replay(self, record: StepRecord | dict) -> None:
+        """Re-apply a recorded step without any forward pass (same sigma inputs, same noise, same update)."""
+        if isinstance(record, dict):
+            record = StepRecord(**{k: record[k] for k in StepRecord.__dataclass_fields__})
+        if record.step != self.step_count:
+            raise ValueError(f"replay out of order: expected step {self.step_count}, got {record.step}")
+        coefs = self.sigma.coefficients(self._block_stats())
+        eps = self.config.eps
+        restore = 0.0
+        if self.config.perturbation == "inplace":  # reproduce the same roundings as the live step
+            self._perturb_inplace(record.seed, coefs, eps)
+            self._perturb_inplace(record.seed, coefs, -2 * eps)
+            restore = eps
+        self._update(record.seed, record.projected_grad, record.lr, coefs, restore)
+        self.sigma.observe(record.loss_plus, record.loss_minus)
+        self.step_count += 1
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count, "seed_rng": self.seed_rng.bit_generator.state,
+                "sigma": self.sigma.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step_count"])
+        self.seed_rng.bit_generator.state = state["seed_rng"]
+        self.sigma.load_state_dict(state["sigma"])
+        self._stats = None

@@ -1,0 +1,170 @@
+"""Seeded Gaussian noise z, regenerated on demand so it never has to be stored.
+
+z for a block is defined chunk by chunk: the block is viewed as rows (dim 0 by the rest; a 1-D
+tensor is rows of one element) and cut into row ranges of about CHUNK_ELEMENTS elements. Chunk k of
+block b at step seed s is drawn from a dedicated `torch.Generator` seeded with mix(s, b, k). So:
+
+- every sweep (perturb, update, replay) sees exactly the same numbers, because the draw shapes and
+  order are fixed by the block's shape, never by how a caller iterates;
+- z does not depend on the number of threads or on which thread draws a chunk, so CPU sweeps run
+  on a small thread pool (torch's CPU `normal_` is single-threaded; two threads halve a sweep);
+- the global RNG is never touched, so dropout and data shuffling are independent of the noise;
+- noise is always drawn in float32, so z is the same whatever dtype the model is loaded in.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 18
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def chunk_seed(step_seed: int, block_index: int, chunk_index: int) -> int:
+    """A well-mixed 63-bit seed for one chunk; distinct (step, block, chunk) give unrelated streams."""
+    x = _splitmix64(int(step_seed) & _MASK64)
+    x = _splitmix64(x ^ (int(block_index) & _MASK64))
+    x = _splitmix64(x ^ (int(chunk_index) & _MASK64))
+    return x & ((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    row_start: int
+    row_stop: int
+
+
+def rows_view(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor as a 2-D (rows, row_len) view: dim 0 by the rest; 1-D tensors as a column."""
+    if tensor.dim() == 0:
+        return tensor.reshape(1, 1)
+    if tensor.dim() == 1:
+        return tensor.reshape(-1, 1)
+    return tensor.reshape(tensor.shape[0], -1)
+
+
+def block_chunks(shape: torch.Size) -> list[Chunk]:
+    """The fixed row ranges a block's noise is drawn in."""
+    if len(shape) == 0:
+        rows, row_len = 1, 1
+    elif len(shape) == 1:
+        rows, row_len = int(shape[0]), 1
+    else:
+        rows = int(shape[0])
+        row_len = 1
+        for size in shape[1:]:
+            row_len *= int(size)
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // max(row_len, 1))
+    return [Chunk(k, start, min(start + rows_per_chunk, rows))
+            for k, start in enumerate(range(0, rows, rows_per_chunk))]
+
+
+def default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class NoiseSource:
+    """Draws chunks of z and runs per-chunk work on a thread pool for CPU tensors."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads or default_threads()
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gens = getattr(self._local, "generators", None)
+        if gens is None:
+            gens = self._local.generators = {}
+        key = str(device)
+        if key not in gens:
+            gens[key] = torch.Generator(device=device)
+        return gens[key]
+
+    def _scratch(self, numel: int, device: torch.device) -> torch.Tensor:
+        bufs = getattr(self._local, "buffers", None)
+        if bufs is None:
+            bufs = self._local.buffers = {}
+        key = str(device)
+        buf = bufs.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = bufs[key] = torch.empty(max(numel, CHUNK_ELEMENTS), dtype=torch.float32, device=device)
+        return buf[:numel]
+
+    def draw(self, step_seed: int, block_index: int, chunk: Chunk, row_len: int,
+             device: torch.device, out: torch.Tensor | None = None) -> torch.Tensor:
+        """z for one chunk as a float32 (rows, row_len) tensor; reuses a per-thread buffer unless `out`."""
+        rows = chunk.row_stop - chunk.row_start
+        if out is None:
+            out = self._scratch(rows * row_len, device).view(rows, row_len)
+        gen = self._generator(device)
+        gen.manual_seed(chunk_seed(step_seed, block_index, chunk.index))
+        out.normal_(generator=gen)
+        return out
+
+    def block_noise(self, step_seed: int, block_index: int, shape: torch.Size,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+        """The whole z of a block, materialized (for tests and small tensors)."""
+        z = torch.empty(shape, dtype=torch.float32, device=device)
+        view = rows_view(z)
+        for chunk in block_chunks(shape):
+            self.draw(step_seed, block_index, chunk, view.shape[1], z.device,
+                      out=view[chunk.row_start:chunk.row_stop])
+        return z
+
+    def for_each_chunk(self, step_seed: int, items: Iterable[tuple[int, torch.Tensor]],
+                       fn: Callable[[int, Chunk, torch.Tensor, torch.Tensor], None]) -> None:
+        """Call fn(block_index, chunk, rows_of_tensor, z_chunk) for every chunk of every (index, tensor).
+
+        CPU chunks run on the thread pool; each chunk writes only its own rows, so no locking.
+        """
+        cpu_jobs: list[tuple[int, Chunk, torch.Tensor]] = []
+        for block_index, tensor in items:
+            view = rows_view(tensor)
+            for chunk in block_chunks(tensor.shape):
+                rows = view[chunk.row_start:chunk.row_stop]
+                if tensor.device.type == "cpu" and self._pool is not None:
+                    cpu_jobs.append((block_index, chunk, rows))
+                else:
+                    z = self.draw(step_seed, block_index, chunk, view.shape[1], tensor.device)
+                    fn(block_index, chunk, rows, z)
+
+        def run(job: tuple[int, Chunk, torch.Tensor]) -> None:
+            block_index, chunk, rows = job
+            z = self.draw(step_seed, block_index, chunk, rows.shape[1], rows.device)
+            fn(block_index, chunk, rows, z)
+
+        if cpu_jobs:
+            torch_threads = torch.get_num_threads()
+            # One intra-op thread per worker: the pool already fills the cores.
+            torch.set_num_threads(1)
+            try:
+                for _ in self._pool.map(run, cpu_jobs):
+                    pass
+            finally:
+                torch.set_num_threads(torch_threads)
+
+    def iter_chunks(self, step_seed: int, block_index: int, tensor: torch.Tensor
+                    ) -> Iterator[tuple[Chunk, torch.Tensor, torch.Tensor]]:
+        """Serial (chunk, rows_of_tensor, z_chunk) pairs of one block, for on-the-fly use in a forward."""
+        view = rows_view(tensor)
+        for chunk in block_chunks(tensor.shape):
+            z = self.draw(step_seed, block_index, chunk, view.shape[1], tensor.device)
+            yield chunk, view[chunk.row_start:chunk.row_stop], z
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

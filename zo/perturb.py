@@ -1,0 +1,172 @@
+"""Applying theta + scale_b * z_b to a model, two ways, both drawing z from the same `NoiseSource`.
+
+`VirtualPerturbation` (default): parameters are never written. While the context is open, every
+module that owns a perturbed block computes its forward with theta + scale * z made on the fly,
+chunk by chunk (nn.Linear by output rows, nn.Embedding by the rows it looks up), so the extra memory
+is one noise chunk and the restore is exact in every dtype: there is nothing to undo, and no fp16 /
+bf16 round-trip drift (a known failure of in-place MeZO, ../shared/docs/peers-and-pitfalls.md §3.1).
+It requires that each parameter is only read inside its owning module's forward; a block that no
+forward touched is reported as an error rather than silently left unperturbed.
+
+`add_noise_` (in-place sweep): theta_b += scale_b * z_b for every block, on the thread pool. Used
+for the update, and for perturbing when a forward runs many times per loss (generation).
+"""
+from __future__ import annotations
+
+import types
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zo.blocks import Block
+from zo.noise import NoiseSource, block_chunks, rows_view
+
+
+def add_noise_(noise: NoiseSource, step_seed: int, blocks: Sequence[Block], scales: Sequence[float],
+               decay: Sequence[float] | None = None,
+               after_chunk: Callable[[int, int, torch.Tensor], None] | None = None) -> None:
+    """In place: theta_b <- theta_b * decay_b + scales_b * z_b, one pass over every chunk.
+
+    `after_chunk(block_index, chunk_index, rows)` sees each chunk right after it is written (used to
+    collect block statistics in the same pass, while the chunk is still in cache).
+    """
+    items = [(b.index, b.param.data) for b in blocks]
+    scale_of = {b.index: float(s) for b, s in zip(blocks, scales)}
+    decay_of = {b.index: float(d) for b, d in zip(blocks, decay)} if decay is not None else {}
+
+    def apply(block_index: int, chunk, rows: torch.Tensor, z: torch.Tensor) -> None:
+        factor = decay_of.get(block_index, 1.0)
+        if factor != 1.0:
+            rows.mul_(factor)
+        scale = scale_of[block_index]
+        if scale != 0.0:
+            if rows.dtype == torch.float32:
+                rows.add_(z, alpha=scale)
+            else:  # same single rounding as the virtual path
+                rows.copy_(_perturbed_rows(rows, z, scale))
+        if after_chunk is not None:
+            after_chunk(block_index, chunk.index, rows)
+
+    noise.for_each_chunk(step_seed, items, apply)
+
+
+def _perturbed_rows(rows: torch.Tensor, z: torch.Tensor, scale: float) -> torch.Tensor:
+    # Computed in float32 and rounded once to the parameter dtype.
+    return (rows.float() + z * scale).to(rows.dtype) if rows.dtype != torch.float32 else torch.add(rows, z, alpha=scale)
+
+
+class VirtualPerturbation:
+    """Context manager: forwards inside see theta + scales_b * z_b(step_seed); theta is untouched."""
+
+    def __init__(self, model: nn.Module, blocks: Sequence[Block], noise: NoiseSource, step_seed: int,
+                 scales: Sequence[float]):
+        self.model = model
+        self.noise = noise
+        self.step_seed = int(step_seed)
+        self.scale_of = {id(b.param): (b.index, float(s)) for b, s in zip(blocks, scales) if float(s) != 0.0}
+        self.names = {b.index: b.name for b in blocks}
+        self.applied: dict[int, int] = {}
+        self._undo: list[Callable[[], None]] = []
+
+    # -- per-module strategies ----------------------------------------------------------------
+    def _perturbed_full(self, param: torch.Tensor) -> torch.Tensor:
+        index, scale = self.scale_of[id(param)]
+        self.applied[index] = self.applied.get(index, 0) + 1
+        out = torch.empty_like(param)
+        out_rows = rows_view(out)
+        for chunk, rows, z in self.noise.iter_chunks(self.step_seed, index, param.detach()):
+            out_rows[chunk.row_start:chunk.row_stop] = _perturbed_rows(rows, z, scale)
+        return out
+
+    def _maybe_param(self, param: torch.Tensor | None) -> torch.Tensor | None:
+        if param is None or id(param) not in self.scale_of:
+            return param
+        return self._perturbed_full(param)
+
+    def _linear_forward(self, module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        weight = module._parameters["weight"]
+        bias = self._maybe_param(module._parameters.get("bias"))
+        if id(weight) not in self.scale_of:
+            return F.linear(x, weight, bias)
+        index, scale = self.scale_of[id(weight)]
+        self.applied[index] = self.applied.get(index, 0) + 1
+        pieces = []
+        for chunk, rows, z in self.noise.iter_chunks(self.step_seed, index, weight.detach()):
+            b = None if bias is None else bias[chunk.row_start:chunk.row_stop]
+            pieces.append(F.linear(x, _perturbed_rows(rows, z, scale), b))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
+
+    def _embedding_forward(self, module: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        weight = module._parameters["weight"]
+        out = F.embedding(ids, weight, module.padding_idx, module.max_norm, module.norm_type,
+                          module.scale_grad_by_freq, module.sparse)
+        if id(weight) not in self.scale_of or module.max_norm is not None:
+            if module.max_norm is not None and id(weight) in self.scale_of:
+                raise NotImplementedError("virtual perturbation of nn.Embedding with max_norm; use --perturbation inplace")
+            return out
+        index, scale = self.scale_of[id(weight)]
+        self.applied[index] = self.applied.get(index, 0) + 1
+        flat_ids = ids.reshape(-1)
+        flat_out = out.reshape(-1, out.shape[-1])
+        for chunk, _rows, z in self.noise.iter_chunks(self.step_seed, index, weight.detach()):
+            hit = (flat_ids >= chunk.row_start) & (flat_ids < chunk.row_stop)
+            if bool(hit.any()):
+                # Same arithmetic as _perturbed_rows: (theta + scale*z), rounded once.
+                rows_idx = flat_ids[hit]
+                flat_out[hit] = _perturbed_rows(weight.detach()[rows_idx], z[rows_idx - chunk.row_start], scale)
+        return flat_out.reshape(out.shape)
+
+    # -- installing and removing --------------------------------------------------------------
+    def _install(self, module: nn.Module) -> None:
+        owned = [(name, p) for name, p in module._parameters.items() if p is not None and id(p) in self.scale_of]
+        if not owned:
+            return
+        has_instance_forward = "forward" in module.__dict__
+        if type(module) is nn.Linear and not has_instance_forward:
+            module.forward = types.MethodType(lambda m, x: self._linear_forward(m, x), module)
+            self._undo.append(lambda m=module: m.__dict__.pop("forward", None))
+            return
+        if type(module) is nn.Embedding and not has_instance_forward:
+            module.forward = types.MethodType(lambda m, ids: self._embedding_forward(m, ids), module)
+            self._undo.append(lambda m=module: m.__dict__.pop("forward", None))
+            return
+
+        # Any other module: swap in materialized theta + scale*z for the duration of its forward.
+        def pre_hook(mod: nn.Module, _args) -> None:
+            for name, p in owned:
+                mod._parameters[name] = self._perturbed_full(p)
+
+        def post_hook(mod: nn.Module, _args, _out) -> None:
+            for name, p in owned:
+                mod._parameters[name] = p
+
+        handles = [module.register_forward_pre_hook(pre_hook), module.register_forward_hook(post_hook)]
+
+        def undo(mod: nn.Module = module) -> None:
+            for handle in handles:
+                handle.remove()
+            for name, p in owned:
+                mod._parameters[name] = p
+
+        self._undo.append(undo)
+
+    def __enter__(self) -> "VirtualPerturbation":
+        self.applied.clear()
+        for module in self.model.modules():
+            self._install(module)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+    def check_all_applied(self) -> None:
+        """Raise if a perturbed block was never used by its module's forward (it would be silently skipped)."""
+        missing = sorted(idx for idx, _ in self.scale_of.values() if idx not in self.applied)
+        if missing:
+            names = ", ".join(self.names[i] for i in missing[:8])
+            raise RuntimeError(
+                f"virtual perturbation did not reach {len(missing)} block(s) ({names}): the model reads them "
+                "outside their module's forward. Use --perturbation inplace for this architecture.")

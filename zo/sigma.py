@@ -1,0 +1,103 @@
+"""Per-block noise scales: the only thing that differs between MeZO and ZO Fine-tuner.
+
+A sigma policy returns, once per step, the coefficient k_b by which block b's unit Gaussian z_b is
+multiplied (the perturbation is eps * k_b * z_b and the update lr * g * k_b * z_b), then observes the
+step's two perturbed losses. MeZO: k_b = 1. ZO Fine-tuner: k_b = c * sigma_b with sigma from the
+PertNN bank and c the noise-budget normalization (spec §2.4).
+"""
+from __future__ import annotations
+
+import math
+from typing import Protocol, Sequence
+
+import torch
+
+from zo.blocks import Block, effective_dims
+from zo.pertnn import PertNNBank, bank_features
+
+
+class SigmaPolicy(Protocol):
+    needs_block_stats: bool
+
+    def coefficients(self, stats: tuple[torch.Tensor, torch.Tensor] | None) -> list[float]: ...
+
+    def observe(self, loss_plus: float, loss_minus: float) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class ConstantSigma:
+    """MeZO: the same scale for every block (1 by default), no normalization."""
+
+    needs_block_stats = False
+
+    def __init__(self, blocks: Sequence[Block], value: float = 1.0):
+        self.values = [float(value)] * len(blocks)
+
+    def coefficients(self, stats=None) -> list[float]:
+        return self.values
+
+    def observe(self, loss_plus: float, loss_minus: float) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def normalization(sigma: torch.Tensor, dims: torch.Tensor) -> float:
+    """c = sqrt(sum_b d_b) / sqrt(sum_b d_b sigma_b^2): the noise trace equals the effective dimension.
+
+    One host transfer of the whole sigma vector, computed in float64 (upstream: one .item() per block).
+    """
+    weighted = float((dims * sigma.detach().double().cpu() ** 2).sum())
+    if not math.isfinite(weighted) or weighted <= 0.0:
+        raise FloatingPointError(
+            f"cannot normalize the noise: sum_b d_b*sigma_b^2 = {weighted} (the PertNN output is all zero or non-finite)")
+    return math.sqrt(float(dims.sum()) / weighted)
+
+
+class LearnedSigma:
+    """ZO Fine-tuner: sigma_b = |PertNN_b([mean, var, L+_prev, L-_prev, sigma_prev])|, frozen bank.
+
+    State (sigma_prev starts at 1, the loss history at 0) is kept in float32 whatever the model dtype
+    (upstream keeps it in the model dtype, i.e. fp16 in its scripts).
+    """
+
+    needs_block_stats = True
+
+    def __init__(self, bank: PertNNBank, blocks: Sequence[Block], batch_size: int, normalize: bool = True):
+        names = [b.name for b in blocks]
+        bank.check_blocks(names)
+        self.bank = bank.ordered_for(names).float().eval().requires_grad_(False)
+        self.dims = effective_dims(list(blocks), batch_size)
+        self.normalize = normalize
+        self.sigma_prev = torch.ones(len(names))
+        self.history = (0.0, 0.0)
+        self.last_sigma = self.sigma_prev
+        self.last_c = 1.0
+
+    def coefficients(self, stats: tuple[torch.Tensor, torch.Tensor] | None) -> list[float]:
+        if stats is None:
+            raise ValueError("LearnedSigma needs block statistics")
+        mean, var = stats
+        with torch.no_grad():
+            sigma = self.bank(bank_features(mean, var, self.history[0], self.history[1], self.sigma_prev))
+        self.sigma_prev = sigma
+        self.last_sigma = sigma
+        self.last_c = normalization(sigma, self.dims) if self.normalize else 1.0
+        return (sigma.double() * self.last_c).tolist()
+
+    def observe(self, loss_plus: float, loss_minus: float) -> None:
+        self.history = (float(loss_plus), float(loss_minus))
+
+    def state_dict(self) -> dict:
+        return {"sigma_prev": self.sigma_prev.clone(), "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sigma_prev = state["sigma_prev"].clone().float()
+        self.history = tuple(float(x) for x in state["history"])

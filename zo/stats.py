@@ -1,0 +1,58 @@
+"""Per-block mean and unbiased variance, the first two PertNN inputs.
+
+Computed chunk by chunk (the noise chunks of zo.noise) and merged with Chan's parallel formula in
+float64, so the same numbers come out whether the statistics are gathered in a pass of their own or
+fused into the update sweep (which saves ZO Fine-tuner one full read of the model per step).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import torch
+
+from zo.blocks import Block
+from zo.noise import block_chunks, rows_view
+
+
+class BlockStatsCollector:
+    """Thread-safe sink for per-chunk (count, mean, M2); `result()` merges them per block."""
+
+    def __init__(self, blocks: Sequence[Block]):
+        self.blocks = list(blocks)
+        self._parts: dict[tuple[int, int], tuple[int, torch.Tensor, torch.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def add_chunk(self, block_index: int, chunk_index: int, rows: torch.Tensor) -> None:
+        var, mean = torch.var_mean(rows.float(), correction=0)
+        part = (rows.numel(), mean.double(), var.double() * rows.numel())
+        with self._lock:
+            self._parts[(block_index, chunk_index)] = part
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean [B], unbiased var [B]) as float32 CPU tensors, in block order."""
+        means, variances = [], []
+        for block in self.blocks:
+            parts = [self._parts[(block.index, c.index)] for c in block_chunks(block.param.shape)]
+            counts = torch.tensor([p[0] for p in parts], dtype=torch.float64)
+            chunk_means = torch.stack([p[1].cpu() for p in parts])
+            chunk_m2 = torch.stack([p[2].cpu() for p in parts])
+            total = counts.sum()
+            mean = (counts * chunk_means).sum() / total
+            m2 = chunk_m2.sum() + (counts * (chunk_means - mean) ** 2).sum()
+            # torch.var's Bessel correction; a 1-element block gets 0 instead of NaN.
+            var = m2 / (total - 1) if total > 1 else torch.zeros((), dtype=torch.float64)
+            means.append(mean)
+            variances.append(var)
+        return torch.stack(means).float(), torch.stack(variances).float()
+
+
+def block_stats(blocks: Sequence[Block]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of every block in a pass of its own (first step, or on demand)."""
+    collector = BlockStatsCollector(blocks)
+    with torch.no_grad():
+        for block in blocks:
+            view = rows_view(block.param.detach())
+            for chunk in block_chunks(block.param.shape):
+                collector.add_chunk(block.index, chunk.index, view[chunk.row_start:chunk.row_stop])
+    return collector.result()
