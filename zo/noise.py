@@ -100,7 +100,9 @@ class NoiseSource:
         key = str(device)
         buf = bufs.get(key)
         if buf is None or buf.numel() < numel:
-            buf = bufs[key] = torch.empty(max(numel, CHUNK_ELEMENTS), dtype=torch.float32, device=device)
+            # A normal tensor even when first needed under inference_mode, so it can be reused outside.
+            with torch.inference_mode(False):
+                buf = bufs[key] = torch.empty(max(numel, CHUNK_ELEMENTS), dtype=torch.float32, device=device)
         return buf[:numel]
 
     def draw(self, step_seed: int, block_index: int, chunk: Chunk, row_len: int,

@@ -42,10 +42,10 @@ def add_noise_(noise: NoiseSource, step_seed: int, blocks: Sequence[Block], scal
             rows.mul_(factor)
         scale = scale_of[block_index]
         if scale != 0.0:
-            if rows.dtype == torch.float32:
-                rows.add_(z, alpha=scale)
-            else:  # same single rounding as the virtual path
+            if rows.dtype in (torch.float16, torch.bfloat16):  # same single rounding as the virtual path
                 rows.copy_(_perturbed_rows(rows, z, scale))
+            else:
+                rows.add_(z if z.dtype == rows.dtype else z.to(rows.dtype), alpha=scale)
         if after_chunk is not None:
             after_chunk(block_index, chunk.index, rows)
 
@@ -53,8 +53,10 @@ def add_noise_(noise: NoiseSource, step_seed: int, blocks: Sequence[Block], scal
 
 
 def _perturbed_rows(rows: torch.Tensor, z: torch.Tensor, scale: float) -> torch.Tensor:
-    # Computed in float32 and rounded once to the parameter dtype.
-    return (rows.float() + z * scale).to(rows.dtype) if rows.dtype != torch.float32 else torch.add(rows, z, alpha=scale)
+    """theta + scale*z with one rounding: half-precision weights are computed in float32."""
+    if rows.dtype in (torch.float16, torch.bfloat16):
+        return (rows.float() + z * scale).to(rows.dtype)
+    return torch.add(rows, z if z.dtype == rows.dtype else z.to(rows.dtype), alpha=scale)
 
 
 class VirtualPerturbation:

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# ZO fine-tuning launcher, env vars as upstream's scripts/zo_fine_tuner.sh (see README for every variable).
+#   DATA_DIR=../shared/data TASK=SST2 STEPS=20 bash scripts/zo_fine_tuner.sh
+#   TRAIN_MODE=mezo LR=1e-6 bash scripts/zo_fine_tuner.sh
+# Sweep learning rates by editing the loop at the bottom or calling this script in your own loop.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODEL=${MODEL:-}                        # empty: the embedded SmolLM2-135M (models/SmolLM2-135M)
+TASK=${TASK:-SST2}
+TRAIN_MODE=${TRAIN_MODE:-zo_fine_tuner} # mezo | zo_fine_tuner
+LOAD_MLP_PATH=${LOAD_MLP_PATH:-}        # PertNN bank (.safetensors or an authors' .pth)
+NEED_NORMALIZATION=${NEED_NORMALIZATION:-True}  # upstream script default False; every upstream run used True
+LOAD_FLOAT_16=${LOAD_FLOAT_16:-False}   # upstream default True (GPU); fp16 is slow on CPU
+LOAD_BFLOAT_16=${LOAD_BFLOAT_16:-False}
+BS=${BS:-16}
+LR=${LR:-1e-6}
+EPS=${EPS:-1e-3}
+SEED=${SEED:-43}                        # data sampling seed (--train_set_seed)
+TRAIN=${TRAIN:-1000}
+DEV=${DEV:-500}
+EVAL=${EVAL:-1000}
+STEPS=${STEPS:-20000}
+EVAL_STEPS=${EVAL_STEPS:-2000}
+MODE=${MODE:-ft}
+DATA_DIR=${DATA_DIR:-}                  # empty: load datasets from the HF hub
+OUTPUT_DIR=${OUTPUT_DIR:-}
+PERTURBATION=${PERTURBATION:-virtual}
+EXTRA_ARGS=${EXTRA_ARGS:-}
+
+if [ "$MODE" != "ft" ]; then
+  echo "MODE=$MODE is not supported: only full fine-tuning (MODE=ft) is implemented" >&2; exit 2
+fi
+# Upstream's per-task cases.
+TASK_ARGS=""
+case $TASK in
+  CB) DEV=${DEV_OVERRIDE:-100} ;;
+  Copa) DEV=${DEV_OVERRIDE:-100}; TASK_ARGS="--train_as_classification False" ;;
+  ReCoRD|DROP|SQuAD) TASK_ARGS="--train_as_classification False" ;;
+esac
+# The embedded model's own bank, when one is shipped and no bank was given.
+if [ "$TRAIN_MODE" = "zo_fine_tuner" ] && [ -z "$LOAD_MLP_PATH" ] && [ -z "$MODEL" ] \
+   && [ -f learned_finetuner/smollm2-135m_copa.safetensors ]; then
+  LOAD_MLP_PATH=learned_finetuner/smollm2-135m_copa.safetensors
+fi
+
+ARGS=(--task_name "$TASK" --train_mode "$TRAIN_MODE" --need_normalization "$NEED_NORMALIZATION"
+      --load_float16 "$LOAD_FLOAT_16" --load_bfloat16 "$LOAD_BFLOAT_16"
+      --per_device_train_batch_size "$BS" --learning_rate "$LR" --zo_eps "$EPS" --train_set_seed "$SEED"
+      --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --max_steps "$STEPS" --eval_steps "$EVAL_STEPS"
+      --perturbation "$PERTURBATION")
+[ -n "$MODEL" ] && ARGS+=(--model_name "$MODEL")
+[ -n "$LOAD_MLP_PATH" ] && ARGS+=(--load_mlp_path "$LOAD_MLP_PATH")
+[ -n "$DATA_DIR" ] && ARGS+=(--data_dir "$DATA_DIR")
+[ -n "$OUTPUT_DIR" ] && ARGS+=(--output_dir "$OUTPUT_DIR")
+
+echo "TASK=$TASK TRAIN_MODE=$TRAIN_MODE MODEL=${MODEL:-<embedded SmolLM2>} LR=$LR EPS=$EPS BS=$BS STEPS=$STEPS BANK=${LOAD_MLP_PATH:-none}"
+# shellcheck disable=SC2086
+exec python run_zo_fine_tuner.py "${ARGS[@]}" $TASK_ARGS $EXTRA_ARGS "$@"

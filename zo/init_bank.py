@@ -1,0 +1,50 @@
+"""Write an untrained, seeded PertNN bank for a model: `python -m zo.init_bank --model M --out F`.
+
+Only the model's config is read (the model is built on the meta device), so this is instant even for
+large models. No --model: the embedded SmolLM2 folder.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from zo.blocks import parameter_blocks
+from zo.models import resolve_model_path
+from zo.pertnn import PertNNBank
+
+
+def block_names_for(model_path: str) -> list[str]:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return [b.name for b in parameter_blocks(model)]
+
+
+def init_bank(model: str | None, out: str | Path, seed: int = 0) -> PertNNBank:
+    path = resolve_model_path(model)
+    names = block_names_for(path)
+    bank = PertNNBank(names, generator=torch.Generator().manual_seed(seed))
+    base = Path(path).name if Path(path).is_dir() else path
+    bank.save(out, {"base_model": base, "trained": "false", "init_seed": seed})
+    return bank
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model folder or hub id (default: embedded SmolLM2)")
+    parser.add_argument("--out", required=True, help="output .safetensors path")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    bank = init_bank(args.model, args.out, args.seed)
+    print(f"wrote an untrained bank with {len(bank)} blocks to {args.out}")
+
+
+if __name__ == "__main__":
+    from zo.cli import run_main, setup_logging
+
+    setup_logging()
+    run_main(main)

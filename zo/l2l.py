@@ -1,0 +1,220 @@
+"""L2L meta-training of the PertNN bank (spec §3), with upstream's defects fixed (spec §7).
+
+One meta step on a batch, for the model at theta_t:
+  1. sigma = |PertNN(features)| with autograd; k_b = c * sigma_b (c: noise normalization, a constant
+     unless grad_through_c);
+  2. L+ = L(theta + eps*k*z), L- = L(theta - eps*k*z) without grad (virtual perturbation);
+  3. look-ahead theta'_b = theta_b - eta * k_b * z_b * (L+ - L-)/(2 eps), theta, z, L+-, c constant;
+  4. meta-loss L(theta') on the same batch, evaluated with torch.func.functional_call over a
+     parameter dict (no model copy; tied weights follow the model's own ties);
+  5. SGD (or Adam) step of the bank on d L(theta') / d omega.
+Step 4's gradient w.r.t. k_b is a * <grad_{theta'_b} L, z_b> with a = -eta*g: it is accumulated by a
+hook on each theta'_b as soon as that gradient exists, regenerating z_b chunk by chunk, and the
+gradient is then dropped. So neither z nor the gradients of theta' are ever held for the whole model.
+
+Then the first-order trajectory step moves theta (Adam by default, or upstream's SGD momentum 0.8),
+with gradient clipping and a linear decay to 0 within each restart period (`TrajectoryOptimizer`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from zo.blocks import Block, effective_dims
+from zo.noise import NoiseSource
+from zo.perturb import VirtualPerturbation, add_noise_
+from zo.pertnn import PertNNBank, bank_features
+from zo.sigma import normalization
+from zo.stats import block_stats
+
+LossFn = Callable[[object, object], torch.Tensor]  # loss_fn(model_like, batch) -> scalar
+
+
+@dataclass
+class MetaConfig:
+    lr_mlp: float = 1e-3
+    lr_update: float = 1e-6  # eta of the look-ahead
+    zo_eps: float = 1e-3
+    need_normalization: bool = True
+    grad_through_c: bool = False
+    mlp_optimizer: str = "sgd"  # "sgd" as upstream, or "adam"
+
+    def __post_init__(self) -> None:
+        if self.mlp_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"mlp_optimizer must be 'sgd' or 'adam', got {self.mlp_optimizer!r}")
+        if not self.zo_eps > 0:
+            raise ValueError("zo_eps must be > 0")
+
+
+class FunctionalModel:
+    """Calls `model` with some parameters replaced (functional_call); other attributes pass through."""
+
+    def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]):
+        self._model = model
+        self._params = params
+
+    def __call__(self, *args, **kwargs):
+        return functional_call(self._model, self._params, args, kwargs, tie_weights=True, strict=False)
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
+@dataclass
+class MetaStepResult:
+    seed: int
+    loss_plus: float
+    loss_minus: float
+    meta_loss: float
+    sigma: torch.Tensor  # [B], detached
+    c: float
+
+
+class TaskState:
+    """What the PertNN sees of the past, kept per task: previous sigma and the two perturbed losses."""
+
+    def __init__(self, num_blocks: int):
+        self.sigma_prev = torch.ones(num_blocks)
+        self.history = (0.0, 0.0)
+
+
+class MetaLearner:
+    def __init__(self, model: nn.Module, bank: PertNNBank, blocks: Sequence[Block], config: MetaConfig,
+                 batch_size: int, seed: int = 0, noise: NoiseSource | None = None,
+                 bank_dtype: torch.dtype = torch.float32):
+        self.model = model
+        self.blocks = list(blocks)
+        names = [b.name for b in self.blocks]
+        bank.check_blocks(names)
+        self.bank = bank.ordered_for(names).to(bank_dtype).train().requires_grad_(True)
+        self.config = config
+        self.dims = effective_dims(self.blocks, batch_size)
+        self.noise = noise or NoiseSource()
+        self.seed_rng = np.random.Generator(np.random.PCG64(seed))
+        params = list(self.bank.parameters())
+        self.bank_optimizer = (torch.optim.SGD(params, lr=config.lr_mlp) if config.mlp_optimizer == "sgd"
+                               else torch.optim.Adam(params, lr=config.lr_mlp))
+        self.states: dict[str, TaskState] = {}
+
+    def state_for(self, task: str) -> TaskState:
+        if task not in self.states:
+            self.states[task] = TaskState(len(self.blocks))
+        return self.states[task]
+
+    def _coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """k = c * sigma, with c constant (default) or differentiable (grad_through_c)."""
+        if not self.config.need_normalization:
+            return sigma, 1.0
+        if self.config.grad_through_c:
+            dims = self.dims.to(sigma.dtype)
+            c = torch.sqrt(dims.sum() / (dims * sigma ** 2).sum())
+            return c * sigma, float(c.detach())
+        c = normalization(sigma, self.dims)
+        return c * sigma, c
+
+    def meta_step(self, loss_fn: LossFn, batch, task: str = "default") -> MetaStepResult:
+        state = self.state_for(task)
+        self.model.eval()  # ZO forwards and the meta forward without dropout (upstream: eval mode)
+        mean, var = block_stats(self.blocks)
+        sigma = self.bank(bank_features(mean, var, state.history[0], state.history[1], state.sigma_prev))
+        k, c = self._coefficients(sigma)
+        k_values = k.detach().double().tolist()
+        seed = int(self.seed_rng.integers(0, 2**62))
+        eps = self.config.zo_eps
+
+        with torch.inference_mode():
+            losses = []
+            for sign in (1.0, -1.0):
+                ctx = VirtualPerturbation(self.model, self.blocks, self.noise, seed, [sign * eps * v for v in k_values])
+                with ctx:
+                    losses.append(float(loss_fn(self.model, batch)))
+                ctx.check_all_applied()
+        loss_plus, loss_minus = losses
+        if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+            raise FloatingPointError(f"non-finite perturbed loss in meta step: L+={loss_plus}, L-={loss_minus}")
+        a = -self.config.lr_update * (loss_plus - loss_minus) / (2 * eps)
+
+        theta_prime: dict[str, torch.Tensor] = {}
+        dots = torch.zeros(len(self.blocks), dtype=torch.float64)
+        hooks = []
+        with torch.no_grad():
+            for block in self.blocks:
+                tp = block.param.detach().clone()
+                add_noise_(self.noise, seed, [Block(block.index, block.name, tp)], [a * k_values[block.index]])
+                theta_prime[block.name] = tp.requires_grad_(True)
+        for block in self.blocks:
+            hooks.append(theta_prime[block.name].register_post_accumulate_grad_hook(
+                self._dot_with_noise_hook(seed, block.index, dots)))
+        try:
+            meta_loss = loss_fn(FunctionalModel(self.model, theta_prime), batch)
+            meta_loss.backward()
+        finally:
+            for hook in hooks:
+                hook.remove()
+        del theta_prime
+
+        self.bank_optimizer.zero_grad(set_to_none=True)
+        k.backward((a * dots).to(k.dtype))
+        self.bank_optimizer.step()
+
+        state.sigma_prev = sigma.detach()
+        state.history = (loss_plus, loss_minus)
+        return MetaStepResult(seed, loss_plus, loss_minus, float(meta_loss.detach()), sigma.detach(), c)
+
+    def _dot_with_noise_hook(self, seed: int, index: int, dots: torch.Tensor):
+        def hook(leaf: torch.Tensor) -> None:
+            total = torch.zeros((), dtype=torch.float64)
+            for _chunk, rows, z in self.noise.iter_chunks(seed, index, leaf.grad):
+                total += (rows.double() * z.double()).sum()
+            dots[index] += total
+            leaf.grad = None  # drop it now: only the dot product is needed
+        return hook
+
+
+class TrajectoryOptimizer:
+    """First-order trajectory of theta: Adam (default) or SGD momentum 0.8 (upstream), clipping,
+    linear decay to 0 over `period_steps`; `reset()` builds a fresh optimizer and schedule."""
+
+    def __init__(self, model: nn.Module, lr: float, period_steps: int, kind: str = "adam",
+                 momentum: float = 0.8, max_grad_norm: float = 1.0, dropout: bool = True):
+        if kind not in ("adam", "sgd"):
+            raise ValueError(f"trajectory optimizer must be 'adam' or 'sgd', got {kind!r}")
+        if period_steps <= 0:
+            raise ValueError("a restart period needs at least one step")
+        self.model, self.lr, self.period_steps, self.kind = model, lr, period_steps, kind
+        self.momentum, self.max_grad_norm, self.dropout = momentum, max_grad_norm, dropout
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.reset()
+
+    def reset(self) -> None:
+        if self.kind == "adam":
+            self.optimizer = torch.optim.Adam(self.params, lr=self.lr)
+        else:
+            self.optimizer = torch.optim.SGD(self.params, lr=self.lr, momentum=self.momentum)
+        period = self.period_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: max(0.0, 1.0 - k / period))
+
+    def current_lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def step(self, loss_fn: LossFn, batch) -> float:
+        self.model.train(self.dropout)
+        try:
+            loss = loss_fn(self.model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite first-order loss {float(loss)}")
+            loss.backward()
+            if self.max_grad_norm:
+                nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.model.eval()
+        return float(loss.detach())

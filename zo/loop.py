@@ -1,0 +1,111 @@
+"""The ZO training loop: steps, periodic dev loss, best-state selection, logging, NaN handling.
+
+It knows nothing about tasks or the command line: it gets an iterator of batches, a loss function
+and an optional dev-loss function. Every step is appended to train_log.jsonl as it happens; the best
+state (lowest dev loss) is the only weight file kept, written atomically.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from zo.estimator import NonFiniteLossError, ZOOptimizer
+from zo.io import JsonlLog, atomic_path
+
+log = logging.getLogger(__name__)
+
+BEST_STATE_FILE = "best_model.safetensors"
+
+
+@dataclass
+class LoopResult:
+    steps_done: int
+    status: str  # "completed" or "stopped: ..."
+    best_step: int | None = None
+    best_dev_loss: float | None = None
+    dev_losses: list[tuple[int, float]] = field(default_factory=list)
+    final_train_loss: float | None = None
+    seconds: float = 0.0
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_model
+
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp))  # handles tied tensors
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_model
+
+    load_model(model, str(path))
+
+
+def train_zo(optimizer: ZOOptimizer, batches: Iterator, loss_fn: Callable[[object], torch.Tensor],
+             steps: int, output_dir: Path, eval_steps: int = 0,
+             dev_loss_fn: Callable[[], float] | None = None, progress: bool = True,
+             log_extra: Callable[[], dict] | None = None) -> LoopResult:
+    """Run `steps` ZO steps; evaluate the dev loss every `eval_steps` and at the end; keep the best state.
+
+    On return the model holds the best state by dev loss (or the last good state without a dev set).
+    """
+    output_dir = Path(output_dir)
+    train_log = JsonlLog(output_dir / "train_log.jsonl")
+    best_path = output_dir / BEST_STATE_FILE
+    result = LoopResult(steps_done=0, status="completed")
+    start = time.perf_counter()
+    bar = tqdm(total=steps, desc="ZO steps", disable=not progress, dynamic_ncols=True)
+    window: list[float] = []
+
+    def evaluate_dev(step: int) -> None:
+        if dev_loss_fn is None:
+            return
+        loss = float(dev_loss_fn())
+        result.dev_losses.append((step, loss))
+        train_log.write({"step": step, "dev_loss": loss, "seconds": round(time.perf_counter() - start, 3)})
+        if math.isfinite(loss) and (result.best_dev_loss is None or loss < result.best_dev_loss):
+            result.best_dev_loss, result.best_step = loss, step
+            save_weights(optimizer.model, best_path)
+        log.info("step %d: dev loss %.4f (best %.4f at step %s)", step, loss, result.best_dev_loss or float("nan"),
+                 result.best_step)
+
+    try:
+        for step in range(steps):
+            batch = next(batches)
+            step_start = time.perf_counter()
+            try:
+                record = optimizer.step(lambda: loss_fn(batch))
+            except NonFiniteLossError as err:
+                result.status = f"stopped: {err}"
+                log.error("%s; keeping the last good state", err)
+                break
+            record_dict = record.to_dict()
+            record_dict["seconds"] = round(time.perf_counter() - step_start, 4)
+            if log_extra is not None:
+                record_dict.update(log_extra())
+            train_log.write(record_dict)
+            window.append(record.loss_plus)
+            result.steps_done = step + 1
+            result.final_train_loss = sum(window[-10:]) / len(window[-10:])
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.final_train_loss:.4f}", g=f"{record.projected_grad:+.2e}")
+            if eval_steps and (step + 1) % eval_steps == 0 and step + 1 < steps:
+                evaluate_dev(step + 1)
+        if result.steps_done and (not result.dev_losses or result.dev_losses[-1][0] != result.steps_done):
+            evaluate_dev(result.steps_done)
+    finally:
+        bar.close()
+        train_log.close()
+        result.seconds = time.perf_counter() - start
+
+    if result.best_step is not None and result.best_step != result.steps_done:
+        log.info("restoring the best state (step %d, dev loss %.4f)", result.best_step, result.best_dev_loss)
+        load_weights(optimizer.model, best_path)
+    return result
