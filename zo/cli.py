@@ -34,7 +34,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, help_text: dic
         args = typing.get_args(kind)
         optional = type(None) in args
         base = next((a for a in args if a is not type(None)), kind) if args else kind
-        if base is bool:
+        if typing.get_origin(kind) is list:
+            parser.add_argument(f"--{field.name}", nargs="+", type=typing.get_args(kind)[0],
+                                default=field.default_factory(), help=help_.replace(str(field.default), "list"))
+        elif base is bool:
             parser.add_argument(f"--{field.name}", type=str2bool, nargs="?", const=True,
                                 default=field.default, help=help_)
         else:

@@ -143,10 +143,15 @@ class NoiseSource:
                     z = self.draw(step_seed, block_index, chunk, view.shape[1], tensor.device)
                     fn(block_index, chunk, rows, z)
 
+        # Grad and inference modes are thread-local: carry the caller's into the workers.
+        inference = torch.is_inference_mode_enabled()
+        grad = torch.is_grad_enabled()
+
         def run(job: tuple[int, Chunk, torch.Tensor]) -> None:
             block_index, chunk, rows = job
-            z = self.draw(step_seed, block_index, chunk, rows.shape[1], rows.device)
-            fn(block_index, chunk, rows, z)
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                z = self.draw(step_seed, block_index, chunk, rows.shape[1], rows.device)
+                fn(block_index, chunk, rows, z)
 
         if cpu_jobs:
             torch_threads = torch.get_num_threads()

@@ -163,6 +163,8 @@ class PertNNBank(nn.Module):
 
 def _mismatch_message(missing: list[str], extra: list[str], base_model: str | None) -> str:
     def show(names: list[str]) -> str:
+        # Names outside the repeated layers (embeddings, final norm, lm_head) say most: list them first.
+        names = sorted(names, key=lambda n: ".layers." in n or ".h." in n or ".layer." in n)
         head = ", ".join(names[:12])
         return head + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
 

@@ -21,7 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from zo.blocks import Block
-from zo.noise import NoiseSource, block_chunks, rows_view
+from zo.noise import NoiseSource, rows_view
+
+# Perturbed copies of tensors up to this size are materialized (one matmul); larger ones go by rows.
+MATERIALIZE_LIMIT = 1 << 22
 
 
 def add_noise_(noise: NoiseSource, step_seed: int, blocks: Sequence[Block], scales: Sequence[float],
@@ -73,13 +76,21 @@ class VirtualPerturbation:
         self._undo: list[Callable[[], None]] = []
 
     # -- per-module strategies ----------------------------------------------------------------
-    def _perturbed_full(self, param: torch.Tensor) -> torch.Tensor:
+    def _scale(self, param: torch.Tensor) -> tuple[int, float]:
         index, scale = self.scale_of[id(param)]
         self.applied[index] = self.applied.get(index, 0) + 1
+        return index, scale
+
+    def _perturbed_full(self, param: torch.Tensor) -> torch.Tensor:
+        """theta + scale*z materialized, chunks filled on the noise thread pool."""
+        index, scale = self._scale(param)
         out = torch.empty_like(param)
         out_rows = rows_view(out)
-        for chunk, rows, z in self.noise.iter_chunks(self.step_seed, index, param.detach()):
+
+        def fill(_index: int, chunk, rows: torch.Tensor, z: torch.Tensor) -> None:
             out_rows[chunk.row_start:chunk.row_stop] = _perturbed_rows(rows, z, scale)
+
+        self.noise.for_each_chunk(self.step_seed, [(index, param.detach())], fill)
         return out
 
     def _maybe_param(self, param: torch.Tensor | None) -> torch.Tensor | None:
@@ -92,32 +103,41 @@ class VirtualPerturbation:
         bias = self._maybe_param(module._parameters.get("bias"))
         if id(weight) not in self.scale_of:
             return F.linear(x, weight, bias)
-        index, scale = self.scale_of[id(weight)]
-        self.applied[index] = self.applied.get(index, 0) + 1
-        pieces = []
-        for chunk, rows, z in self.noise.iter_chunks(self.step_seed, index, weight.detach()):
+        if weight.numel() <= MATERIALIZE_LIMIT:  # one matmul on a transient perturbed copy
+            return F.linear(x, self._perturbed_full(weight), bias)
+        # Large (e.g. a tied vocabulary head): by output rows, never the whole perturbed matrix.
+        index, scale = self._scale(weight)
+        pieces: dict[int, torch.Tensor] = {}
+
+        def piece(_index: int, chunk, rows: torch.Tensor, z: torch.Tensor) -> None:
             b = None if bias is None else bias[chunk.row_start:chunk.row_stop]
-            pieces.append(F.linear(x, _perturbed_rows(rows, z, scale), b))
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
+            pieces[chunk.index] = F.linear(x, _perturbed_rows(rows, z, scale), b)
+
+        self.noise.for_each_chunk(self.step_seed, [(index, weight.detach())], piece)
+        return torch.cat([pieces[k] for k in sorted(pieces)], dim=-1)
 
     def _embedding_forward(self, module: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
         weight = module._parameters["weight"]
+        if id(weight) in self.scale_of and module.max_norm is not None:
+            raise NotImplementedError("virtual perturbation of nn.Embedding with max_norm; use --perturbation inplace")
         out = F.embedding(ids, weight, module.padding_idx, module.max_norm, module.norm_type,
                           module.scale_grad_by_freq, module.sparse)
-        if id(weight) not in self.scale_of or module.max_norm is not None:
-            if module.max_norm is not None and id(weight) in self.scale_of:
-                raise NotImplementedError("virtual perturbation of nn.Embedding with max_norm; use --perturbation inplace")
+        if id(weight) not in self.scale_of:
             return out
-        index, scale = self.scale_of[id(weight)]
-        self.applied[index] = self.applied.get(index, 0) + 1
+        index, scale = self._scale(weight)
         flat_ids = ids.reshape(-1)
         flat_out = out.reshape(-1, out.shape[-1])
-        for chunk, _rows, z in self.noise.iter_chunks(self.step_seed, index, weight.detach()):
+        found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def lookup(_index: int, chunk, rows: torch.Tensor, z: torch.Tensor) -> None:
             hit = (flat_ids >= chunk.row_start) & (flat_ids < chunk.row_stop)
             if bool(hit.any()):
-                # Same arithmetic as _perturbed_rows: (theta + scale*z), rounded once.
-                rows_idx = flat_ids[hit]
-                flat_out[hit] = _perturbed_rows(weight.detach()[rows_idx], z[rows_idx - chunk.row_start], scale)
+                local = flat_ids[hit] - chunk.row_start  # same arithmetic as _perturbed_rows, rounded once
+                found[chunk.index] = (hit, _perturbed_rows(rows[local], z[local], scale))
+
+        self.noise.for_each_chunk(self.step_seed, [(index, weight.detach())], lookup)
+        for hit, values in found.values():
+            flat_out[hit] = values
         return flat_out.reshape(out.shape)
 
     # -- installing and removing --------------------------------------------------------------

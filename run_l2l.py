@@ -1,0 +1,45 @@
+"""Meta-train a PertNN bank for a base LLM (learning to learn); see README.
+
+Example: python run_l2l.py --task_name Copa --data_dir ../shared/data --num_train_epochs 2 --save_mlp_path bank.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from zo.cli import add_dataclass_arguments, run_main, setup_logging, strip_ignored
+from zo.meta_train import L2LConfig, meta_train
+
+HELP = {
+    "model_name": "local model folder or hub id; unset: the embedded SmolLM2-135M",
+    "multi_task_name": "space-separated task list for --multi_task_training",
+    "lr_llm": "lr of the first-order trajectory",
+    "lr_mlp": "lr of the PertNN bank optimizer",
+    "lr_update": "eta of the look-ahead theta' = theta - eta * g_hat",
+    "epochs_per_restart": "reset theta to the pretrained weights every this many epochs",
+    "trajectory_optimizer": "adam | sgd (upstream: SGD momentum 0.8)",
+    "save_mlp_path": "where the bank is written (.safetensors)",
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_dataclass_arguments(parser, L2LConfig, HELP)
+    # Upstream spellings.
+    parser.add_argument("--num_epochs", "--epoch", dest="num_train_epochs", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--train_mode", default="l2l", help=argparse.SUPPRESS)
+    parser.add_argument("--learning_rate", type=float, default=None, help=argparse.SUPPRESS)
+    args = vars(parser.parse_args(strip_ignored(sys.argv[1:] if argv is None else argv)))
+    if args.pop("train_mode") != "l2l":
+        parser.error("run_l2l.py only does --train_mode l2l")
+    learning_rate = args.pop("learning_rate")
+    if learning_rate is not None and "--lr_llm" not in (argv or sys.argv):
+        args["lr_llm"] = learning_rate
+    if isinstance(args["multi_task_name"], str):
+        args["multi_task_name"] = args["multi_task_name"].split()
+    return meta_train(L2LConfig(**args))
+
+
+if __name__ == "__main__":
+    setup_logging()
+    run_main(main)
