@@ -1,0 +1,28 @@
+"""Data layer of MeZO's `large_models` tasks. Knows nothing about the ZO optimizer or the command line.
+
+registry.py  names -> Task (template, metric, source)      base.py      Sample, Task, eval-pool carving
+local.py     local files -> canonical records             hub.py       HF parquet datasets -> canonical records
+records.py   canonical record -> Sample (both sources)     templates.py prompt strings (spec §4.3)
+sampling.py  train / dev / test selection (spec §4.2)      encoding.py  token ids, truncation, collation
+batches.py   seeded training batch iterator                objective.py option loss (logits of last positions)
+metrics.py   accuracy, SQuAD F1                            evaluate.py  candidate scoring / generation + F1
+generation.py greedy answers                               nondiff.py   -F1 objective for ZO
+"""
+from .base import Sample, Task, carve_eval_pool
+from .batches import TrainBatches, make_train_batches
+from .encoding import (EncodedExample, EncodedOption, collate_options, encode_candidates, encode_train_example,
+                       prepends_special_token)
+from .evaluate import evaluate
+from .generation import greedy_answers
+from .metrics import accuracy, mean_f1, normalize_answer, squad_f1
+from .nondiff import negative_f1_objective
+from .objective import batch_loss, option_scores
+from .registry import TASK_NAMES, get_task
+from .sampling import Splits, sample_splits
+
+__all__ = [
+    "TASK_NAMES", "get_task", "Sample", "Task", "carve_eval_pool", "Splits", "sample_splits",
+    "EncodedOption", "EncodedExample", "encode_candidates", "encode_train_example", "collate_options",
+    "prepends_special_token", "TrainBatches", "make_train_batches", "batch_loss", "option_scores",
+    "accuracy", "squad_f1", "mean_f1", "normalize_answer", "evaluate", "greedy_answers", "negative_f1_objective",
+]

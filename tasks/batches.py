@@ -1,0 +1,75 @@
+"""Deterministic training batches without the HF Trainer: encode once, reshuffle every epoch."""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+
+from .base import Sample, Task
+from .encoding import EncodedExample, collate_options, encode_train_example
+
+
+class TrainBatches:
+    """Batches of `samples` for `task`, shuffled by a torch.Generator seeded with `seed`.
+
+    Each item is a collated dict (see collate_options); with `for_generation_objective` it is instead the
+    list of Samples itself, for the non-differentiable objective that generates from the prompts.
+    `as_classification=None` uses the task's default (upstream script setting). A caller-owned
+    `generator` replaces the one seeded from `seed`.
+    """
+
+    def __init__(self, samples: list[Sample], task: Task, tokenizer, batch_size: int, seed: int = 0,
+                 as_classification: bool | None = None, max_length: int = 2048, max_new_tokens: int = 50,
+                 for_generation_objective: bool = False, drop_last: bool = False,
+                 pad_to_multiple_of: int | None = 8, generator: torch.Generator | None = None):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not samples:
+            raise ValueError(f"{task.name}: no samples to batch")
+        self.samples = list(samples)
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.drop_last = drop_last and len(self.samples) >= batch_size
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.as_classification = task.train_as_classification if as_classification is None else as_classification
+        self.for_generation_objective = for_generation_objective
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        self.epochs_started = 0
+        self.encoded: list[EncodedExample] | None = None
+        if not for_generation_objective:
+            self.encoded = [encode_train_example(s, task.template, tokenizer, self.as_classification, max_length,
+                                                 max_new_tokens) for s in self.samples]
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n = len(self.samples) / self.batch_size
+        return int(n) if self.drop_last else math.ceil(n)
+
+    def _batch(self, indices: list[int]):
+        if self.for_generation_objective:
+            return [self.samples[i] for i in indices]
+        assert self.encoded is not None
+        return collate_options([self.encoded[i] for i in indices], self.tokenizer, self.pad_to_multiple_of)
+
+    def epoch(self, shuffle: bool = True) -> Iterator:
+        """One pass over the samples; shuffled with the next permutation of the seeded generator."""
+        n = len(self.samples)
+        if shuffle:
+            self.epochs_started += 1
+            order = torch.randperm(n, generator=self.generator).tolist()
+        else:
+            order = list(range(n))
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield self._batch(order[start:start + self.batch_size])
+
+    def forever(self) -> Iterator:
+        """Shuffled epochs, one after the other, without end."""
+        while True:
+            yield from self.epoch(shuffle=True)
+
+
+def make_train_batches(samples: list[Sample], task: Task, tokenizer, batch_size: int, seed: int = 0,
+                       **kwargs) -> Iterator:
+    """Infinite shuffled batch iterator (shortcut for TrainBatches(...).forever())."""
+    return TrainBatches(samples, task, tokenizer, batch_size, seed=seed, **kwargs).forever()

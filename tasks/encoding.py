@@ -1,0 +1,172 @@
+"""Samples -> token ids (spec §4.4, zero-shot: no demonstrations) and left-padded batches.
+
+Deliberate fixes against upstream: token 0 survives left-truncation only if the tokenizer really prepends a
+special token (upstream hard-codes it), and there are no tokenizer hacks keyed on the model name.
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .base import Sample
+from .templates import Template
+
+log = logging.getLogger(__name__)
+
+_BOS_CACHE: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class EncodedOption:
+    """One scored sequence; its last `option_len` tokens are the option (0 for a bare generation prompt)."""
+
+    input_ids: list[int]
+    option_len: int
+
+
+@dataclass
+class EncodedExample:
+    """The rows of one training/eval example. `label` is the correct row for classification, else None."""
+
+    options: list[EncodedOption]
+    label: int | None = None
+
+
+def prepends_special_token(tokenizer) -> bool:
+    """Whether `tokenizer(text)` starts with an added special token (e.g. Llama's BOS; not Qwen2)."""
+    try:
+        return _BOS_CACHE[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    with_special = tokenizer("a")["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    result = len(with_special) > len(plain) and (not plain or with_special[0] != plain[0])
+    try:
+        _BOS_CACHE[tokenizer] = result
+    except TypeError:
+        pass
+    return result
+
+
+def left_truncate(ids: list[int], max_length: int, keep_first: bool) -> list[int]:
+    """Keep the end of the sequence (the option sits there); keep the BOS too when there is one."""
+    if len(ids) <= max_length:
+        return ids
+    if keep_first:
+        return ids[:1] + ids[len(ids) - (max_length - 1):]
+    return ids[len(ids) - max_length:]
+
+
+def _clean(text: str) -> str:
+    # Upstream's "(demos + sep + x).lstrip().strip(' ')" with no demonstrations.
+    return text.lstrip().strip(" ")
+
+
+def _encode(tokenizer, prompt: str, full: str, max_length: int) -> EncodedOption:
+    prompt_ids = tokenizer(_clean(prompt))["input_ids"]
+    ids = tokenizer(_clean(full))["input_ids"]
+    option_len = len(ids) - len(prompt_ids)
+    if option_len <= 0:
+        log.warning("option adds no token after the prompt (%r...); it will score 0", full[-40:])
+    keep_first = prepends_special_token(tokenizer)
+    if len(ids) > max_length:
+        log.debug("sequence of %d tokens left-truncated to %d", len(ids), max_length)
+        ids = left_truncate(ids, max_length, keep_first)
+    option_len = max(0, min(option_len, len(ids) - int(keep_first)))
+    return EncodedOption(list(ids), option_len)
+
+
+def correct_index(sample: Sample) -> int:
+    """Position of the correct candidate (the first gold answer found among them for list golds)."""
+    assert sample.candidates is not None
+    golds = sample.correct if isinstance(sample.correct, list) else [sample.correct]
+    for gold in golds:
+        if gold in sample.candidates:
+            return sample.candidates.index(gold)
+    raise ValueError(f"sample {sample.id}: no gold answer {golds!r} among the candidates")
+
+
+def gold_target(sample: Sample) -> Any:
+    """The single option used for LM-style training: the correct candidate, or the first gold answer."""
+    if sample.candidates is not None:
+        return sample.candidates[correct_index(sample)]
+    return sample.correct
+
+
+def encode_candidates(sample: Sample, tokenizer, template: Template, max_length: int = 2048,
+                      with_gold: bool = False, max_new_tokens: int = 50) -> list[EncodedOption]:
+    """Classification: one row per candidate. Generation (no candidates): the gold verbalization when
+    `with_gold` (training), else the bare prompt with option_len 0; the budget is max_length - max_new_tokens."""
+    prompt = template.encode(sample)
+    if sample.candidates is not None:
+        return [_encode(tokenizer, prompt, template.verbalize(sample, c), max_length) for c in sample.candidates]
+    budget = max_length - max_new_tokens
+    if with_gold:
+        return [_encode(tokenizer, prompt, template.verbalize(sample, sample.correct), budget)]
+    ids = tokenizer(_clean(prompt))["input_ids"]
+    return [EncodedOption(left_truncate(list(ids), budget, prepends_special_token(tokenizer)), 0)]
+
+
+def encode_train_example(sample: Sample, template: Template, tokenizer, as_classification: bool,
+                         max_length: int = 2048, max_new_tokens: int = 50) -> EncodedExample:
+    """Classification: every candidate plus the correct index. Otherwise only the correct option's row
+    (the loss is then LM cross-entropy on its tokens)."""
+    if sample.candidates is None:
+        if as_classification:
+            raise ValueError("generation tasks have no candidates: train them with as_classification=False")
+        return EncodedExample(encode_candidates(sample, tokenizer, template, max_length, with_gold=True,
+                                                max_new_tokens=max_new_tokens))
+    if as_classification:
+        return EncodedExample(encode_candidates(sample, tokenizer, template, max_length), correct_index(sample))
+    option = _encode(tokenizer, template.encode(sample), template.verbalize(sample, gold_target(sample)), max_length)
+    return EncodedExample([option])
+
+
+def pad_id(tokenizer) -> int:
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad: int, pad_to_multiple_of: int | None = 8
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) as LongTensors, padded on the left."""
+    width = max(len(r) for r in rows)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            input_ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return input_ids, mask
+
+
+def collate_options(examples: Sequence[EncodedExample], tokenizer, pad_to_multiple_of: int | None = 8
+                    ) -> dict[str, torch.Tensor]:
+    """Flatten the examples' rows into one left-padded batch.
+
+    Classification examples (label set) add `num_options` and `labels` (one entry per example); LM examples
+    must have exactly one row each. Mixing both kinds in one batch is an error.
+    """
+    if not examples:
+        raise ValueError("empty batch")
+    classification = examples[0].label is not None
+    if any((e.label is not None) != classification for e in examples):
+        raise ValueError("a batch mixes classification and LM examples")
+    if not classification and any(len(e.options) != 1 for e in examples):
+        raise ValueError("LM examples must have exactly one row (the correct option)")
+    rows = [o for e in examples for o in e.options]
+    input_ids, attention_mask = left_pad([o.input_ids for o in rows], pad_id(tokenizer), pad_to_multiple_of)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+             "option_len": torch.tensor([o.option_len for o in rows], dtype=torch.long)}
+    if classification:
+        batch["num_options"] = torch.tensor([len(e.options) for e in examples], dtype=torch.long)
+        batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.long)
+    return batch
