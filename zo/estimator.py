@@ -107,7 +107,7 @@ class ZOOptimizer:
         if not self.sigma.needs_block_stats:
             return None
         if self._stats is None:
-            self._stats = block_stats(self.blocks)
+            self._stats = block_stats(self.blocks, self.noise)
         return self._stats
 
     def _update(self, seed: int, grad: float, lr: float, coefs: list[float], restore: float = 0.0) -> None:

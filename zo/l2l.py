@@ -121,7 +121,7 @@ class MetaLearner:
     def meta_step(self, loss_fn: LossFn, batch, task: str = "default") -> MetaStepResult:
         state = self.state_for(task)
         self.model.eval()  # ZO forwards and the meta forward without dropout (upstream: eval mode)
-        mean, var = block_stats(self.blocks)
+        mean, var = block_stats(self.blocks, self.noise)
         sigma = self.bank(bank_features(mean, var, state.history[0], state.history[1], state.sigma_prev))
         k, c = self._coefficients(sigma)
         k_values = k.detach().double().tolist()

@@ -126,42 +126,48 @@ class NoiseSource:
                       out=view[chunk.row_start:chunk.row_stop])
         return z
 
-    def for_each_chunk(self, step_seed: int, items: Iterable[tuple[int, torch.Tensor]],
-                       fn: Callable[[int, Chunk, torch.Tensor, torch.Tensor], None]) -> None:
-        """Call fn(block_index, chunk, rows_of_tensor, z_chunk) for every chunk of every (index, tensor).
+    def map_chunks(self, items: Iterable[tuple[int, torch.Tensor]],
+                   fn: Callable[[int, Chunk, torch.Tensor], None]) -> None:
+        """Call fn(block_index, chunk, rows_of_tensor) for every chunk, CPU chunks on the thread pool.
 
-        CPU chunks run on the thread pool; each chunk writes only its own rows, so no locking.
+        Each worker runs with one intra-op thread, so per-chunk reductions give the same bits whether a
+        caller is a noise sweep or a plain pass. Each chunk touches only its own rows: no locking.
         """
-        cpu_jobs: list[tuple[int, Chunk, torch.Tensor]] = []
+        jobs: list[tuple[int, Chunk, torch.Tensor]] = []
         for block_index, tensor in items:
             view = rows_view(tensor)
             for chunk in block_chunks(tensor.shape):
                 rows = view[chunk.row_start:chunk.row_stop]
                 if tensor.device.type == "cpu" and self._pool is not None:
-                    cpu_jobs.append((block_index, chunk, rows))
+                    jobs.append((block_index, chunk, rows))
                 else:
-                    z = self.draw(step_seed, block_index, chunk, view.shape[1], tensor.device)
-                    fn(block_index, chunk, rows, z)
-
+                    fn(block_index, chunk, rows)
+        if not jobs:
+            return
         # Grad and inference modes are thread-local: carry the caller's into the workers.
         inference = torch.is_inference_mode_enabled()
         grad = torch.is_grad_enabled()
 
         def run(job: tuple[int, Chunk, torch.Tensor]) -> None:
-            block_index, chunk, rows = job
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-                z = self.draw(step_seed, block_index, chunk, rows.shape[1], rows.device)
-                fn(block_index, chunk, rows, z)
+                fn(*job)
 
-        if cpu_jobs:
-            torch_threads = torch.get_num_threads()
-            # One intra-op thread per worker: the pool already fills the cores.
-            torch.set_num_threads(1)
-            try:
-                for _ in self._pool.map(run, cpu_jobs):
-                    pass
-            finally:
-                torch.set_num_threads(torch_threads)
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the pool already fills the cores
+        try:
+            for _ in self._pool.map(run, jobs):
+                pass
+        finally:
+            torch.set_num_threads(torch_threads)
+
+    def for_each_chunk(self, step_seed: int, items: Iterable[tuple[int, torch.Tensor]],
+                       fn: Callable[[int, Chunk, torch.Tensor, torch.Tensor], None]) -> None:
+        """Call fn(block_index, chunk, rows_of_tensor, z_chunk) for every chunk of every (index, tensor)."""
+        def with_noise(block_index: int, chunk: Chunk, rows: torch.Tensor) -> None:
+            z = self.draw(step_seed, block_index, chunk, rows.shape[1], rows.device)
+            fn(block_index, chunk, rows, z)
+
+        self.map_chunks(items, with_noise)
 
     def iter_chunks(self, step_seed: int, block_index: int, tensor: torch.Tensor
                     ) -> Iterator[tuple[Chunk, torch.Tensor, torch.Tensor]]:

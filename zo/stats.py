@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from zo.blocks import Block
-from zo.noise import block_chunks, rows_view
+from zo.noise import NoiseSource, block_chunks
 
 
 class BlockStatsCollector:
@@ -24,8 +24,16 @@ class BlockStatsCollector:
         self._lock = threading.Lock()
 
     def add_chunk(self, block_index: int, chunk_index: int, rows: torch.Tensor) -> None:
-        var, mean = torch.var_mean(rows.float(), correction=0)
-        part = (rows.numel(), mean.double(), var.double() * rows.numel())
+        # Sum and sum of squares of the cache-hot chunk, shifted by its first element so that blocks with
+        # |mean| >> std (norm weights near 1) do not cancel catastrophically. Accumulated in float64: a
+        # float32 reduction's bits depend on the buffer's memory alignment, float64 makes that ~1e-16.
+        flat = rows.reshape(-1).float()
+        shift = flat[0].clone()
+        centred = flat - shift
+        n = centred.numel()
+        s1 = centred.sum(dtype=torch.float64)
+        s2 = (centred * centred).sum(dtype=torch.float64)
+        part = (n, shift.double() + s1 / n, (s2 - s1 * s1 / n).clamp(min=0.0))
         with self._lock:
             self._parts[(block_index, chunk_index)] = part
 
@@ -47,12 +55,14 @@ class BlockStatsCollector:
         return torch.stack(means).float(), torch.stack(variances).float()
 
 
-def block_stats(blocks: Sequence[Block]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased variance of every block in a pass of its own (first step, or on demand)."""
+def block_stats(blocks: Sequence[Block], pool: NoiseSource | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of every block in a pass of its own (first step, or on demand).
+
+    Runs on the same chunk pool as the update sweep, so it gives the same bits as the fused statistics.
+    """
     collector = BlockStatsCollector(blocks)
+    pool = pool or NoiseSource()
     with torch.no_grad():
-        for block in blocks:
-            view = rows_view(block.param.detach())
-            for chunk in block_chunks(block.param.shape):
-                collector.add_chunk(block.index, chunk.index, view[chunk.row_start:chunk.row_stop])
+        pool.map_chunks([(b.index, b.param.detach()) for b in blocks],
+                        lambda index, chunk, rows: collector.add_chunk(index, chunk.index, rows))
     return collector.result()
