@@ -81,14 +81,18 @@ def build(args):
     return model, batch, forward, mezo, zoft
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def timed_round_robin(fns: list, repeats: int) -> list[float]:
+    """Median time of each fn, measured in interleaved rounds so that drift (allocator warm-up,
+    frequency, other load) hits every measure alike."""
+    for fn in fns:
+        fn()  # warm-up
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def memory_child(args) -> None:
@@ -123,9 +127,8 @@ def main() -> None:
 
     model, batch, forward, mezo, zoft = build(args)
     seq = tuple(batch["input_ids"].shape)
-    t_fwd = timed(forward, args.repeats)
-    t_mezo = timed(lambda: mezo.step(forward), args.repeats)
-    t_zoft = timed(lambda: zoft.step(forward), args.repeats)
+    t_fwd, t_mezo, t_zoft = timed_round_robin([forward, lambda: mezo.step(forward), lambda: zoft.step(forward)],
+                                              args.repeats)
     rows = [
         ("forward (one batch)", f"{t_fwd:.3f} s"),
         ("MeZO step", f"{t_mezo:.3f} s"),
@@ -146,7 +149,7 @@ def main() -> None:
             ("peak RSS, ZO-FT step / inference", f"{peaks['zo_fine_tuner'] / peaks['inference']:.3f}"),
         ]
     print(f"\nSmolLM2 benchmark: batch {args.batch_size} SST2 examples -> input {seq}, "
-          f"torch threads {torch.get_num_threads()}, perturbation {args.perturbation}, median of {args.repeats}")
+          f"torch threads {torch.get_num_threads()}, perturbation {args.perturbation}, median of {args.repeats} interleaved rounds")
     print("| measure | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -82,7 +82,10 @@ class NoiseSource:
     def __init__(self, threads: int | None = None):
         self.threads = threads or default_threads()
         self._local = threading.local()
-        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        # Workers use one intra-op thread each (set per thread: OpenMP's setting is thread-local), so
+        # a chunk's reductions give the same bits whichever worker runs it.
+        self._pool = (ThreadPoolExecutor(self.threads, initializer=torch.set_num_threads, initargs=(1,))
+                      if self.threads > 1 else None)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         gens = getattr(self._local, "generators", None)

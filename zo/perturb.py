@@ -88,7 +88,11 @@ class VirtualPerturbation:
         out_rows = rows_view(out)
 
         def fill(_index: int, chunk, rows: torch.Tensor, z: torch.Tensor) -> None:
-            out_rows[chunk.row_start:chunk.row_stop] = _perturbed_rows(rows, z, scale)
+            target = out_rows[chunk.row_start:chunk.row_stop]
+            if rows.dtype == torch.float32:  # straight into the output: no per-chunk temporary
+                torch.add(rows, z, alpha=scale, out=target)
+            else:
+                target.copy_(_perturbed_rows(rows, z, scale))
 
         self.noise.for_each_chunk(self.step_seed, [(index, param.detach())], fill)
         return out

@@ -24,16 +24,10 @@ class BlockStatsCollector:
         self._lock = threading.Lock()
 
     def add_chunk(self, block_index: int, chunk_index: int, rows: torch.Tensor) -> None:
-        # Sum and sum of squares of the cache-hot chunk, shifted by its first element so that blocks with
-        # |mean| >> std (norm weights near 1) do not cancel catastrophically. Accumulated in float64: a
-        # float32 reduction's bits depend on the buffer's memory alignment, float64 makes that ~1e-16.
-        flat = rows.reshape(-1).float()
-        shift = flat[0].clone()
-        centred = flat - shift
-        n = centred.numel()
-        s1 = centred.sum(dtype=torch.float64)
-        s2 = (centred * centred).sum(dtype=torch.float64)
-        part = (n, shift.double() + s1 / n, (s2 - s1 * s1 / n).clamp(min=0.0))
+        # torch.var_mean on CPU accumulates in double (Welford: no cancellation for blocks near 1) and,
+        # unlike shifted float64 sums, allocates nothing per chunk; worker threads keep RSS flat.
+        var, mean = torch.var_mean(rows.float(), correction=0)
+        part = (rows.numel(), mean.double(), var.double() * rows.numel())
         with self._lock:
             self._parts[(block_index, chunk_index)] = part
 
