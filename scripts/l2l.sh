@@ -29,6 +29,11 @@ DATA_DIR=${DATA_DIR:-}
 OUTPUT_DIR=${OUTPUT_DIR:-}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 
+# First use of the embedded model: prepare it (installs and converts SmolLM2 once).
+if [ -z "$MODEL" ] && [ ! -f models/SmolLM2-135M/config.json ]; then
+  bash scripts/setup.sh
+fi
+
 if [ "$MULTI_TASK_TRAINING" != "True" ]; then   # upstream applied this case even in multi-task mode
   case $TASK in
     CB|Copa) DEV=100 ;;

