@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,46 @@ def build_tiny_model(family: str = "llama", vocab_size: int = 400, tie: bool = T
 @pytest.fixture
 def tiny_llama(tiny_tokenizer):
     return build_tiny_model("llama", vocab_size=len(tiny_tokenizer))
+
+
+def save_tiny_model(folder: Path, family: str = "llama", tie: bool = True, seed: int = 0) -> Path:
+    """A tiny random model + the tiny tokenizer saved with save_pretrained: loads offline with
+    `zo.models.load_model(folder)` (config.json, model.safetensors, tokenizer files)."""
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(family, vocab_size=len(tokenizer), tie=tie, seed=seed)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """tiny_model_dir(family) -> a saved tiny model folder ('llama', 'qwen2', 'opt'), built once per session."""
+    cache: dict[str, Path] = {}
+
+    def get(family: str = "llama") -> Path:
+        if family not in cache:
+            cache[family] = save_tiny_model(tmp_path_factory.mktemp(f"tiny-{family}"), family)
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_bank(tiny_llama_dir, tmp_path_factory):
+    """(bank path, finished process) of `python -m zo.init_bank --model <tiny llama> --out <tmp>`."""
+    from run_helpers import run_cmd
+
+    out = tmp_path_factory.mktemp("bank") / "tiny_llama_init.safetensors"
+    proc = run_cmd([sys.executable, "-m", "zo.init_bank", "--model", str(tiny_llama_dir), "--out", str(out),
+                    "--seed", "3"])
+    return out, proc
 
 
 def pytest_collection_modifyitems(config, items):

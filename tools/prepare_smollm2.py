@@ -43,7 +43,7 @@ def main() -> None:
     config_dict = model.config.to_dict()
     config_dict.pop("quantization_config", None)
     config = LlamaConfig(**config_dict)
-    config.torch_dtype = None
+    config.dtype = None
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = clean.load_state_dict(model.state_dict(), strict=False)
     if unexpected or [m for m in missing if "lm_head" not in m]:

@@ -18,7 +18,7 @@ import torch
 from zo.blocks import parameter_blocks
 from zo.estimator import ZOConfig, ZOOptimizer
 from zo.io import sanitize_component, write_json
-from zo.loop import train_zo
+from zo.loop import BEST_STATE_FILE, train_zo
 from zo.models import load_model, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
 from zo.pertnn import load_bank
@@ -80,7 +80,7 @@ class FineTuneConfig:
             raise FileNotFoundError(f"data folder does not exist: {self.data_dir}")
         if self.per_device_train_batch_size < 1 or self.max_steps < 0 or self.eval_steps < 0:
             raise ValueError("batch size must be >= 1 and steps / eval_steps >= 0")
-        if self.non_diff and self.task_name not in ("SQuAD", "DROP"):
+        if self.non_diff and self.task_name.lower() not in ("squad", "drop"):  # names are case-insensitive
             raise ValueError("--non_diff (-F1 objective) is for the generation tasks SQuAD and DROP")
         if self.report_to not in ("none", "wandb"):
             raise ValueError("report_to must be 'none' or 'wandb'")
@@ -113,10 +113,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
     import tasks
 
     config.validate()
+    model_path = resolve_model_path(config.model_name)  # a bad model path fails before any data is read
     output_dir = Path(config.output_dir or config.default_output_dir())
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.json", "train_log.jsonl"):
-        (output_dir / stale).unlink(missing_ok=True)
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -126,7 +124,6 @@ def fine_tune(config: FineTuneConfig) -> dict:
                                  upstream_split=config.upstream_split)
     as_classification = (task.train_as_classification if config.train_as_classification is None
                          else config.train_as_classification)
-    model_path = resolve_model_path(config.model_name)
     dtype = resolve_dtype(config.load_float16, config.load_bfloat16)
     model, tokenizer = load_model(model_path, dtype)
     blocks = parameter_blocks(model)
@@ -141,6 +138,12 @@ def fine_tune(config: FineTuneConfig) -> dict:
                      config.load_mlp_path, len(bank))
         sigma = LearnedSigma(bank, blocks, config.per_device_train_batch_size, config.need_normalization)
         bank_note = bank.metadata.get("base_model")
+
+    # Every input is checked (data, model, bank): only now touch the run folder, so that bad input
+    # never deletes an earlier run's results or leaves an empty folder behind.
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("metrics.json", "train_log.jsonl", BEST_STATE_FILE):
+        (output_dir / stale).unlink(missing_ok=True)
 
     zo_config = ZOConfig(lr=config.learning_rate, eps=config.zo_eps, weight_decay=config.weight_decay,
                          perturbation="inplace" if config.non_diff else config.perturbation,

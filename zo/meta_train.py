@@ -89,6 +89,9 @@ class L2LConfig:
             raise ValueError(f"unknown task(s) {unknown}: choose from {', '.join(TASK_NAMES)}")
         if not self.task_list():
             raise ValueError("no task to meta-train on")
+        canonical = [known[t.lower()] for t in self.task_list()]
+        if len(set(canonical)) != len(canonical):
+            raise ValueError(f"a task is listed twice in {self.task_list()}: each task has one state and one loader")
         if self.epochs_per_restart <= 0:
             raise ValueError(f"EPOCHS_PER_RESTART must be >= 1, got {self.epochs_per_restart}")
         if self.num_train_epochs <= 0:
@@ -129,22 +132,23 @@ def meta_train(config: L2LConfig) -> dict:
     import tasks
 
     config.validate()
+    model_path = resolve_model_path(config.model_name)  # a bad model path fails before any data is read
     output_dir = Path(config.output_dir or config.default_output_dir())
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "train_log.jsonl").unlink(missing_ok=True)
     save_path = Path(config.save_mlp_path or output_dir / "bank.safetensors")
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
 
-    model_path = resolve_model_path(config.model_name)
-    model, tokenizer = load_model(model_path, resolve_dtype(config.load_float16, config.load_bfloat16))
-    blocks = parameter_blocks(model)
+    # Data first (missing files, malformed records), then the model, then the bank (mismatch).
     names = [t for t in config.task_list()]
     task_objs = {name: tasks.get_task(name, config.data_dir) for name in names}
+    task_splits = {name: tasks.sample_splits(task, config.num_train, config.num_dev, config.num_eval,
+                                             config.train_set_seed) for name, task in task_objs.items()}
+    model, tokenizer = load_model(model_path, resolve_dtype(config.load_float16, config.load_bfloat16))
+    blocks = parameter_blocks(model)
     feeds = {}
     for name, task in task_objs.items():
-        splits = tasks.sample_splits(task, config.num_train, config.num_dev, config.num_eval, config.train_set_seed)
+        splits = task_splits[name]
         feeds[task.name] = tasks.TrainBatches(splits.train, task, tokenizer, config.per_device_train_batch_size,
                                               seed=config.seed, as_classification=task.train_as_classification,
                                               max_length=config.max_length).forever()
@@ -163,6 +167,10 @@ def meta_train(config: L2LConfig) -> dict:
                           noise=NoiseSource(config.threads))
     trajectory = TrajectoryOptimizer(model, config.lr_llm, period_steps, config.trajectory_optimizer,
                                      config.momentum, config.max_grad_norm, config.dropout)
+
+    # Every input is checked: only now touch the run folder (bad input never deletes an earlier log).
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "train_log.jsonl").unlink(missing_ok=True)
 
     # theta_0 is re-read from disk at each reset: never a second in-memory copy of the model.
     pretrained_path = output_dir / "pretrained_state.safetensors"

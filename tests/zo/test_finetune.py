@@ -1,0 +1,227 @@
+"""The fine-tuning recipe from Python: files, best-state selection, run names, bad input, NaN stops."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import tasks
+import zo.finetune
+from conftest import SHARED_DATA
+from run_helpers import (assert_same_weights, read_json, read_jsonl, requires_shared_data, snapshot, temp_leftovers,
+                         weights_differ)
+from zo.blocks import parameter_blocks
+from zo.estimator import ZOConfig, ZOOptimizer
+from zo.finetune import FineTuneConfig, fine_tune
+from zo.init_bank import init_bank
+from zo.loop import BEST_STATE_FILE, load_weights
+from zo.models import load_model
+from zo.noise import NoiseSource
+from zo.pertnn import BankMismatchError
+from zo.sigma import ConstantSigma
+
+pytestmark = requires_shared_data
+
+
+def _config(model_dir, out, **overrides) -> FineTuneConfig:
+    base = dict(task_name="SST2", model_name=str(model_dir), train_mode="mezo", data_dir=str(SHARED_DATA),
+                output_dir=str(out) if out is not None else None, max_steps=2, eval_steps=0, num_train=8,
+                num_dev=2, num_eval=2, per_device_train_batch_size=2, threads=1, progress=False)
+    base.update(overrides)
+    return FineTuneConfig(**base)
+
+
+@pytest.fixture
+def captured_model(monkeypatch):
+    """The model fine_tune loads, kept for inspection after the run."""
+    seen = {}
+
+    def capture(*args, **kwargs):
+        model, tokenizer = load_model(*args, **kwargs)
+        seen["model"] = model
+        return model, tokenizer
+
+    monkeypatch.setattr(zo.finetune, "load_model", capture)
+    return seen
+
+
+def test_fine_tune_from_python_with_nested_bank_path(tmp_path, tiny_llama_dir, monkeypatch):
+    # the bank lives in a nested folder, as learned_finetuner/x.safetensors; no output_dir: the default run name
+    bank = tmp_path / "learned_finetuner" / "sub" / "x.safetensors"
+    bank.parent.mkdir(parents=True)
+    init_bank(str(tiny_llama_dir), bank, seed=1)
+    monkeypatch.chdir(tmp_path)
+    config = _config(tiny_llama_dir, None, train_mode="zo_fine_tuner", load_mlp_path="learned_finetuner/sub/x.safetensors",
+                     max_steps=2, eval_steps=1)
+    metrics = fine_tune(config)
+
+    runs = [p for p in (tmp_path / "result").iterdir()]
+    assert len(runs) == 1 and runs[0].is_dir()  # one folder directly under result/: no stray separators
+    out = runs[0]
+    assert Path(config.default_output_dir()) == Path("result") / out.name
+    assert "/" not in out.name and "\\" not in out.name and "x" in out.name
+    assert read_json(out / "metrics.json") == json.loads(json.dumps(metrics))
+    assert metrics["task"] == "SST2" and metrics["train_mode"] == "zo_fine_tuner" and metrics["steps"] == 2
+    assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0 and 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert read_json(out / "config.json")["output_dir"] == str(Path("result") / out.name)
+    assert len([r for r in read_jsonl(out / "train_log.jsonl") if "loss_plus" in r]) == 2
+
+
+@pytest.mark.parametrize("bank", ["learned_finetuner/opt-13b_copa.pth", "/abs/dir/learned_finetuner/a b/x.y.safetensors",
+                                  "..\\win\\bank.safetensors", "bank.safetensors"])
+def test_default_output_dir_is_one_component_under_result(tiny_llama_dir, bank):
+    config = FineTuneConfig(model_name=str(tiny_llama_dir), load_mlp_path=bank)
+    out = Path(config.default_output_dir())
+    assert out.parent == Path("result")
+    assert os.sep not in out.name and "/" not in out.name and "\\" not in out.name and ".." not in out.name
+    assert tiny_llama_dir.name in out.name
+
+
+def test_best_state_is_kept_and_restored(tmp_path, tiny_llama_dir, captured_model, monkeypatch):
+    # dev loss every step; scripted so that the best one (step 2) is neither the first nor the last
+    scripted = iter([3.0, 1.0, 2.0, 4.0])
+    real_mean_loss = zo.finetune._mean_loss
+    monkeypatch.setattr(zo.finetune, "_mean_loss", lambda *a: (real_mean_loss(*a), next(scripted))[1])
+    out = tmp_path / "run"
+    lr, eps = 1e-2, 1e-2
+    metrics = fine_tune(_config(tiny_llama_dir, out, max_steps=4, eval_steps=1, learning_rate=lr, zo_eps=eps))
+
+    log = read_jsonl(out / "train_log.jsonl")
+    dev = [(r["step"], r["dev_loss"]) for r in log if "dev_loss" in r]
+    assert [s for s, _ in dev] == [1, 2, 3, 4]
+    best_step, best_loss = min(dev, key=lambda x: x[1])
+    assert (metrics["best_step"], metrics["best_dev_loss"], metrics["dev"]["loss"]) == (best_step, best_loss, best_loss)
+    assert best_step == 2
+
+    model = captured_model["model"]
+    saved = snapshot(model)
+    load_weights(model, out / BEST_STATE_FILE)
+    assert_same_weights(model, saved)  # the weights after the run are the saved best state
+
+    # ... and that state is exactly theta after 2 steps: replay the logged steps 0 and 1 from theta_0
+    fresh, _ = load_model(tiny_llama_dir)
+    theta0 = snapshot(fresh)
+    blocks = parameter_blocks(fresh)
+    replayer = ZOOptimizer(fresh, ConstantSigma(blocks), ZOConfig(lr=lr, eps=eps, total_steps=4), blocks=blocks,
+                           noise=NoiseSource(1))
+    for record in [r for r in log if "loss_plus" in r][:best_step]:
+        replayer.replay(record)
+    assert_same_weights(fresh, saved)
+    assert weights_differ(saved, theta0)
+
+
+@pytest.mark.parametrize("perturbation", ["virtual", "inplace"])
+def test_nan_loss_stops_and_keeps_last_good_state(tmp_path, tiny_llama_dir, captured_model, monkeypatch, perturbation):
+    k = 2  # steps 0 and 1 are good; the first loss of step 2 is NaN
+    real_loss = tasks.batch_loss
+    calls = {"n": 0}
+    before_nan = {}
+
+    def loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] <= 2 * k:
+            return real_loss(model, batch)
+        if not before_nan and perturbation == "virtual":  # virtual: theta itself is never written in a forward
+            before_nan.update(snapshot(captured_model["model"]))
+        return real_loss(model, batch) * float("nan")  # the model still runs: a NaN from the forward
+
+    monkeypatch.setattr(tasks, "batch_loss", loss)
+    out = tmp_path / "run"
+    metrics = fine_tune(_config(tiny_llama_dir, out, max_steps=5, eval_steps=0, learning_rate=1e-2, zo_eps=1e-2,
+                                perturbation=perturbation))
+    assert metrics["status"].startswith("stopped") and "non-finite" in metrics["status"]
+    assert metrics["steps"] == k
+    on_disk = read_json(out / "metrics.json")
+    assert on_disk["status"] == metrics["status"] and on_disk["steps"] == k
+    log = read_jsonl(out / "train_log.jsonl")  # every line is complete JSON
+    assert [r["step"] for r in log if "loss_plus" in r] == list(range(k))
+    assert not temp_leftovers(out)
+    assert "best_model.safetensors" not in os.listdir(out)  # the NaN dev loss is never "best"
+
+    model = captured_model["model"]
+    if perturbation == "virtual":
+        assert_same_weights(model, before_nan)
+    else:
+        # rebuild theta after k steps by replay; the in-place restore after the NaN is the only rounding
+        fresh, _ = load_model(tiny_llama_dir)
+        blocks = parameter_blocks(fresh)
+        replayer = ZOOptimizer(fresh, ConstantSigma(blocks), ZOConfig(lr=1e-2, eps=1e-2, perturbation="inplace"),
+                               blocks=blocks, noise=NoiseSource(1))
+        for record in [r for r in log if "loss_plus" in r]:
+            replayer.replay(record)
+        for name, tensor in fresh.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=1e-6)
+
+
+COPA_ROW = {"premise": "P.", "choice1": "A.", "choice2": "B.", "question": "cause", "label": 0, "idx": 0}
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _bad_inputs(tmp_path: Path, model_dir: Path, opt_bank: Path):
+    only_train = tmp_path / "only_train"
+    _write_jsonl(only_train / "Copa" / "train.jsonl", [COPA_ROW] * 4)
+    malformed = tmp_path / "malformed"
+    _write_jsonl(malformed / "Copa" / "train.jsonl", [COPA_ROW, {k: v for k, v in COPA_ROW.items() if k != "premise"}])
+    _write_jsonl(malformed / "Copa" / "val.jsonl", [COPA_ROW])
+    return {
+        "unknown task": (dict(task_name="SST3"), ValueError, ["unknown task 'SST3'", "SST2"]),
+        "unknown train mode": (dict(train_mode="adam"), ValueError, ["unknown train_mode 'adam'", "mezo"]),
+        "zo_fine_tuner without bank": (dict(train_mode="zo_fine_tuner"), ValueError, ["needs a PertNN bank",
+                                                                                      "LOAD_MLP_PATH"]),
+        "missing bank file": (dict(train_mode="zo_fine_tuner", load_mlp_path=str(tmp_path / "nope.safetensors")),
+                              FileNotFoundError, ["PertNN bank not found", "nope.safetensors"]),
+        "missing data folder": (dict(data_dir=str(tmp_path / "no_data")), FileNotFoundError,
+                                ["data folder does not exist", "no_data"]),
+        "missing task file": (dict(task_name="Copa", data_dir=str(only_train)), FileNotFoundError,
+                              ["val.jsonl", str(only_train / "Copa")]),
+        "malformed record": (dict(task_name="Copa", data_dir=str(malformed), num_train=1, num_dev=1), ValueError,
+                             ["train.jsonl:2", "'premise'"]),
+        "bank for another architecture": (dict(train_mode="zo_fine_tuner", load_mlp_path=str(opt_bank)),
+                                          BankMismatchError, ["does not match", "model.embed_tokens.weight",
+                                                              "model.decoder.embed_tokens.weight", "tiny-opt"]),
+        "missing model folder": (dict(model_name=str(tmp_path / "no_model")), FileNotFoundError,
+                                 ["model path does not exist", "no_model"]),
+        "model folder without config": (dict(model_name=str(tmp_path)), FileNotFoundError, ["has no config.json"]),
+    }
+
+
+BAD_INPUT_CASES = ["unknown task", "unknown train mode", "zo_fine_tuner without bank", "missing bank file",
+                   "missing data folder", "missing task file", "malformed record", "bank for another architecture",
+                   "missing model folder", "model folder without config"]
+
+
+@pytest.fixture(scope="module")
+def opt_bank(tiny_model_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("optbank") / "opt.safetensors"
+    init_bank(str(tiny_model_dir("opt")), path)
+    return path
+
+
+@pytest.mark.parametrize("case", BAD_INPUT_CASES)
+def test_bad_input_is_one_clear_error(tmp_path, tiny_llama_dir, opt_bank, case):
+    overrides, error, fragments = _bad_inputs(tmp_path, tiny_llama_dir, opt_bank)[case]
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"from": "an earlier run"}')
+    with pytest.raises(error) as info:
+        fine_tune(_config(tiny_llama_dir, out, **overrides))
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
+    # bad input never costs an earlier run its results
+    assert read_json(out / "metrics.json") == {"from": "an earlier run"}
+    assert sorted(os.listdir(out)) == ["metrics.json"]
+
+
+@pytest.mark.parametrize("task, ok", [("squad", True), ("DROP", True), ("SQuAD", True), ("SST2", False)])
+def test_non_diff_task_check_is_case_insensitive_like_task_names(task, ok):
+    config = FineTuneConfig(task_name=task, train_mode="mezo", non_diff=True)
+    if ok:
+        config.validate()
+    else:
+        with pytest.raises(ValueError, match="non_diff"):
+            config.validate()
