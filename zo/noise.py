@@ -17,7 +17,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Container, Iterable, Iterator
 
 import torch
 
@@ -130,8 +130,11 @@ class NoiseSource:
         return z
 
     def map_chunks(self, items: Iterable[tuple[int, torch.Tensor]],
-                   fn: Callable[[int, Chunk, torch.Tensor], None]) -> None:
+                   fn: Callable[[int, Chunk, torch.Tensor], None],
+                   only_chunks: Container[int] | None = None) -> None:
         """Call fn(block_index, chunk, rows_of_tensor) for every chunk, CPU chunks on the thread pool.
+
+        `only_chunks` restricts the work to those chunk indices (the others are not drawn at all).
 
         Each worker runs with one intra-op thread, so per-chunk reductions give the same bits whether a
         caller is a noise sweep or a plain pass. Each chunk touches only its own rows: no locking.
@@ -140,6 +143,8 @@ class NoiseSource:
         for block_index, tensor in items:
             view = rows_view(tensor)
             for chunk in block_chunks(tensor.shape):
+                if only_chunks is not None and chunk.index not in only_chunks:
+                    continue
                 rows = view[chunk.row_start:chunk.row_stop]
                 if tensor.device.type == "cpu" and self._pool is not None:
                     jobs.append((block_index, chunk, rows))
@@ -164,13 +169,16 @@ class NoiseSource:
             torch.set_num_threads(torch_threads)
 
     def for_each_chunk(self, step_seed: int, items: Iterable[tuple[int, torch.Tensor]],
-                       fn: Callable[[int, Chunk, torch.Tensor, torch.Tensor], None]) -> None:
-        """Call fn(block_index, chunk, rows_of_tensor, z_chunk) for every chunk of every (index, tensor)."""
+                       fn: Callable[[int, Chunk, torch.Tensor, torch.Tensor], None],
+                       only_chunks: Container[int] | None = None) -> None:
+        """Call fn(block_index, chunk, rows_of_tensor, z_chunk) for every chunk of every (index, tensor)
+        (or only the chunks in `only_chunks`: z is a pure function of (seed, block, chunk), so skipping
+        some never changes the others)."""
         def with_noise(block_index: int, chunk: Chunk, rows: torch.Tensor) -> None:
             z = self.draw(step_seed, block_index, chunk, rows.shape[1], rows.device)
             fn(block_index, chunk, rows, z)
 
-        self.map_chunks(items, with_noise)
+        self.map_chunks(items, with_noise, only_chunks)
 
     def iter_chunks(self, step_seed: int, block_index: int, tensor: torch.Tensor
                     ) -> Iterator[tuple[Chunk, torch.Tensor, torch.Tensor]]:

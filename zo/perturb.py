@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zo.blocks import Block
-from zo.noise import NoiseSource, rows_view
+from zo.noise import NoiseSource, block_chunks, rows_view
 
 # Perturbed copies of tensors up to this size are materialized (one matmul); larger ones go by rows.
 MATERIALIZE_LIMIT = 1 << 22
@@ -132,14 +132,17 @@ class VirtualPerturbation:
         flat_ids = ids.reshape(-1)
         flat_out = out.reshape(-1, out.shape[-1])
         found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Only the chunks holding looked-up rows are drawn (about half of a vocabulary for a batch of
+        # short prompts): the rest of z is not needed here.
+        first = block_chunks(weight.shape)[0]
+        wanted = set(torch.unique(flat_ids // (first.row_stop - first.row_start)).tolist())
 
         def lookup(_index: int, chunk, rows: torch.Tensor, z: torch.Tensor) -> None:
             hit = (flat_ids >= chunk.row_start) & (flat_ids < chunk.row_stop)
-            if bool(hit.any()):
-                local = flat_ids[hit] - chunk.row_start  # same arithmetic as _perturbed_rows, rounded once
-                found[chunk.index] = (hit, _perturbed_rows(rows[local], z[local], scale))
+            local = flat_ids[hit] - chunk.row_start  # same arithmetic as _perturbed_rows, rounded once
+            found[chunk.index] = (hit, _perturbed_rows(rows[local], z[local], scale))
 
-        self.noise.for_each_chunk(self.step_seed, [(index, weight.detach())], lookup)
+        self.noise.for_each_chunk(self.step_seed, [(index, weight.detach())], lookup, only_chunks=wanted)
         for hit, values in found.values():
             flat_out[hit] = values
         return flat_out.reshape(out.shape)

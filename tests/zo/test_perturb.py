@@ -68,3 +68,55 @@ def test_unreached_block_is_reported():
         model.model.embed_tokens(torch.tensor([[1, 2]]))  # only one module ran
     with pytest.raises(RuntimeError, match="did not reach"):
         ctx.check_all_applied()
+
+
+class _TiedLookupAndHead(torch.nn.Module):
+    """An embedding and an output head sharing one weight large enough to span several noise chunks."""
+
+    def __init__(self, vocab: int = 3000, dim: int = 200):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.head = torch.nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(self.embed(ids))
+
+
+def test_large_tied_weight_goes_by_rows_and_draws_only_the_looked_up_chunks(monkeypatch):
+    import zo.perturb
+    from zo.noise import block_chunks
+
+    monkeypatch.setattr(zo.perturb, "MATERIALIZE_LIMIT", 1000)  # force the by-rows head path
+    torch.manual_seed(0)
+    model = _TiedLookupAndHead()
+    blocks = parameter_blocks(model)
+    assert len(blocks) == 1
+    chunks = block_chunks(model.embed.weight.shape)
+    assert len(chunks) == 3
+    rows = chunks[0].row_stop
+    ids = torch.tensor([[1, 5, rows * 2 + 3], [7, rows * 2 + 9, 2]])  # chunks 0 and 2 only
+    noise = NoiseSource(threads=2)
+    drawn = []
+    real_draw = noise.draw
+
+    def counting_draw(step_seed, block_index, chunk, *args, **kwargs):
+        drawn.append(chunk.index)
+        return real_draw(step_seed, block_index, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(noise, "draw", counting_draw)
+    scale = 1e-2
+    with torch.inference_mode():
+        perturbed_weight = torch.add(model.embed.weight, noise.block_noise(4, 0, model.embed.weight.shape), alpha=scale)
+        looked_up = torch.nn.functional.embedding(ids, perturbed_weight)
+        expected = torch.nn.functional.linear(looked_up, perturbed_weight)
+        drawn.clear()
+        ctx = VirtualPerturbation(model, blocks, noise, 4, [scale])
+        with ctx:
+            hidden = model.embed(ids)
+            assert sorted(drawn) == [0, 2]  # the lookup skipped the chunk no id falls in
+            out = model.head(hidden)
+        ctx.check_all_applied()
+    assert sorted(drawn) == [0, 0, 1, 2, 2]  # the head needs every row
+    assert torch.equal(hidden, looked_up)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
