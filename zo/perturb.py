@@ -1,9 +1,10 @@
 """Applying theta + scale_b * z_b to a model, two ways, both drawing z from the same `NoiseSource`.
 
 `VirtualPerturbation` (default): parameters are never written. While the context is open, every
-module that owns a perturbed block computes its forward with theta + scale * z made on the fly,
-chunk by chunk (nn.Linear by output rows, nn.Embedding by the rows it looks up), so the extra memory
-is one noise chunk and the restore is exact in every dtype: there is nothing to undo, and no fp16 /
+module that owns a perturbed block computes its forward with theta + scale * z made on the fly:
+small tensors as transient copies made a layer's worth at a time (at most GROUP_LIMIT elements),
+large ones chunk by chunk (nn.Linear by output rows, nn.Embedding by the rows it looks up). So the
+extra memory is bounded, and the restore is exact in every dtype: there is nothing to undo, and no fp16 /
 bf16 round-trip drift (a known failure of in-place MeZO, ../shared/docs/peers-and-pitfalls.md §3.1).
 It requires that each parameter is only read inside its owning module's forward; a block that no
 forward touched is reported as an error rather than silently left unperturbed.
@@ -25,6 +26,9 @@ from zo.noise import NoiseSource, block_chunks, rows_view
 
 # Perturbed copies of tensors up to this size are materialized (one matmul); larger ones go by rows.
 MATERIALIZE_LIMIT = 1 << 22
+# Materialized copies are made for consecutive blocks of one layer at once, up to this many elements:
+# a single block often has one or two noise chunks, which would leave the other pool threads idle.
+GROUP_LIMIT = 1 << 23
 
 
 def add_noise_(noise: NoiseSource, step_seed: int, blocks: Sequence[Block], scales: Sequence[float],
@@ -74,6 +78,27 @@ class VirtualPerturbation:
         self.names = {b.index: b.name for b in blocks}
         self.applied: dict[int, int] = {}
         self._undo: list[Callable[[], None]] = []
+        self._group_of = self._prefetch_groups([b for b in blocks if id(b.param) in self.scale_of])
+        self._ready: dict[int, torch.Tensor] = {}  # id(param) -> its perturbed copy, made with its group
+
+    @staticmethod
+    def _prefetch_groups(blocks: Sequence[Block]) -> dict[int, list[torch.Tensor]]:
+        """id(param) -> the params materialized together with it: runs of consecutive small blocks of
+        one layer (a layer's modules run one after another), at most GROUP_LIMIT elements in all."""
+        group_of: dict[int, list[torch.Tensor]] = {}
+        group: list[torch.Tensor] = []
+        size, layer = 0, None
+        for block in blocks:
+            numel = block.param.numel()
+            if numel > MATERIALIZE_LIMIT:
+                continue
+            if group and (block.layer is None or block.layer != layer or size + numel > GROUP_LIMIT):
+                group, size = [], 0
+            group.append(block.param)
+            size += numel
+            layer = block.layer
+            group_of[id(block.param)] = group
+        return group_of
 
     # -- per-module strategies ----------------------------------------------------------------
     def _scale(self, param: torch.Tensor) -> tuple[int, float]:
@@ -82,20 +107,34 @@ class VirtualPerturbation:
         return index, scale
 
     def _perturbed_full(self, param: torch.Tensor) -> torch.Tensor:
-        """theta + scale*z materialized, chunks filled on the noise thread pool."""
-        index, scale = self._scale(param)
-        out = torch.empty_like(param)
-        out_rows = rows_view(out)
+        """theta + scale*z materialized (with the rest of its prefetch group if not made yet)."""
+        self._scale(param)
+        ready = self._ready.pop(id(param), None)
+        if ready is None:
+            self._materialize(self._group_of.get(id(param), [param]))
+            ready = self._ready.pop(id(param))
+        return ready
 
-        def fill(_index: int, chunk, rows: torch.Tensor, z: torch.Tensor) -> None:
+    def _materialize(self, params: Sequence[torch.Tensor]) -> None:
+        """Perturbed copies of `params` into self._ready, every chunk of them on the noise thread pool."""
+        targets: dict[int, tuple[torch.Tensor, float]] = {}
+        items = []
+        for param in params:
+            index, scale = self.scale_of[id(param)]
+            out = torch.empty_like(param)
+            self._ready[id(param)] = out
+            targets[index] = (rows_view(out), scale)
+            items.append((index, param.detach()))
+
+        def fill(index: int, chunk, rows: torch.Tensor, z: torch.Tensor) -> None:
+            out_rows, scale = targets[index]
             target = out_rows[chunk.row_start:chunk.row_stop]
             if rows.dtype == torch.float32:  # straight into the output: no per-chunk temporary
                 torch.add(rows, z, alpha=scale, out=target)
             else:
                 target.copy_(_perturbed_rows(rows, z, scale))
 
-        self.noise.for_each_chunk(self.step_seed, [(index, param.detach())], fill)
-        return out
+        self.noise.for_each_chunk(self.step_seed, items, fill)
 
     def _maybe_param(self, param: torch.Tensor | None) -> torch.Tensor | None:
         if param is None or id(param) not in self.scale_of:
@@ -183,11 +222,13 @@ class VirtualPerturbation:
 
     def __enter__(self) -> "VirtualPerturbation":
         self.applied.clear()
+        self._ready.clear()
         for module in self.model.modules():
             self._install(module)
         return self
 
     def __exit__(self, *exc) -> None:
+        self._ready.clear()
         while self._undo:
             self._undo.pop()()
 

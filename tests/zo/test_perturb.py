@@ -120,3 +120,27 @@ def test_large_tied_weight_goes_by_rows_and_draws_only_the_looked_up_chunks(monk
     assert sorted(drawn) == [0, 0, 1, 2, 2]  # the head needs every row
     assert torch.equal(hidden, looked_up)
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_small_blocks_of_a_layer_are_materialized_in_one_parallel_pass(monkeypatch):
+    model = build_tiny_model("llama", 400)
+    blocks = parameter_blocks(model)
+    layers = model.config.num_hidden_layers
+    ids = torch.randint(3, 400, (2, 6), generator=torch.Generator().manual_seed(1))
+    noise = NoiseSource(threads=2)
+    calls = []
+    real = noise.for_each_chunk
+    monkeypatch.setattr(noise, "for_each_chunk", lambda seed, items, fn, **kw: (calls.append(len(list(items))),
+                                                                                real(seed, items, fn, **kw))[1])
+    scales = [1e-2] * len(blocks)
+    with torch.inference_mode():
+        ctx = VirtualPerturbation(model, blocks, noise, 5, scales)
+        with ctx:
+            virtual = _loss(model, ids)
+        ctx.check_all_applied()
+        add_noise_(NoiseSource(threads=1), 5, blocks, scales)
+        inplace = _loss(model, ids)
+    assert torch.equal(virtual, inplace)
+    # one pass per layer (all its blocks), plus the embedding lookup, the final norm and the tied head
+    assert len(calls) == layers + 3, calls
+    assert sorted(calls)[-layers:] == [(len(blocks) - 2) // layers] * layers
