@@ -2,7 +2,7 @@
 # ZO fine-tuning launcher, env vars as upstream's scripts/zo_fine_tuner.sh (see README for every variable).
 #   DATA_DIR=../shared/data TASK=SST2 STEPS=20 bash scripts/zo_fine_tuner.sh
 #   TRAIN_MODE=mezo LR=1e-6 bash scripts/zo_fine_tuner.sh
-# Sweep learning rates by editing the loop at the bottom or calling this script in your own loop.
+# Sweep learning rates with a loop: for LR in 1e-6 5e-7; do LR=$LR bash scripts/zo_fine_tuner.sh; done
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

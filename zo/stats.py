@@ -1,7 +1,7 @@
 """Per-block mean and unbiased variance, the first two PertNN inputs.
 
-Computed chunk by chunk (the noise chunks of zo.noise) and merged with Chan's parallel formula in
-float64, so the same numbers come out whether the statistics are gathered in a pass of their own or
+Computed chunk by chunk (the noise chunks of zo.noise, two passes in float32 each) and merged with
+Chan's parallel formula in float64, so the same numbers come out whether the statistics are gathered in a pass of their own or
 fused into the update sweep (which saves ZO Fine-tuner one full read of the model per step).
 """
 from __future__ import annotations
@@ -12,7 +12,19 @@ from typing import Sequence
 import torch
 
 from zo.blocks import Block
-from zo.noise import NoiseSource, block_chunks
+from zo.noise import CHUNK_ELEMENTS, NoiseSource, block_chunks
+
+
+_local = threading.local()
+
+
+def _scratch(numel: int, device: torch.device) -> torch.Tensor:
+    """A float32 buffer of `numel` elements owned by the calling thread (reused across chunks)."""
+    buf = getattr(_local, "buffer", None)
+    if buf is None or buf.numel() < numel or buf.device != device:
+        with torch.inference_mode(False):  # usable outside inference mode later
+            buf = _local.buffer = torch.empty(max(numel, CHUNK_ELEMENTS), dtype=torch.float32, device=device)
+    return buf[:numel]
 
 
 class BlockStatsCollector:
@@ -24,10 +36,15 @@ class BlockStatsCollector:
         self._lock = threading.Lock()
 
     def add_chunk(self, block_index: int, chunk_index: int, rows: torch.Tensor) -> None:
-        # torch.var_mean on CPU accumulates in double (Welford: no cancellation for blocks near 1) and,
-        # unlike shifted float64 sums, allocates nothing per chunk; worker threads keep RSS flat.
-        var, mean = torch.var_mean(rows.float(), correction=0)
-        part = (rows.numel(), mean.double(), var.double() * rows.numel())
+        # Two passes in float32 (mean, then the sum of squared deviations): no cancellation for blocks
+        # near 1, and ~10x faster than torch.var_mean's double-precision Welford loop on CPU. The
+        # deviations go to a per-thread buffer, so worker threads allocate nothing per chunk.
+        values = rows.reshape(-1).float()
+        count = values.numel()
+        mean = values.sum() / count
+        deviations = torch.sub(values, mean, out=_scratch(count, values.device))
+        m2 = deviations.square_().sum()
+        part = (count, mean.double(), m2.double())
         with self._lock:
             self._parts[(block_index, chunk_index)] = part
 
