@@ -76,12 +76,33 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+class ThreadScratch:
+    """One float32 buffer per thread and device, grown on demand and reused: pool workers then
+    allocate nothing per chunk, which keeps RSS flat."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def get(self, numel: int, device: torch.device | str) -> torch.Tensor:
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = {}
+        key = str(device)
+        buf = buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            # A normal tensor even when first needed under inference_mode, so it can be reused outside.
+            with torch.inference_mode(False):
+                buf = buffers[key] = torch.empty(max(numel, CHUNK_ELEMENTS), dtype=torch.float32, device=device)
+        return buf[:numel]
+
+
 class NoiseSource:
     """Draws chunks of z and runs per-chunk work on a thread pool for CPU tensors."""
 
     def __init__(self, threads: int | None = None):
         self.threads = threads or default_threads()
         self._local = threading.local()
+        self._z_buffers = ThreadScratch()
         # Workers use one intra-op thread each (set per thread: OpenMP's setting is thread-local), so
         # a chunk's reductions give the same bits whichever worker runs it.
         self._pool = (ThreadPoolExecutor(self.threads, initializer=torch.set_num_threads, initargs=(1,))
@@ -96,24 +117,12 @@ class NoiseSource:
             gens[key] = torch.Generator(device=device)
         return gens[key]
 
-    def _scratch(self, numel: int, device: torch.device) -> torch.Tensor:
-        bufs = getattr(self._local, "buffers", None)
-        if bufs is None:
-            bufs = self._local.buffers = {}
-        key = str(device)
-        buf = bufs.get(key)
-        if buf is None or buf.numel() < numel:
-            # A normal tensor even when first needed under inference_mode, so it can be reused outside.
-            with torch.inference_mode(False):
-                buf = bufs[key] = torch.empty(max(numel, CHUNK_ELEMENTS), dtype=torch.float32, device=device)
-        return buf[:numel]
-
     def draw(self, step_seed: int, block_index: int, chunk: Chunk, row_len: int,
              device: torch.device, out: torch.Tensor | None = None) -> torch.Tensor:
         """z for one chunk as a float32 (rows, row_len) tensor; reuses a per-thread buffer unless `out`."""
         rows = chunk.row_stop - chunk.row_start
         if out is None:
-            out = self._scratch(rows * row_len, device).view(rows, row_len)
+            out = self._z_buffers.get(rows * row_len, device).view(rows, row_len)
         gen = self._generator(device)
         gen.manual_seed(chunk_seed(step_seed, block_index, chunk.index))
         out.normal_(generator=gen)

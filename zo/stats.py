@@ -12,19 +12,11 @@ from typing import Sequence
 import torch
 
 from zo.blocks import Block
-from zo.noise import CHUNK_ELEMENTS, NoiseSource, block_chunks
+from zo.noise import NoiseSource, ThreadScratch, block_chunks
 
 
-_local = threading.local()
-
-
-def _scratch(numel: int, device: torch.device) -> torch.Tensor:
-    """A float32 buffer of `numel` elements owned by the calling thread (reused across chunks)."""
-    buf = getattr(_local, "buffer", None)
-    if buf is None or buf.numel() < numel or buf.device != device:
-        with torch.inference_mode(False):  # usable outside inference mode later
-            buf = _local.buffer = torch.empty(max(numel, CHUNK_ELEMENTS), dtype=torch.float32, device=device)
-    return buf[:numel]
+# Deviations from the chunk mean, one buffer per worker thread.
+_DEVIATIONS = ThreadScratch()
 
 
 class BlockStatsCollector:
@@ -42,7 +34,7 @@ class BlockStatsCollector:
         values = rows.reshape(-1).float()
         count = values.numel()
         mean = values.sum() / count
-        deviations = torch.sub(values, mean, out=_scratch(count, values.device))
+        deviations = torch.sub(values, mean, out=_DEVIATIONS.get(count, values.device))
         m2 = deviations.square_().sum()
         part = (count, mean.double(), m2.double())
         with self._lock:
