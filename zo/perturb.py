@@ -222,7 +222,6 @@ class VirtualPerturbation:
 
     def __enter__(self) -> "VirtualPerturbation":
         self.applied.clear()
-        self._ready.clear()
         for module in self.model.modules():
             self._install(module)
         return self

@@ -1,8 +1,9 @@
 """Per-block mean and unbiased variance, the first two PertNN inputs.
 
 Computed chunk by chunk (the noise chunks of zo.noise, two passes in float32 each) and merged with
-Chan's parallel formula in float64, so the same numbers come out whether the statistics are gathered in a pass of their own or
-fused into the update sweep (which saves ZO Fine-tuner one full read of the model per step).
+Chan's parallel formula in float64, so the same numbers come out whether the statistics are gathered
+in a pass of their own or fused into the update sweep (which saves ZO Fine-tuner one full read of the
+model per step).
 """
 from __future__ import annotations
 
