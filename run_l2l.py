@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from zo.cli import add_dataclass_arguments, run_main, setup_logging, strip_ignored
-from zo.meta_train import L2LConfig, meta_train
+from zo.recipes.meta_train import L2LConfig, meta_train
 
 HELP = {
     "model_name": "local model folder or hub id; unset: the embedded SmolLM2-135M",

@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from zo.cli import add_dataclass_arguments, run_main, setup_logging, strip_ignored
-from zo.finetune import FineTuneConfig, fine_tune
+from zo.recipes.finetune import FineTuneConfig, fine_tune
 
 HELP = {
     "model_name": "local model folder or hub id; unset: the embedded SmolLM2-135M",

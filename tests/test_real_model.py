@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from zo.finetune import FineTuneConfig, fine_tune
+from zo.recipes.finetune import FineTuneConfig, fine_tune
 from zo.models import DEFAULT_MODEL
 
 from conftest import SHARED_DATA

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import tasks
-import zo.finetune
+import zo.recipes.finetune
 from conftest import SHARED_DATA
 from run_helpers import (assert_same_weights, read_json, read_jsonl, requires_shared_data, snapshot, temp_leftovers,
                          weights_differ)
 from zo.blocks import parameter_blocks
 from zo.estimator import ZOConfig, ZOOptimizer
-from zo.finetune import FineTuneConfig, fine_tune
+from zo.recipes.finetune import FineTuneConfig, fine_tune
 from zo.init_bank import init_bank
 from zo.loop import BEST_STATE_FILE, load_weights
 from zo.models import load_model
@@ -42,7 +42,7 @@ def captured_model(monkeypatch):
         seen["model"] = model
         return model, tokenizer
 
-    monkeypatch.setattr(zo.finetune, "load_model", capture)
+    monkeypatch.setattr(zo.recipes.finetune, "load_model", capture)
     return seen
 
 
@@ -81,8 +81,8 @@ def test_default_output_dir_is_one_component_under_result(tiny_llama_dir, bank):
 def test_best_state_is_kept_and_restored(tmp_path, tiny_llama_dir, captured_model, monkeypatch):
     # dev loss every step; scripted so that the best one (step 2) is neither the first nor the last
     scripted = iter([3.0, 1.0, 2.0, 4.0])
-    real_mean_loss = zo.finetune._mean_loss
-    monkeypatch.setattr(zo.finetune, "_mean_loss", lambda *a: (real_mean_loss(*a), next(scripted))[1])
+    real_mean_loss = zo.recipes.finetune._mean_loss
+    monkeypatch.setattr(zo.recipes.finetune, "_mean_loss", lambda *a: (real_mean_loss(*a), next(scripted))[1])
     out = tmp_path / "run"
     lr, eps = 1e-2, 1e-2
     metrics = fine_tune(_config(tiny_llama_dir, out, max_steps=4, eval_steps=1, learning_rate=lr, zo_eps=eps))

@@ -1,11 +1,11 @@
-"""The L2L recipe (zo.meta_train) on tiny models: resets, multi-task schedule, bank files, bad input, interrupts."""
+"""The L2L recipe (zo.recipes.meta_train) on tiny models: resets, multi-task schedule, bank files, bad input, interrupts."""
 import json
 import os
 
 import pytest
 import torch
 
-import zo.meta_train
+import zo.recipes.meta_train
 from conftest import SHARED_DATA, build_tiny_model
 from run_helpers import (assert_same_weights, read_json, read_jsonl, requires_shared_data, snapshot, temp_leftovers,
                          weights_differ)
@@ -13,7 +13,7 @@ from zo.blocks import parameter_blocks
 from zo.estimator import ZOConfig, ZOOptimizer
 from zo.l2l import MetaConfig, MetaLearner, MetaStepResult, TrajectoryOptimizer
 from zo.loop import load_weights, save_weights
-from zo.meta_train import L2LConfig, meta_train, visit_plan
+from zo.recipes.meta_train import L2LConfig, meta_train, visit_plan
 from zo.models import load_model
 from zo.noise import NoiseSource
 from zo.pertnn import PertNNBank, load_bank
@@ -210,7 +210,7 @@ def test_skip_copa_every_4th_in_the_recipe(tmp_path, tiny_llama_dir, no_compute)
 def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the configuration was checked")
-    monkeypatch.setattr(zo.meta_train, "load_model", refuse)
+    monkeypatch.setattr(zo.recipes.meta_train, "load_model", refuse)
 
 
 @pytest.mark.parametrize("overrides, error, fragments", [

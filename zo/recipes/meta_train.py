@@ -18,14 +18,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+import tasks
 from zo.blocks import block_type, parameter_blocks
-from zo.finetune import seed_everything
 from zo.io import JsonlLog, sanitize_component, write_json
 from zo.l2l import MetaConfig, MetaLearner, TrajectoryOptimizer
 from zo.loop import load_weights, save_weights
 from zo.models import load_model, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
 from zo.pertnn import PertNNBank, load_bank
+from zo.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +82,10 @@ class L2LConfig:
         return list(names)
 
     def validate(self) -> None:
-        from tasks import TASK_NAMES
-
-        known = {t.lower(): t for t in TASK_NAMES}
+        known = {t.lower(): t for t in tasks.TASK_NAMES}
         unknown = [t for t in self.task_list() if t.lower() not in known]
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown}: choose from {', '.join(TASK_NAMES)}")
+            raise ValueError(f"unknown task(s) {unknown}: choose from {', '.join(tasks.TASK_NAMES)}")
         if not self.task_list():
             raise ValueError("no task to meta-train on")
         canonical = [known[t.lower()] for t in self.task_list()]
@@ -129,8 +128,6 @@ def sigma_by_type(blocks, sigma: torch.Tensor) -> dict[str, float]:
 
 def meta_train(config: L2LConfig) -> dict:
     """Meta-train and save the bank; returns a summary (also written to <output_dir>/summary.json)."""
-    import tasks
-
     config.validate()
     model_path = resolve_model_path(config.model_name)  # a bad model path fails before any data is read
     output_dir = Path(config.output_dir or config.default_output_dir())

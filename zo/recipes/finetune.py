@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
+import tasks
 from zo.blocks import parameter_blocks
 from zo.estimator import ZOConfig, ZOOptimizer
 from zo.io import sanitize_component, write_json
@@ -22,6 +21,7 @@ from zo.loop import BEST_STATE_FILE, train_zo
 from zo.models import load_model, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
 from zo.pertnn import load_bank
+from zo.seeding import seed_everything
 from zo.sigma import ConstantSigma, LearnedSigma
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,6 @@ class FineTuneConfig:
     report_to: str = "none"
 
     def validate(self) -> None:
-        from tasks import TASK_NAMES
-
         if self.train_mode not in TRAIN_MODES:
             raise ValueError(f"unknown train_mode {self.train_mode!r}: choose one of {TRAIN_MODES}")
         if self.train_mode == "zo_fine_tuner" and not self.load_mlp_path:
@@ -74,8 +72,8 @@ class FineTuneConfig:
                              "(python -m zo.init_bank writes an untrained one)")
         if self.load_mlp_path and not Path(self.load_mlp_path).exists():
             raise FileNotFoundError(f"PertNN bank not found: {self.load_mlp_path}")
-        if self.task_name.lower() not in {t.lower() for t in TASK_NAMES}:
-            raise ValueError(f"unknown task {self.task_name!r}: choose one of {', '.join(TASK_NAMES)}")
+        if self.task_name.lower() not in {t.lower() for t in tasks.TASK_NAMES}:
+            raise ValueError(f"unknown task {self.task_name!r}: choose one of {', '.join(tasks.TASK_NAMES)}")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise FileNotFoundError(f"data folder does not exist: {self.data_dir}")
         if self.per_device_train_batch_size < 1 or self.max_steps < 0 or self.eval_steps < 0:
@@ -93,12 +91,6 @@ class FineTuneConfig:
         return str(Path("result") / f"{self.task_name}-{model}-{sanitize_component(tag, 160)}")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _mean_loss(model, loss_fn, batches) -> float:
     total, count = 0.0, 0
     with torch.inference_mode():
@@ -110,8 +102,6 @@ def _mean_loss(model, loss_fn, batches) -> float:
 
 def fine_tune(config: FineTuneConfig) -> dict:
     """Run the whole job; returns the metrics written to <output_dir>/metrics.json."""
-    import tasks
-
     config.validate()
     model_path = resolve_model_path(config.model_name)  # a bad model path fails before any data is read
     output_dir = Path(config.output_dir or config.default_output_dir())
