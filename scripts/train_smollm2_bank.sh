@@ -6,9 +6,9 @@
 # meta-gradients ~1e-5 that SGD would not move in a few hundred steps), eta 1e-6, batch 8, fp32.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA_DIR=${DATA_DIR:-../shared/data} TASK=Copa EPOCH=6 EPOCHS_PER_RESTART=2 BS=8 \
+DATA_DIR=${DATA_DIR:-../shared/data} TASK=Copa EPOCH=${EPOCH:-6} EPOCHS_PER_RESTART=2 BS=8 \
 LR_LLM=1e-5 TRAJECTORY_OPTIMIZER=adam LR_MLP=1e-3 LR_UPDATE=1e-6 ZO_EPS=1e-3 NEED_NORMALIZATION=True \
 SEED=0 OUTPUT_DIR=${OUTPUT_DIR:-runs/l2l_smollm2_copa} \
-SAVE_MLP_PATH=learned_finetuner/smollm2-135m_copa.safetensors \
+SAVE_MLP_PATH=${SAVE_MLP_PATH:-learned_finetuner/smollm2-135m_copa.safetensors} \
 EXTRA_ARGS="--mlp_optimizer adam --save_every_steps 20 ${EXTRA_ARGS:-}" \
 bash scripts/l2l.sh

@@ -16,6 +16,13 @@ from torch import nn
 # Upstream counts "embed" tensors as if only ~15 tokens per example touched them (spec §2.1).
 UPSTREAM_TOKENS_PER_EXAMPLE = 15
 
+# How the noise normalization counts an embedding (`effective_dim`):
+# - "upstream": every tensor named *embed* counts hidden x 15 x batch (the authors' rule; their banks);
+# - "tied_full": the same for an input-only embedding, but an embedding tied to the output head counts
+#   all its elements, because the head reads every row of it in every forward.
+EFFECTIVE_DIM_RULES = ("upstream", "tied_full")
+DEFAULT_EFFECTIVE_DIM_RULE = "tied_full"
+
 _LAYER_INDEX = re.compile(r"\.(?:layers|h|layer|blocks)\.(\d+)\.")
 
 
@@ -24,6 +31,7 @@ class Block:
     index: int
     name: str
     param: nn.Parameter
+    tied: bool = False  # the same tensor is reachable under another name too (e.g. lm_head.weight)
 
     @property
     def layer(self) -> int | None:
@@ -34,10 +42,13 @@ class Block:
 
 def parameter_blocks(model: nn.Module) -> list[Block]:
     """Trainable tensors of `model` as blocks, tied weights once, in `named_parameters()` order."""
+    names_of: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        names_of[id(param)] = names_of.get(id(param), 0) + 1
     blocks: list[Block] = []
     for name, param in model.named_parameters():  # remove_duplicate=True folds tied weights
         if param.requires_grad:
-            blocks.append(Block(len(blocks), name, param))
+            blocks.append(Block(len(blocks), name, param, tied=names_of[id(param)] > 1))
     if not blocks:
         raise ValueError("the model has no trainable parameters: nothing to fine-tune")
     return blocks
@@ -55,16 +66,21 @@ def block_aliases(model: nn.Module) -> dict[str, list[str]]:
 
 
 def effective_dim(name: str, shape: torch.Size, batch_size: int, world_size: int = 1,
-                  tokens_per_example: int = UPSTREAM_TOKENS_PER_EXAMPLE) -> float:
-    """Upstream's "effective dimension" of one block, used by the noise normalization c (spec §2.1).
+                  tokens_per_example: int = UPSTREAM_TOKENS_PER_EXAMPLE, rule: str = "upstream",
+                  tied: bool = False) -> float:
+    """The "effective dimension" of one block, used by the noise normalization c (spec §2.1).
 
     - a name containing 'embed' counts hidden_size x tokens_per_example x global batch: only the rows
       of tokens in the batch get a gradient, so the full vocabulary would swamp the budget;
+      with rule "tied_full", an embedding tied to the output head is exempt from this (next item);
     - any other tensor counts its number of elements.
     Upstream's /1e6 scaling cancels in c and is dropped. The rule is by name, as upstream, because the
     released banks were trained with it; OPT's `embed_positions` is therefore caught by it too.
     """
-    if "embed" in name and len(shape) >= 2:
+    if rule not in EFFECTIVE_DIM_RULES:
+        raise ValueError(f"effective-dimension rule must be one of {EFFECTIVE_DIM_RULES}, got {rule!r}")
+    sparse = not (rule == "tied_full" and tied)
+    if "embed" in name and len(shape) >= 2 and sparse:
         return float(shape[1] * tokens_per_example * batch_size * world_size)
     numel = 1
     for size in shape:
@@ -73,10 +89,11 @@ def effective_dim(name: str, shape: torch.Size, batch_size: int, world_size: int
 
 
 def effective_dims(blocks: list[Block], batch_size: int, world_size: int = 1,
-                   tokens_per_example: int = UPSTREAM_TOKENS_PER_EXAMPLE) -> torch.Tensor:
+                   tokens_per_example: int = UPSTREAM_TOKENS_PER_EXAMPLE, rule: str = "upstream") -> torch.Tensor:
     """Effective dimension of every block as a float64 CPU tensor (one entry per block)."""
     return torch.tensor(
-        [effective_dim(b.name, b.param.shape, batch_size, world_size, tokens_per_example) for b in blocks],
+        [effective_dim(b.name, b.param.shape, batch_size, world_size, tokens_per_example, rule, b.tied)
+         for b in blocks],
         dtype=torch.float64,
     )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from zo.blocks import parameter_blocks
+from zo.blocks import DEFAULT_EFFECTIVE_DIM_RULE, parameter_blocks
 from zo.models import resolve_model_path
 from zo.pertnn import PertNNBank
 
@@ -29,7 +29,8 @@ def init_bank(model: str | None, out: str | Path, seed: int = 0) -> PertNNBank:
     names = block_names_for(path)
     bank = PertNNBank(names, generator=torch.Generator().manual_seed(seed))
     base = Path(path).name if Path(path).is_dir() else path
-    bank.save(out, {"base_model": base, "trained": "false", "init_seed": seed})
+    bank.save(out, {"base_model": base, "trained": "false", "init_seed": seed,
+                    "effective_dim_rule": DEFAULT_EFFECTIVE_DIM_RULE})
     return bank
 
 

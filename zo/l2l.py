@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from zo.blocks import Block, effective_dims
+from zo.blocks import DEFAULT_EFFECTIVE_DIM_RULE, EFFECTIVE_DIM_RULES, Block, effective_dims
 from zo.noise import NoiseSource
 from zo.perturb import VirtualPerturbation, add_noise_
 from zo.pertnn import PertNNBank, bank_features
@@ -44,8 +44,11 @@ class MetaConfig:
     need_normalization: bool = True
     grad_through_c: bool = False
     mlp_optimizer: str = "sgd"  # "sgd" as upstream, or "adam"
+    effective_dim_rule: str = DEFAULT_EFFECTIVE_DIM_RULE  # zo.blocks: how the normalization counts embeddings
 
     def __post_init__(self) -> None:
+        if self.effective_dim_rule not in EFFECTIVE_DIM_RULES:
+            raise ValueError(f"effective_dim_rule must be one of {EFFECTIVE_DIM_RULES}, got {self.effective_dim_rule!r}")
         if self.mlp_optimizer not in ("sgd", "adam"):
             raise ValueError(f"mlp_optimizer must be 'sgd' or 'adam', got {self.mlp_optimizer!r}")
         if not self.zo_eps > 0:
@@ -94,7 +97,7 @@ class MetaLearner:
         bank.check_blocks(names)
         self.bank = bank.ordered_for(names).to(bank_dtype).train().requires_grad_(True)
         self.config = config
-        self.dims = effective_dims(self.blocks, batch_size)
+        self.dims = effective_dims(self.blocks, batch_size, rule=config.effective_dim_rule)
         self.noise = noise or NoiseSource()
         self.seed_rng = np.random.Generator(np.random.PCG64(seed))
         params = list(self.bank.parameters())

@@ -28,6 +28,12 @@ NUM_INPUTS = len(INPUT_LAYOUT)
 HIDDEN = 64
 
 
+def bank_effective_dim_rule(metadata: Mapping[str, str]) -> str:
+    """The effective-dimension rule a bank was meta-trained with. Banks that do not record one (the
+    authors' .pth banks, and this project's banks before the rule was recorded) used upstream's."""
+    return metadata.get("effective_dim_rule", "upstream")
+
+
 class BankMismatchError(ValueError):
     """The bank's block names do not match the model's parameter blocks."""
 

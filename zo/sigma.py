@@ -13,7 +13,7 @@ from typing import Protocol, Sequence
 import torch
 
 from zo.blocks import Block, effective_dims
-from zo.pertnn import PertNNBank, bank_features
+from zo.pertnn import PertNNBank, bank_effective_dim_rule, bank_features
 
 
 class SigmaPolicy(Protocol):
@@ -70,11 +70,14 @@ class LearnedSigma:
 
     needs_block_stats = True
 
-    def __init__(self, bank: PertNNBank, blocks: Sequence[Block], batch_size: int, normalize: bool = True):
+    def __init__(self, bank: PertNNBank, blocks: Sequence[Block], batch_size: int, normalize: bool = True,
+                 effective_dim_rule: str | None = None):
         names = [b.name for b in blocks]
         bank.check_blocks(names)
         self.bank = bank.ordered_for(names).float().eval().requires_grad_(False)
-        self.dims = effective_dims(list(blocks), batch_size)
+        # A bank is used with the rule it was meta-trained with unless told otherwise.
+        self.effective_dim_rule = effective_dim_rule or bank_effective_dim_rule(bank.metadata)
+        self.dims = effective_dims(list(blocks), batch_size, rule=self.effective_dim_rule)
         self.normalize = normalize
         self.sigma_prev = torch.ones(len(names))
         self.history = (0.0, 0.0)

@@ -35,3 +35,26 @@ def test_layer_groups():
     groups = layer_groups(parameter_blocks(build_tiny_model("llama", 400)))
     assert list(groups) == ["other", "layer.0", "layer.1"]
     assert sum(len(v) for v in groups.values()) == 20
+
+
+def test_tied_full_rule_counts_a_tied_embedding_whole_and_keeps_upstreams_rule_otherwise():
+    tied = parameter_blocks(build_tiny_model("llama", 400, tie=True))
+    untied = parameter_blocks(build_tiny_model("llama", 400, tie=False))
+    assert [b.name for b in tied if b.tied] == ["model.embed_tokens.weight"]
+    assert not any(b.tied for b in untied)
+    embed = tied[0]
+    assert embed.name == "model.embed_tokens.weight"
+    upstream = effective_dims(tied, batch_size=8, rule="upstream")
+    fair = effective_dims(tied, batch_size=8, rule="tied_full")
+    assert upstream[0] == 32 * 15 * 8  # hidden x 15 tokens x batch
+    assert fair[0] == 400 * 32  # every row: the tied head reads all of them
+    assert torch.equal(upstream[1:], fair[1:])
+    # An input-only embedding keeps the sparse count under both rules.
+    assert effective_dims(untied, 8, rule="tied_full")[0] == effective_dims(untied, 8, rule="upstream")[0] == 32 * 15 * 8
+
+
+def test_unknown_effective_dimension_rule_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="tied_full"):
+        effective_dim("model.embed_tokens.weight", torch.Size((10, 4)), 8, rule="fair")

@@ -89,6 +89,18 @@ def test_normalization_makes_noise_trace_equal_effective_dimension():
     assert coefs.std() > 0  # the bank really gives different scales to different blocks
 
 
+def test_a_bank_is_normalized_with_the_rule_it_records():
+    model = build_tiny_model("llama", 400, tie=True)
+    blocks = parameter_blocks(model)
+    names = [b.name for b in blocks]
+    authors_bank = PertNNBank(names)  # no rule recorded: the authors' banks, trained with upstream's rule
+    fair_bank = PertNNBank(names, metadata={"effective_dim_rule": "tied_full"})
+    assert LearnedSigma(authors_bank, blocks, 4).effective_dim_rule == "upstream"
+    assert LearnedSigma(authors_bank, blocks, 4).dims[0] == 32 * 15 * 4
+    assert LearnedSigma(fair_bank, blocks, 4).dims[0] == 400 * 32
+    assert LearnedSigma(fair_bank, blocks, 4, effective_dim_rule="upstream").dims[0] == 32 * 15 * 4
+
+
 @pytest.mark.parametrize("perturbation", ["virtual", "inplace"])
 def test_replaying_seeds_and_projected_grads_rebuilds_the_weights(perturbation):
     config = ZOConfig(lr=2e-3, eps=1e-3, perturbation=perturbation, weight_decay=0.1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 import tasks
-from zo.blocks import parameter_blocks
+from zo.blocks import EFFECTIVE_DIM_RULES, parameter_blocks
 from zo.estimator import ZOConfig, ZOOptimizer
 from zo.io import sanitize_component, write_json
 from zo.loop import BEST_STATE_FILE, train_zo
@@ -36,6 +36,7 @@ class FineTuneConfig:
     train_mode: str = "zo_fine_tuner"
     load_mlp_path: str | None = None
     need_normalization: bool = True
+    effective_dim_rule: str | None = None  # None: the rule the bank records (upstream for the authors' banks)
     load_float16: bool = False
     load_bfloat16: bool = False
     data_dir: str | None = None  # local data root; None: the HF hub
@@ -80,6 +81,8 @@ class FineTuneConfig:
             raise ValueError("batch size must be >= 1 and steps / eval_steps >= 0")
         if self.non_diff and self.task_name.lower() not in ("squad", "drop"):  # names are case-insensitive
             raise ValueError("--non_diff (-F1 objective) is for the generation tasks SQuAD and DROP")
+        if self.effective_dim_rule not in (None, *EFFECTIVE_DIM_RULES):
+            raise ValueError(f"effective_dim_rule must be one of {EFFECTIVE_DIM_RULES}, got {self.effective_dim_rule!r}")
         if self.report_to not in ("none", "wandb"):
             raise ValueError("report_to must be 'none' or 'wandb'")
 
@@ -126,7 +129,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
         if Path(config.load_mlp_path).suffix in (".pth", ".pt", ".bin"):
             log.info("converted the authors' pickled bank %s through the safe loader (%d blocks)",
                      config.load_mlp_path, len(bank))
-        sigma = LearnedSigma(bank, blocks, config.per_device_train_batch_size, config.need_normalization)
+        sigma = LearnedSigma(bank, blocks, config.per_device_train_batch_size, config.need_normalization,
+                             config.effective_dim_rule)
         bank_note = bank.metadata.get("base_model")
 
     # Every input is checked (data, model, bank): only now touch the run folder, so that bad input
@@ -163,7 +167,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
                      "train_as_classification": as_classification, "perturbation": zo_config.perturbation,
                      "num_blocks": len(blocks), "split_sizes": {"train": len(splits.train), "dev": len(splits.dev),
                                                                 "test": len(splits.test)},
-                     "split_notes": splits.notes, "eval_note": task.eval_note, "bank_base_model": bank_note})
+                     "split_notes": splits.notes, "eval_note": task.eval_note, "bank_base_model": bank_note,
+                     "effective_dim_rule": getattr(sigma, "effective_dim_rule", None)})
     write_json(output_dir / "config.json", resolved)
     log.info("task %s: %d train / %d dev / %d test; %s on %s; output %s", task.name, len(splits.train),
              len(splits.dev), len(splits.test), config.train_mode, model_path, output_dir)

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 import tasks
-from zo.blocks import block_type, parameter_blocks
+from zo.blocks import DEFAULT_EFFECTIVE_DIM_RULE, block_type, parameter_blocks
 from zo.io import JsonlLog, sanitize_component, write_json
 from zo.l2l import MetaConfig, MetaLearner, TrajectoryOptimizer
 from zo.loop import load_weights, save_weights
@@ -52,6 +52,7 @@ class L2LConfig:
     epochs_per_restart: int = 4
     zo_eps: float = 1e-3
     need_normalization: bool = True
+    effective_dim_rule: str = DEFAULT_EFFECTIVE_DIM_RULE  # tied_full (fair to a tied embedding) | upstream
     grad_through_c: bool = False
     trajectory_optimizer: str = "adam"  # "adam" (the design we follow) or "sgd" (upstream, momentum 0.8)
     momentum: float = 0.8
@@ -159,7 +160,7 @@ def meta_train(config: L2LConfig) -> dict:
             else PertNNBank([b.name for b in blocks], generator=torch.Generator().manual_seed(config.seed)))
     meta_config = MetaConfig(lr_mlp=config.lr_mlp, lr_update=config.lr_update, zo_eps=config.zo_eps,
                              need_normalization=config.need_normalization, grad_through_c=config.grad_through_c,
-                             mlp_optimizer=config.mlp_optimizer)
+                             mlp_optimizer=config.mlp_optimizer, effective_dim_rule=config.effective_dim_rule)
     learner = MetaLearner(model, bank, blocks, meta_config, config.per_device_train_batch_size, seed=config.seed,
                           noise=NoiseSource(config.threads))
     trajectory = TrajectoryOptimizer(model, config.lr_llm, period_steps, config.trajectory_optimizer,
@@ -193,6 +194,7 @@ def meta_train(config: L2LConfig) -> dict:
     def save_bank(final: bool) -> None:
         learner.bank.save(save_path, {
             "base_model": model_label, "tasks": task_names, "trained": "true", "steps_done": step,
+            "effective_dim_rule": config.effective_dim_rule,
             "epochs_done": epoch if not final else config.num_train_epochs, "complete": final,
             "hyperparameters": {k: v for k, v in resolved.items() if k not in ("output_dir",)},
         })

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import zo.recipes.meta_train
+from zo.blocks import effective_dims
 from conftest import SHARED_DATA, build_tiny_model
 from run_helpers import (assert_same_weights, read_json, read_jsonl, requires_shared_data, snapshot, temp_leftovers,
                          weights_differ)
@@ -127,6 +128,8 @@ def test_reset_restarts_from_pretrained_and_bank_round_trips(tmp_path, tiny_llam
     meta = bank.metadata
     assert meta["base_model"] == tiny_llama_dir.name and json.loads(meta["tasks"]) == ["Copa"]
     assert meta["trained"] == "true" and json.loads(meta["steps_done"]) == 4 and json.loads(meta["complete"]) is True
+    assert meta["effective_dim_rule"] == "tied_full" and learner.dims.tolist() == effective_dims(
+        learner.blocks, 4, rule="tied_full").tolist()
     hyper = json.loads(meta["hyperparameters"])
     assert hyper["lr_mlp"] == 1e-2 and hyper["epochs_per_restart"] == 1 and hyper["tasks"] == ["Copa"]
     assert hyper["model_name"] == str(tiny_llama_dir)
