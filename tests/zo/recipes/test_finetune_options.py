@@ -120,3 +120,25 @@ def test_generation_options_reach_evaluation(tmp_path, tiny_llama_dir, monkeypat
                              progress=False))
     assert len(seen) == 2 and all(o.cut_at_newline is False and o.num_beams == 2 and o.max_new_tokens == 3
                                   for o in seen)
+
+
+@requires_shared_data
+def test_without_a_dev_set_the_final_state_is_evaluated(tmp_path, tiny_llama_dir, caplog):
+    # audit item 9, declared: upstream would then select the checkpoint on the test set
+    out = tmp_path / "run"
+    metrics = fine_tune(FineTuneConfig(task_name="SST2", model_name=str(tiny_llama_dir), data_dir=str(SHARED_DATA),
+                                       output_dir=str(out), **{**SMALL, "num_dev": 0, "eval_steps": 1}))
+    assert metrics["best_step"] is None and "dev" not in metrics and metrics["steps"] == 2
+    assert not (out / "best_model.safetensors").exists()
+    assert any("no dev set" in r.getMessage() for r in caplog.records)
+
+
+@requires_shared_data
+def test_non_diff_allows_drop_and_turns_dev_selection_off(tmp_path, tiny_llama_dir):
+    # audit item 8, declared: upstream allows SQuAD only and still selects by dev loss
+    out = tmp_path / "run"
+    metrics = fine_tune(FineTuneConfig(task_name="DROP", model_name=str(tiny_llama_dir), data_dir=str(SHARED_DATA),
+                                       output_dir=str(out), non_diff=True, max_new_tokens=2, max_length=512,
+                                       **{**SMALL, "eval_steps": 1, "num_train": 2, "num_dev": 1, "num_eval": 1}))
+    assert metrics["best_step"] is None and "f1" in metrics["dev"] and "loss" not in metrics["dev"]
+    assert not any("dev_loss" in r for r in read_jsonl(out / "train_log.jsonl"))
