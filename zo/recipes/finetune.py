@@ -52,6 +52,9 @@ class FineTuneConfig:
     max_steps: int = 20000
     eval_steps: int = 2000
     save_steps: int | None = None  # upstream's real evaluation period: when set, it replaces eval_steps
+    # Dev loss for model selection: per_example = mean of per-example losses (upstream evaluates at batch 1);
+    # batch_mean = mean of the losses of eval_batch_size batches (token-weighted within a batch for LM tasks).
+    dev_loss: str = "per_example"
     train_set_seed: int = 43
     seed: int = 42
     num_train: int = 1000
@@ -115,6 +118,8 @@ class FineTuneConfig:
             raise FileNotFoundError(f"data folder does not exist: {self.data_dir}")
         if self.per_device_train_batch_size < 1 or self.max_steps < 0 or self.eval_steps < 0:
             raise ValueError("batch size must be >= 1 and steps / eval_steps >= 0")
+        if self.dev_loss not in ("per_example", "batch_mean"):
+            raise ValueError(f"dev_loss must be 'per_example' (upstream) or 'batch_mean', got {self.dev_loss!r}")
         if self.save_steps is not None and self.save_steps < 0:
             raise ValueError("save_steps (the evaluation period, as upstream) must be >= 0")
         if (self.non_diff and not tasks.is_task_file(self.task_ref)
@@ -264,7 +269,8 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, blocks, sigma
 
     dev_loss_fn = None
     if splits.dev and not config.non_diff:
-        dev_batches = tasks.TrainBatches(splits.dev, task, tokenizer, config.eval_batch_size, seed=0,
+        dev_batch_size = 1 if config.dev_loss == "per_example" else config.eval_batch_size
+        dev_batches = tasks.TrainBatches(splits.dev, task, tokenizer, dev_batch_size, seed=0,
                                          as_classification=as_classification, max_length=config.max_length)
         dev_loss_fn = lambda: _mean_loss(model, loss_fn, dev_batches.epoch(shuffle=False))  # noqa: E731
 

@@ -3,6 +3,7 @@ evaluation period, generation options, and upstream flags accepted, ignored or r
 import os
 
 import pytest
+import torch
 
 import run_zo_fine_tuner
 import tasks
@@ -142,3 +143,26 @@ def test_non_diff_allows_drop_and_turns_dev_selection_off(tmp_path, tiny_llama_d
                                        **{**SMALL, "eval_steps": 1, "num_train": 2, "num_dev": 1, "num_eval": 1}))
     assert metrics["best_step"] is None and "f1" in metrics["dev"] and "loss" not in metrics["dev"]
     assert not any("dev_loss" in r for r in read_jsonl(out / "train_log.jsonl"))
+
+
+@requires_shared_data
+@pytest.mark.parametrize("mode", ["per_example", "batch_mean"])
+def test_dev_loss_is_the_mean_of_per_example_losses_as_upstream(tmp_path, tiny_llama_dir, monkeypatch, mode):
+    # audit item 4: upstream evaluates the dev loss at batch size 1; Copa's LM loss is token-weighted per batch,
+    # so the batch mean differs
+    seen = {}
+    real = zo.recipes.finetune._mean_loss
+
+    def spy(model, loss_fn, batches):
+        batches = list(batches)
+        seen["sizes"] = [int(b["input_ids"].shape[0]) for b in batches]
+        with torch.inference_mode():
+            seen["losses"] = [float(loss_fn(b)) for b in batches]
+        return real(model, loss_fn, batches)
+
+    monkeypatch.setattr(zo.recipes.finetune, "_mean_loss", spy)
+    metrics = fine_tune(FineTuneConfig(task_name="Copa", model_name=str(tiny_llama_dir), data_dir=str(SHARED_DATA),
+                                       output_dir=str(tmp_path / "run"), dev_loss=mode, eval_batch_size=4,
+                                       **{**SMALL, "max_steps": 1, "num_dev": 4}))
+    assert seen["sizes"] == ([1, 1, 1, 1] if mode == "per_example" else [4])
+    assert metrics["best_dev_loss"] == pytest.approx(sum(seen["losses"]) / len(seen["losses"]))
