@@ -73,3 +73,14 @@ def test_sgd_sized_lr_llm_under_adam_is_warned(caplog, optimizer, lr, warned):
         assert "TRAJECTORY_OPTIMIZER=sgd" in messages[0] and "10^3x too far" in messages[0]
         assert any(r.levelno == logging.WARNING and "10^3x" in r.getMessage() for r in caplog.records)
     assert any("NEED_NORMALIZATION=True" in r.getMessage() for r in caplog.records)
+
+
+@requires_shared_data
+def test_a_task_spec_file_is_a_task_for_meta_training(tmp_path, tiny_llama_dir, history_spy):
+    from custom_task_helpers import ROWS, SENTIMENT_SPEC, write_task
+
+    seen, _ = history_spy
+    spec = write_task(tmp_path / "data", SENTIMENT_SPEC, ROWS)
+    summary = meta_train(_l2l_config(tiny_llama_dir, tmp_path / "run", task_name=str(spec), num_train_epochs=1,
+                                     num_train=4, num_dev=2, per_device_train_batch_size=2))
+    assert summary["tasks"] == ["Reviews"] and [t for t, _ in seen] == ["Reviews", "Reviews"]
