@@ -52,8 +52,8 @@ IGNORED_UPSTREAM_FLAGS = {
     "--trainer": 1, "--evaluation_strategy": 1, "--eval_strategy": 1, "--save_strategy": 1,
     "--save_total_limit": 1, "--logging_steps": 1, "--load_best_model_at_end": 0, "--save_steps": 1,
     "--cache_dir": 1, "--overwrite_output_dir": 0, "--tag": 1, "--save_model": 0, "--no_auto_device": 0,
-    "--verbose": 0, "--save_on_interrupt": 0, "--logging_dir": 1, "--fp16": 0, "--bf16": 0,
-    "--dataloader_num_workers": 1, "--disable_tqdm": 0,
+    "--verbose": 0, "--save_on_interrupt": 0, "--logging_dir": 1, "--dataloader_num_workers": 1,
+    "--disable_tqdm": 0,
 }
 
 # Upstream flags this codebase does not implement: refused by name, with what to use instead. A value in
@@ -84,6 +84,9 @@ REFUSED_UPSTREAM_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
                                       "--per_device_train_batch_size (upstream updated once per micro-batch)", ("1",)),
     "--result_file": ("metrics go to <output_dir>/metrics.json; use --output_dir", ()),
     "--no_eval": ("evaluation always runs; use --num_eval 0 and --num_dev 0 to skip it", ("False",)),
+    "--fp16": ("HF mixed precision is not used; load the model in half precision with --load_float16 True",
+               ("False",)),
+    "--bf16": ("HF mixed precision is not used; load the model in bfloat16 with --load_bfloat16 True", ("False",)),
     "--per_device_eval_batch_size": ("use --eval_batch_size (sequences per forward pass; upstream scores one at a "
                                      "time)", ()),
 }
