@@ -17,6 +17,8 @@ HELP = {
     "lr_mlp": "lr of the PertNN bank optimizer",
     "lr_update": "eta of the look-ahead theta' = theta - eta * g_hat",
     "epochs_per_restart": "reset theta to the pretrained weights every this many epochs",
+    "reset": "False: never reset theta (Table 2 ablation); one lr horizon over the whole run",
+    "bank_granularity": "block (one PertNN per tensor) | layer (one per transformer layer, Table 3 ablation)",
     "trajectory_optimizer": "adam | sgd (upstream: SGD momentum 0.8)",
     "save_mlp_path": "where the bank is written (.safetensors)",
 }

@@ -98,16 +98,30 @@ def effective_dims(blocks: list[Block], batch_size: int, world_size: int = 1,
     )
 
 
-def layer_groups(blocks: list[Block]) -> "OrderedDict[str, list[int]]":
-    """Block indices grouped by transformer layer ('layer.N'), with 'other' for the rest.
+# Granularity of sigma sharing (the paper's Table 3 ablation): "block" = one PertNN and one sigma per
+# parameter tensor (the method), "layer" = one per transformer layer, all its tensors sharing that sigma.
+GRANULARITIES = ("block", "layer")
+# The blocks outside the repeated layers (embeddings, final norm, untied head) form one group of their own.
+NON_LAYER_GROUP = "non_layer"
 
-    For a layer-wise ablation (one sigma per layer instead of per tensor).
-    """
+
+def layer_groups(blocks: list[Block]) -> "OrderedDict[str, list[int]]":
+    """Block positions grouped by transformer layer ('layer.N'), plus NON_LAYER_GROUP for the rest,
+    in order of first appearance (the model's `named_parameters()` order)."""
     groups: OrderedDict[str, list[int]] = OrderedDict()
-    for block in blocks:
-        key = f"layer.{block.layer}" if block.layer is not None else "other"
-        groups.setdefault(key, []).append(block.index)
+    for position, block in enumerate(blocks):
+        key = f"layer.{block.layer}" if block.layer is not None else NON_LAYER_GROUP
+        groups.setdefault(key, []).append(position)
     return groups
+
+
+def sigma_groups(blocks: list[Block], granularity: str) -> "OrderedDict[str, list[int]]":
+    """The groups of blocks that share one PertNN and one sigma: {group name: block positions}."""
+    if granularity == "block":
+        return OrderedDict((block.name, [position]) for position, block in enumerate(blocks))
+    if granularity == "layer":
+        return layer_groups(blocks)
+    raise ValueError(f"bank granularity must be one of {GRANULARITIES}, got {granularity!r}")
 
 
 def block_type(name: str) -> str:

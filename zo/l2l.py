@@ -14,6 +14,10 @@ gradient is then dropped. So neither z nor the gradients of theta' are ever held
 
 Then the first-order trajectory step moves theta (Adam by default, or upstream's SGD momentum 0.8),
 with gradient clipping and a linear decay to 0 within each restart period (`TrajectoryOptimizer`).
+
+A layer-wise bank (metadata granularity=layer, the Table 3 ablation) has one PertNN per layer group:
+its features are the group's pooled statistics and each block gets its group's sigma (`SigmaGrouping`);
+the meta-gradient flows to the group's PertNN through every block of the group.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from torch.func import functional_call
 from zo.blocks import DEFAULT_EFFECTIVE_DIM_RULE, EFFECTIVE_DIM_RULES, Block, effective_dims
 from zo.noise import NoiseSource
 from zo.perturb import VirtualPerturbation, add_noise_
-from zo.pertnn import PertNNBank, bank_features
+from zo.pertnn import PertNNBank, SigmaGrouping, bank_features, bank_granularity
 from zo.sigma import normalization
 from zo.stats import block_stats
 
@@ -75,15 +79,16 @@ class MetaStepResult:
     loss_plus: float
     loss_minus: float
     meta_loss: float
-    sigma: torch.Tensor  # [B], detached
+    sigma: torch.Tensor  # [B], one per block (a layer-wise bank: the block's group sigma), detached
     c: float
 
 
 class TaskState:
-    """What the PertNN sees of the past, kept per task: previous sigma and the two perturbed losses."""
+    """What the PertNN sees of the past, kept per task: previous sigma (one per bank entry: block or
+    layer group) and the two perturbed losses."""
 
-    def __init__(self, num_blocks: int):
-        self.sigma_prev = torch.ones(num_blocks)
+    def __init__(self, num_groups: int):
+        self.sigma_prev = torch.ones(num_groups)
         self.history = (0.0, 0.0)
 
 
@@ -93,9 +98,9 @@ class MetaLearner:
                  bank_dtype: torch.dtype = torch.float32):
         self.model = model
         self.blocks = list(blocks)
-        names = [b.name for b in self.blocks]
-        bank.check_blocks(names)
-        self.bank = bank.ordered_for(names).to(bank_dtype).train().requires_grad_(True)
+        self.grouping = SigmaGrouping(self.blocks, bank_granularity(bank.metadata))
+        bank.check_blocks(self.grouping.names)
+        self.bank = bank.ordered_for(self.grouping.names).to(bank_dtype).train().requires_grad_(True)
         self.config = config
         self.dims = effective_dims(self.blocks, batch_size, rule=config.effective_dim_rule)
         self.noise = noise or NoiseSource()
@@ -107,7 +112,7 @@ class MetaLearner:
 
     def state_for(self, task: str) -> TaskState:
         if task not in self.states:
-            self.states[task] = TaskState(len(self.blocks))
+            self.states[task] = TaskState(len(self.grouping))
         return self.states[task]
 
     def _coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -124,8 +129,9 @@ class MetaLearner:
     def meta_step(self, loss_fn: LossFn, batch, task: str = "default") -> MetaStepResult:
         state = self.state_for(task)
         self.model.eval()  # ZO forwards and the meta forward without dropout (upstream: eval mode)
-        mean, var = block_stats(self.blocks, self.noise)
-        sigma = self.bank(bank_features(mean, var, state.history[0], state.history[1], state.sigma_prev))
+        mean, var = self.grouping.pool(*block_stats(self.blocks, self.noise))
+        group_sigma = self.bank(bank_features(mean, var, state.history[0], state.history[1], state.sigma_prev))
+        sigma = self.grouping.per_block(group_sigma)
         k, c = self._coefficients(sigma)
         k_values = k.detach().double().tolist()
         seed = int(self.seed_rng.integers(0, 2**62))
@@ -166,7 +172,7 @@ class MetaLearner:
         k.backward((a * dots).to(k.dtype))
         self.bank_optimizer.step()
 
-        state.sigma_prev = sigma.detach()
+        state.sigma_prev = group_sigma.detach()
         state.history = (loss_plus, loss_minus)
         return MetaStepResult(seed, loss_plus, loss_minus, float(meta_loss.detach()), sigma.detach(), c)
 

@@ -9,6 +9,10 @@ kernel sequence as upstream's `nn.Sequential`, so that converted upstream banks 
 
 File format: safetensors with upstream-style keys `<block>.0.weight`, `<block>.0.bias`,
 `<block>.2.weight`, `<block>.2.bias` and string metadata (see `BANK_FORMAT`).
+
+Granularity (metadata key `granularity`, missing = "block"): a layer-wise bank (the Table 3 ablation)
+has one PertNN per group of `zo.blocks.layer_groups` ('layer.N', 'non_layer') instead of one per tensor;
+its "block names" are the group names. `SigmaGrouping` maps between groups and blocks.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from typing import Iterable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from zo.blocks import GRANULARITIES, Block, sigma_groups
 
 BANK_FORMAT = "zo-pertnn-bank"
 BANK_FORMAT_VERSION = "1"
@@ -36,6 +42,74 @@ def bank_effective_dim_rule(metadata: Mapping[str, str]) -> str:
 
 class BankMismatchError(ValueError):
     """The bank's block names do not match the model's parameter blocks."""
+
+
+def bank_granularity(metadata: Mapping[str, str]) -> str:
+    """'block' (one PertNN per parameter tensor; every bank before the layer-wise ablation) or 'layer'."""
+    return metadata.get("granularity", "block")
+
+
+def check_bank_granularity(bank: "PertNNBank", wanted: str) -> None:
+    """A layer-wise bank used block-wise, or the reverse, is a clear error (not a list of missing names)."""
+    have = bank_granularity(bank.metadata)
+    if have != wanted:
+        raise BankMismatchError(
+            f"the PertNN bank is {have}-wise (granularity={have}: one PertNN per "
+            f"{'transformer layer' if have == 'layer' else 'parameter tensor'}) but this run needs a {wanted}-wise "
+            f"bank. Use a bank made with `python -m zo.init_bank --granularity {wanted}` or meta-trained with "
+            f"`--bank_granularity {wanted}` (scripts/l2l.sh: GRANULARITY={wanted})")
+
+
+class SigmaGrouping:
+    """Which blocks share one PertNN and one sigma.
+
+    "block": each block is its own group (features and sigma pass through unchanged, bit for bit).
+    "layer": a group's features are the exact pooled mean and unbiased variance of all its elements,
+    computed from the per-block statistics weighted by numel (not a mean of variances), and every
+    block of the group gets the group's sigma.
+    """
+
+    def __init__(self, blocks: list[Block], granularity: str):
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"bank granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        groups = sigma_groups(list(blocks), granularity)
+        self.granularity = granularity
+        self.names = list(groups)
+        self.members = list(groups.values())
+        self.group_of = torch.empty(len(blocks), dtype=torch.long)
+        for group, positions in enumerate(self.members):
+            self.group_of[positions] = group
+        self.numel = torch.tensor([b.param.numel() for b in blocks], dtype=torch.float64)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def pool(self, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-block (mean, unbiased var) -> per-group, float32 as the block statistics."""
+        if self.granularity == "block":
+            return mean, var
+        n, m, v = self.numel, mean.double().cpu(), var.double().cpu()
+        count = torch.zeros(len(self), dtype=torch.float64).index_add_(0, self.group_of, n)
+        pooled_mean = torch.zeros_like(count).index_add_(0, self.group_of, n * m) / count
+        # Sum of squared deviations: within blocks ((n-1) var) plus between blocks (n (m - M)^2).
+        within = torch.where(n > 1, (n - 1) * v, torch.zeros_like(v))
+        between = n * (m - pooled_mean[self.group_of]) ** 2
+        m2 = torch.zeros_like(count).index_add_(0, self.group_of, within + between)
+        pooled_var = torch.where(count > 1, m2 / (count - 1).clamp_min(1), torch.zeros_like(m2))
+        return pooled_mean.float(), pooled_var.float()
+
+    def per_block(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Per-group sigma -> per-block sigma (differentiable: a gather)."""
+        if self.granularity == "block":
+            return sigma
+        return sigma[self.group_of.to(sigma.device)]
+
+
+def fresh_bank(blocks: list[Block], granularity: str = "block", generator: torch.Generator | None = None,
+               metadata: Mapping[str, str] | None = None) -> "PertNNBank":
+    """An untrained bank for `blocks` at the given granularity (recorded in its metadata)."""
+    names = SigmaGrouping(blocks, granularity).names
+    return PertNNBank(names, metadata={**(metadata or {}), "granularity": granularity}, generator=generator)
 
 
 class PertNNBank(nn.Module):

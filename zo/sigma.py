@@ -13,7 +13,8 @@ from typing import Protocol, Sequence
 import torch
 
 from zo.blocks import Block, effective_dims
-from zo.pertnn import PertNNBank, bank_effective_dim_rule, bank_features
+from zo.pertnn import (PertNNBank, SigmaGrouping, bank_effective_dim_rule, bank_features, bank_granularity,
+                       check_bank_granularity)
 
 
 class SigmaPolicy(Protocol):
@@ -69,10 +70,12 @@ class LearnedSigma:
     """
 
     needs_block_stats = True
+    granularity = "block"
 
     def __init__(self, bank: PertNNBank, blocks: Sequence[Block], batch_size: int, normalize: bool = True,
                  effective_dim_rule: str | None = None):
         names = [b.name for b in blocks]
+        check_bank_granularity(bank, self.granularity)
         bank.check_blocks(names)
         self.bank = bank.ordered_for(names).float().eval().requires_grad_(False)
         # A bank is used with the rule it was meta-trained with unless told otherwise.
@@ -104,3 +107,49 @@ class LearnedSigma:
     def load_state_dict(self, state: dict) -> None:
         self.sigma_prev = state["sigma_prev"].clone().float()
         self.history = tuple(float(x) for x in state["history"])
+
+
+class LayerwiseLearnedSigma(LearnedSigma):
+    """The Table 3 ablation: one PertNN per transformer layer (and one for the non-layer blocks), and
+    every block of a group shares the group's sigma.
+
+    The PertNN of a group sees the pooled mean and unbiased variance of all the group's elements, the
+    loss history, and the group's previous sigma. coefficients() still returns one k_b per block, and the
+    normalization c runs over blocks (each with its group's sigma), so the estimator is unchanged.
+    sigma_prev holds one value per group; last_sigma one per block (for the logs).
+    """
+
+    granularity = "layer"
+
+    def __init__(self, bank: PertNNBank, blocks: Sequence[Block], batch_size: int, normalize: bool = True,
+                 effective_dim_rule: str | None = None):
+        check_bank_granularity(bank, self.granularity)
+        self.grouping = SigmaGrouping(list(blocks), self.granularity)
+        bank.check_blocks(self.grouping.names)
+        self.bank = bank.ordered_for(self.grouping.names).float().eval().requires_grad_(False)
+        self.effective_dim_rule = effective_dim_rule or bank_effective_dim_rule(bank.metadata)
+        self.dims = effective_dims(list(blocks), batch_size, rule=self.effective_dim_rule)
+        self.normalize = normalize
+        self.sigma_prev = torch.ones(len(self.grouping))
+        self.history = (0.0, 0.0)
+        self.last_sigma = torch.ones(len(blocks))
+        self.last_c = 1.0
+
+    def coefficients(self, stats: tuple[torch.Tensor, torch.Tensor] | None) -> list[float]:
+        if stats is None:
+            raise ValueError("LayerwiseLearnedSigma needs block statistics")
+        mean, var = self.grouping.pool(*stats)
+        with torch.no_grad():
+            group_sigma = self.bank(bank_features(mean, var, self.history[0], self.history[1], self.sigma_prev))
+        self.sigma_prev = group_sigma
+        sigma = self.grouping.per_block(group_sigma)
+        self.last_sigma = sigma
+        self.last_c = normalization(sigma, self.dims) if self.normalize else 1.0
+        return (sigma.double() * self.last_c).tolist()
+
+
+def learned_sigma_for(bank: PertNNBank, blocks: Sequence[Block], batch_size: int, normalize: bool = True,
+                      effective_dim_rule: str | None = None) -> LearnedSigma:
+    """The ZO Fine-tuner sigma policy for a bank, at the granularity the bank records (block or layer)."""
+    policy = LayerwiseLearnedSigma if bank_granularity(bank.metadata) == "layer" else LearnedSigma
+    return policy(bank, blocks, batch_size, normalize, effective_dim_rule)

@@ -33,7 +33,7 @@ def test_effective_dimension_follows_upstream_embed_rule():
 
 def test_layer_groups():
     groups = layer_groups(parameter_blocks(build_tiny_model("llama", 400)))
-    assert list(groups) == ["other", "layer.0", "layer.1"]
+    assert list(groups) == ["non_layer", "layer.0", "layer.1"]
     assert sum(len(v) for v in groups.values()) == 20
 
 

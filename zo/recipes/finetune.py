@@ -22,7 +22,7 @@ from zo.models import load_model, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
 from zo.pertnn import load_bank
 from zo.seeding import seed_everything
-from zo.sigma import ConstantSigma, LearnedSigma
+from zo.sigma import ConstantSigma, LearnedSigma, learned_sigma_for
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
         if Path(config.load_mlp_path).suffix in (".pth", ".pt", ".bin"):
             log.info("converted the authors' pickled bank %s through the safe loader (%d blocks)",
                      config.load_mlp_path, len(bank))
-        sigma = LearnedSigma(bank, blocks, config.per_device_train_batch_size, config.need_normalization,
-                             config.effective_dim_rule)
+        sigma = learned_sigma_for(bank, blocks, config.per_device_train_batch_size, config.need_normalization,
+                                  config.effective_dim_rule)
         bank_note = bank.metadata.get("base_model")
     if config.trains and config.save_steps is not None and config.save_steps != config.eval_steps:
         log.warning("--save_steps %d is the evaluation period, as upstream (which ignores --eval_steps %d)",
@@ -201,7 +201,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
                      "eval_period": config.eval_period, "num_blocks": len(blocks),
                      "split_sizes": {"train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)},
                      "split_notes": splits.notes, "eval_note": task.eval_note, "bank_base_model": bank_note,
-                     "effective_dim_rule": getattr(sigma, "effective_dim_rule", None)})
+                     "effective_dim_rule": getattr(sigma, "effective_dim_rule", None),
+                     "bank_granularity": getattr(sigma, "granularity", None)})
     write_json(output_dir / "config.json", resolved)
     log.info("task %s: %d train / %d dev / %d test; %s on %s; output %s", task.name, len(splits.train),
              len(splits.dev), len(splits.test), config.train_mode if config.trains else "evaluation only",

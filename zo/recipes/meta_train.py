@@ -19,13 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 import tasks
-from zo.blocks import DEFAULT_EFFECTIVE_DIM_RULE, block_type, parameter_blocks
+from zo.blocks import DEFAULT_EFFECTIVE_DIM_RULE, GRANULARITIES, block_type, parameter_blocks
 from zo.io import JsonlLog, sanitize_component, write_json
 from zo.l2l import MetaConfig, MetaLearner, TrajectoryOptimizer
 from zo.loop import load_weights, save_weights
 from zo.models import load_model, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
-from zo.pertnn import PertNNBank, load_bank
+from zo.pertnn import check_bank_granularity, fresh_bank, load_bank
 from zo.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class L2LConfig:
     lr_mlp: float = 1e-3
     lr_update: float = 1e-6
     epochs_per_restart: int = 4
+    reset: bool = True  # False (Table 2 ablation): no resets, one trajectory and one lr horizon over the whole run
+    bank_granularity: str = "block"  # "layer" (Table 3 ablation): one PertNN and one sigma per transformer layer
     zo_eps: float = 1e-3
     need_normalization: bool = True
     effective_dim_rule: str = DEFAULT_EFFECTIVE_DIM_RULE  # tied_full (fair to a tied embedding) | upstream
@@ -107,6 +109,8 @@ class L2LConfig:
             raise FileNotFoundError(f"initial bank not found: {self.init_mlp_path}")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise FileNotFoundError(f"data folder does not exist: {self.data_dir}")
+        if self.bank_granularity not in GRANULARITIES:
+            raise ValueError(f"bank_granularity must be one of {GRANULARITIES}, got {self.bank_granularity!r}")
         if self.trajectory_optimizer not in ("adam", "sgd"):
             raise ValueError("trajectory_optimizer must be 'adam' or 'sgd'")
 
@@ -180,10 +184,15 @@ def meta_train(config: L2LConfig) -> dict:
     task_names = [task.name for task in task_objs.values()]
     steps_per_epoch = max(math.ceil(feeds[t + ":size"] / config.per_device_train_batch_size) for t in task_names)
     plan = visit_plan(task_names, steps_per_epoch, config.skip_copa_every_4th)
-    period_steps = config.epochs_per_restart * sum(len(v) for v in plan)
+    # Without resets the trajectory is one run long: its lr decays linearly to 0 over all epochs.
+    period_epochs = config.epochs_per_restart if config.reset else config.num_train_epochs
+    period_steps = period_epochs * sum(len(v) for v in plan)
 
-    bank = (load_bank(config.init_mlp_path) if config.init_mlp_path
-            else PertNNBank([b.name for b in blocks], generator=torch.Generator().manual_seed(config.seed)))
+    if config.init_mlp_path:
+        bank = load_bank(config.init_mlp_path)
+        check_bank_granularity(bank, config.bank_granularity)
+    else:
+        bank = fresh_bank(blocks, config.bank_granularity, torch.Generator().manual_seed(config.seed))
     meta_config = MetaConfig(lr_mlp=config.lr_mlp, lr_update=config.lr_update, zo_eps=config.zo_eps,
                              need_normalization=config.need_normalization, grad_through_c=config.grad_through_c,
                              mlp_optimizer=config.mlp_optimizer, effective_dim_rule=config.effective_dim_rule)
@@ -205,8 +214,9 @@ def meta_train(config: L2LConfig) -> dict:
                      "tasks": task_names, "steps_per_epoch": steps_per_epoch, "restart_period_steps": period_steps,
                      "num_blocks": len(blocks)})
     write_json(output_dir / "config.json", resolved)
-    log.info("L2L on %s for %s: %d outer steps/epoch, reset every %d first-order steps; bank -> %s",
-             task_names, model_label, steps_per_epoch, period_steps, save_path)
+    log.info("L2L on %s for %s: %d outer steps/epoch, %s; %s-wise bank -> %s", task_names, model_label,
+             steps_per_epoch, f"reset every {period_steps} first-order steps" if config.reset
+             else f"no reset, one lr horizon of {period_steps} steps", config.bank_granularity, save_path)
 
     train_log = JsonlLog(output_dir / "train_log.jsonl")
     order_rng = random.Random(config.seed)
@@ -220,7 +230,8 @@ def meta_train(config: L2LConfig) -> dict:
     def save_bank(final: bool) -> None:
         learner.bank.save(save_path, {
             "base_model": model_label, "tasks": task_names, "trained": "true", "steps_done": step,
-            "effective_dim_rule": config.effective_dim_rule,
+            "effective_dim_rule": config.effective_dim_rule, "granularity": config.bank_granularity,
+            "reset": config.reset, "need_normalization": config.need_normalization,
             "epochs_done": epoch if not final else config.num_train_epochs, "complete": final,
             "hyperparameters": {k: v for k, v in resolved.items() if k not in ("output_dir",)},
         })
@@ -229,7 +240,7 @@ def meta_train(config: L2LConfig) -> dict:
     status = "completed"
     try:
         for epoch in range(config.num_train_epochs):
-            if epoch > 0 and epoch % config.epochs_per_restart == 0:
+            if config.reset and epoch > 0 and epoch % config.epochs_per_restart == 0:
                 load_weights(model, pretrained_path)  # theta back to the pretrained weights
                 trajectory.reset()  # fresh optimizer and schedule; bank, sigma and history persist
                 resets += 1
