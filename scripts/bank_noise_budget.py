@@ -2,7 +2,8 @@
 the actual noise trace sum_b numel_b * k_b^2 (MeZO: k_b = 1, trace = number of parameters).
 
 sigma is iterated a few steps from its initial state on the model's own block statistics with a fixed
-loss history, as at the start of a fine-tuning run.
+loss history, as at the start of a fine-tuning run. A layer-wise bank (granularity=layer) gives every
+block its layer group's sigma; the table then also lists the share of each layer group.
 
     python scripts/bank_noise_budget.py learned_finetuner/smollm2-135m_copa.safetensors [more banks] \
         [--model M --batch_size 16 --loss 0.8 --top 8]
@@ -34,7 +35,7 @@ def main() -> None:
     from zo.models import load_model, resolve_model_path
     from zo.noise import NoiseSource
     from zo.pertnn import load_bank
-    from zo.sigma import LearnedSigma
+    from zo.sigma import learned_sigma_for
     from zo.stats import block_stats
 
     model, _ = load_model(resolve_model_path(args.model))
@@ -42,12 +43,13 @@ def main() -> None:
     stats = block_stats(blocks, NoiseSource())
     numel = torch.tensor([b.param.numel() for b in blocks], dtype=torch.float64)
     for path in args.banks:
-        policy = LearnedSigma(load_bank(path), blocks, args.batch_size)
+        policy = learned_sigma_for(load_bank(path), blocks, args.batch_size)
         for _ in range(args.steps):
             k = torch.tensor(policy.coefficients(stats), dtype=torch.float64)
             policy.observe(args.loss, args.loss)
         trace = numel * k ** 2
-        print(f"\n{path}: c = {policy.last_c:.3f}, noise trace / MeZO's = {float(trace.sum() / numel.sum()):.3f}")
+        print(f"\n{path} ({policy.granularity}-wise): c = {policy.last_c:.3f}, "
+              f"noise trace / MeZO's = {float(trace.sum() / numel.sum()):.3f}")
         print("| block | k = c*sigma | elements | share of the trace |\n|---|---|---|---|")
         for i in k.argsort(descending=True)[:args.top].tolist():
             print(f"| {blocks[i].name} | {float(k[i]):.3f} | {int(numel[i])} | {float(trace[i] / trace.sum()):.4f} |")
@@ -56,6 +58,12 @@ def main() -> None:
             by_type[block_type(block.name)] += share
         print("share by block type: " + ", ".join(f"{t} {s:.3f}" for t, s in sorted(by_type.items(),
                                                                                  key=lambda kv: -kv[1])))
+        if policy.granularity == "layer":
+            shares = (trace / trace.sum()).tolist()
+            by_group = {name: sum(shares[i] for i in members)
+                        for name, members in zip(policy.grouping.names, policy.grouping.members)}
+            print("share by layer group: " + ", ".join(f"{g} {s:.3f}" for g, s in sorted(
+                by_group.items(), key=lambda kv: -kv[1])[:args.top]))
 
 
 if __name__ == "__main__":

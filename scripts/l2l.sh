@@ -12,6 +12,8 @@ LR_LLM=${LR_LLM:-1e-5}                   # with adam; upstream values (1e-2..1e-
 LR_MLP=${LR_MLP:-1e-3}
 LR_UPDATE=${LR_UPDATE:-1e-6}
 EPOCHS_PER_RESTART=${EPOCHS_PER_RESTART:-4}
+RESET=${RESET:-True}                       # False: no resets, one trajectory and lr horizon (Table 2 ablation)
+GRANULARITY=${GRANULARITY:-block}          # layer: one PertNN per transformer layer (Table 3 ablation)
 ZO_EPS=${ZO_EPS:-1e-3}
 NEED_NORMALIZATION=${NEED_NORMALIZATION:-True}   # upstream script default False; its README run uses True
 LOAD_FLOAT_16=${LOAD_FLOAT_16:-False}
@@ -42,6 +44,7 @@ fi
 
 ARGS=(--task_name "$TASK" --num_train_epochs "$EPOCH" --per_device_train_batch_size "$BS"
       --lr_llm "$LR_LLM" --lr_mlp "$LR_MLP" --lr_update "$LR_UPDATE" --epochs_per_restart "$EPOCHS_PER_RESTART"
+      --reset "$RESET" --bank_granularity "$GRANULARITY"
       --zo_eps "$ZO_EPS" --need_normalization "$NEED_NORMALIZATION" --load_float16 "$LOAD_FLOAT_16"
       --multi_task_training "$MULTI_TASK_TRAINING" --shuffle "$SHUFFLE" --train_set_seed "$SEED"
       --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --trajectory_optimizer "$TRAJECTORY_OPTIMIZER"
@@ -52,6 +55,6 @@ ARGS=(--task_name "$TASK" --num_train_epochs "$EPOCH" --per_device_train_batch_s
 [ -n "$DATA_DIR" ] && ARGS+=(--data_dir "$DATA_DIR")
 [ -n "$OUTPUT_DIR" ] && ARGS+=(--output_dir "$OUTPUT_DIR")
 
-echo "L2L TASK=$TASK MULTI=$MULTI_TASK_TRAINING EPOCH=$EPOCH BS=$BS LR_LLM=$LR_LLM LR_MLP=$LR_MLP RESTART=$EPOCHS_PER_RESTART"
+echo "L2L TASK=$TASK MULTI=$MULTI_TASK_TRAINING EPOCH=$EPOCH BS=$BS LR_LLM=$LR_LLM LR_MLP=$LR_MLP RESTART=$EPOCHS_PER_RESTART RESET=$RESET NORM=$NEED_NORMALIZATION GRANULARITY=$GRANULARITY"
 # shellcheck disable=SC2086
 exec python run_l2l.py "${ARGS[@]}" $EXTRA_ARGS "$@"

@@ -7,7 +7,7 @@ from conftest import build_tiny_model
 from zo.blocks import Block, parameter_blocks
 from zo.l2l import FunctionalModel, MetaConfig, MetaLearner, TrajectoryOptimizer
 from zo.noise import NoiseSource
-from zo.pertnn import PertNNBank, bank_features
+from zo.pertnn import bank_features, fresh_bank
 from zo.stats import block_stats
 
 
@@ -17,10 +17,10 @@ def lm_loss(model, ids):
     return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
-def _setup(dtype=torch.float32, family="llama", **cfg):
+def _setup(dtype=torch.float32, family="llama", granularity="block", **cfg):
     model = build_tiny_model(family, 400, dtype=dtype)
     blocks = parameter_blocks(model)
-    bank = PertNNBank([b.name for b in blocks], generator=torch.Generator().manual_seed(1))
+    bank = fresh_bank(blocks, granularity, generator=torch.Generator().manual_seed(1))
     config = MetaConfig(lr_mlp=0.0, lr_update=1e-2, zo_eps=1e-2, **cfg)
     learner = MetaLearner(model, bank, blocks, config, batch_size=2, seed=3, noise=NoiseSource(threads=2),
                           bank_dtype=dtype)
@@ -32,7 +32,7 @@ def _meta_loss_by_hand(model, blocks, learner, ids, result, features, bank_param
     """L(theta') with L+-, c and the noise frozen, as a function of the bank weights."""
     w1, b1, w2, b2 = bank_params
     h = torch.tanh(torch.einsum("bhi,bi->bh", w1, features.to(w1.dtype)) + b1)
-    sigma = ((h * w2[:, 0, :]).sum(-1) + b2[:, 0]).abs()
+    sigma = learner.grouping.per_block(((h * w2[:, 0, :]).sum(-1) + b2[:, 0]).abs())  # group -> block
     k = sigma * result.c
     a = -learner.config.lr_update * (result.loss_plus - result.loss_minus) / (2 * learner.config.zo_eps)
     params = {}
@@ -42,12 +42,14 @@ def _meta_loss_by_hand(model, blocks, learner, ids, result, features, bank_param
     return lm_loss(FunctionalModel(model, params), ids)
 
 
+@pytest.mark.parametrize("granularity", ["block", "layer"])
 @pytest.mark.parametrize("grad_through_c", [False, True])
-def test_meta_gradient_matches_central_finite_differences(grad_through_c):
+def test_meta_gradient_matches_central_finite_differences(grad_through_c, granularity):
     # OPT: its LayerNorm stays in float64 (Llama's RMSNorm computes in float32, hiding 1e-12 changes)
-    model, blocks, learner, ids = _setup(torch.float64, family="opt", grad_through_c=grad_through_c)
-    mean, var = block_stats(blocks)
-    features = bank_features(mean, var, 0.0, 0.0, torch.ones(len(blocks)))
+    model, blocks, learner, ids = _setup(torch.float64, family="opt", granularity=granularity,
+                                         grad_through_c=grad_through_c)
+    mean, var = learner.grouping.pool(*block_stats(blocks))  # layer-wise: pooled over each layer group
+    features = bank_features(mean, var, 0.0, 0.0, torch.ones(len(learner.grouping)))
     result = learner.meta_step(lm_loss, ids)  # lr_mlp = 0: grads are left in the bank
     bank = learner.bank
     grads = [p.grad.clone() for p in (bank.w1, bank.b1, bank.w2, bank.b2)]
@@ -65,7 +67,7 @@ def test_meta_gradient_matches_central_finite_differences(grad_through_c):
                 if grad_through_c:  # c moves with sigma: recompute it in the reference too
                     w1, b1, w2, b2 = params
                     hh = torch.tanh(torch.einsum("bhi,bi->bh", w1, features.to(w1.dtype)) + b1)
-                    s = ((hh * w2[:, 0, :]).sum(-1) + b2[:, 0]).abs()
+                    s = learner.grouping.per_block(((hh * w2[:, 0, :]).sum(-1) + b2[:, 0]).abs())
                     d = learner.dims.to(s.dtype)
                     c = float(torch.sqrt(d.sum() / (d * s ** 2).sum()))
                     res = type(result)(result.seed, result.loss_plus, result.loss_minus, 0.0, result.sigma, c)

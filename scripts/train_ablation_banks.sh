@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The paper's ablation banks for the embedded SmolLM2-135M, meta-trained on local Copa one after another
+# with the settings of scripts/train_smollm2_bank.sh (6 epochs, restart every 2, Adam trajectory lr 1e-5,
+# Adam bank lr 1e-3, eta 1e-6, batch 8, fp32) and only the ablated switch changed (docs/ablations.md):
+#   Table 2: base (RESET=False NEED_NORMALIZATION=False), reset, norm, reset_norm (the method);
+#   Table 3: layer_reset_norm (GRANULARITY=layer, reset and normalization on), against reset_norm.
+# Resumable: a bank whose file says complete (with the same MAX_STEPS) is skipped; a partial one is
+# trained again from scratch. Takes hours on 2 cores; MAX_STEPS=2 makes a smoke run of every variant.
+#   bash scripts/train_ablation_banks.sh                     # all five, into learned_finetuner/ablations/
+#   VARIANTS="base layer_reset_norm" BANK_DIR=/tmp/banks MAX_STEPS=2 bash scripts/train_ablation_banks.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BANK_DIR=${BANK_DIR:-learned_finetuner/ablations}
+RUN_DIR=${RUN_DIR:-runs/ablations}
+VARIANTS=${VARIANTS:-"base reset norm reset_norm layer_reset_norm"}
+MAX_STEPS=${MAX_STEPS:-0}
+EPOCH=${EPOCH:-6}
+mkdir -p "$BANK_DIR" "$RUN_DIR"
+
+bank_is_complete() {  # complete=true in the bank's metadata, trained with this MAX_STEPS
+  python - "$1" "$MAX_STEPS" <<'EOF'
+import json, sys
+from safetensors import safe_open
+try:
+    with safe_open(sys.argv[1], framework="pt") as handle:
+        meta = handle.metadata() or {}
+    done = json.loads(meta.get("complete", "false")) is True
+    same = json.loads(meta.get("hyperparameters", "{}")).get("max_steps") == int(sys.argv[2])
+    sys.exit(0 if done and same else 1)
+except Exception:
+    sys.exit(1)
+EOF
+}
+
+for variant in $VARIANTS; do
+  case $variant in
+    base)             reset=False norm=False granularity=block ;;
+    reset)            reset=True  norm=False granularity=block ;;
+    norm)             reset=False norm=True  granularity=block ;;
+    reset_norm)       reset=True  norm=True  granularity=block ;;
+    layer_reset_norm) reset=True  norm=True  granularity=layer ;;
+    *) echo "unknown variant '$variant' (base reset norm reset_norm layer_reset_norm)" >&2; exit 2 ;;
+  esac
+  bank="$BANK_DIR/smollm2-135m_copa_$variant.safetensors"
+  if [ -f "$bank" ] && bank_is_complete "$bank"; then
+    echo "== $variant: $bank is complete, skipped"
+    continue
+  fi
+  echo "== $variant: RESET=$reset NEED_NORMALIZATION=$norm GRANULARITY=$granularity -> $bank"
+  DATA_DIR=${DATA_DIR:-../shared/data} TASK=Copa EPOCH=$EPOCH EPOCHS_PER_RESTART=2 BS=8 \
+  LR_LLM=1e-5 TRAJECTORY_OPTIMIZER=adam LR_MLP=1e-3 LR_UPDATE=1e-6 ZO_EPS=1e-3 SEED=0 \
+  RESET=$reset NEED_NORMALIZATION=$norm GRANULARITY=$granularity MAX_STEPS=$MAX_STEPS \
+  OUTPUT_DIR="$RUN_DIR/$variant" SAVE_MLP_PATH="$bank" \
+  EXTRA_ARGS="--mlp_optimizer adam --save_every_steps 20 ${EXTRA_ARGS:-}" \
+  bash scripts/l2l.sh
+done
+echo "ablation banks in $BANK_DIR: $VARIANTS"
