@@ -34,8 +34,7 @@ def test_pooled_group_stats_equal_the_stats_of_the_concatenated_elements():
         assert float(var[g]) == pytest.approx(float(flat.var()), rel=1e-5)  # unbiased, pooled exactly
     # block granularity: the statistics pass through untouched
     stats = block_stats(blocks)
-    assert SigmaGrouping(blocks, "block").pool(*stats) is stats or all(
-        torch.equal(a, b) for a, b in zip(SigmaGrouping(blocks, "block").pool(*stats), stats))
+    assert all(torch.equal(a, b) for a, b in zip(SigmaGrouping(blocks, "block").pool(*stats), stats))
 
 
 def _batches(n, vocab=400):
@@ -135,3 +134,18 @@ def test_init_bank_writes_a_layerwise_bank(tmp_path, tiny_llama_dir):
     assert all(name.startswith("layer.") for name in bank.block_names[1:])
     init_bank(str(tiny_llama_dir), tmp_path / "block.safetensors")
     assert load_bank(tmp_path / "block.safetensors").metadata["granularity"] == "block"
+
+
+def test_bank_noise_budget_reports_a_layerwise_bank(tmp_path, tiny_llama_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bank = tmp_path / "layer.safetensors"
+    init_bank(str(tiny_llama_dir), bank, seed=1, granularity="layer")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bank_noise_budget.py"
+    proc = subprocess.run([sys.executable, str(script), str(bank), "--model", str(tiny_llama_dir), "--batch_size", "2",
+                           "--steps", "2"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "(layer-wise)" in proc.stdout and "share by layer group: " in proc.stdout
+    assert "layer.0" in proc.stdout and "non_layer" in proc.stdout
