@@ -20,6 +20,7 @@ HELP = {
     "perturbation": "virtual (exact restore, default) | inplace",
     "non_diff": "SQuAD/DROP: optimize -F1 of greedy generations",
     "upstream_split": "keep upstream's train/dev arithmetic even when it leaves tiny train sets",
+    "train_loss_subset": "train examples whose unperturbed loss is logged with the dev loss (0: off)",
 }
 
 
