@@ -89,7 +89,7 @@ def execute(settings: Settings, run: PlannedRun) -> tuple[bool, str]:
         tail = (scratch / "output.log").read_text()[-1500:]
         return False, f"exit code {proc.returncode}; log {scratch / 'output.log'}:\n{tail}"
 
-    record = {"fingerprint": run.fingerprint, "phase": run.phase,
+    record = {"fingerprint": run.fingerprint, "phase": run.phase, "grid": list(run.method.grid),
               "cpu_seconds": round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 2),
               "wall_seconds": round(time.time() - start, 2), "host": platform.node(),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": git_commit(),

@@ -145,7 +145,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     s.seeds = tuple(int(x) for x in split_words(s.get("SEEDS", "42 43 44")))
     s.model = s.get("MODEL", "")
     s.data_dir = s.get("DATA_DIR", str(REPO_ROOT.parent / "shared" / "data"))
-    s.results_dir = Path(s.get("RESULTS_DIR", str(REPO_ROOT / "results")))
+    s.results_dir = REPO_ROOT / s.get("RESULTS_DIR", "results")  # relative: to the repo, as the launchers cd there
     s.select_by = s.get("SELECT_BY", "dev_loss")
     if s.select_by not in ("dev_loss", "dev_metric"):
         raise ValueError(f"SELECT_BY must be dev_loss or dev_metric, got {s.select_by!r}")
