@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         run = todo[0]
         print(f"[{time.strftime('%H:%M:%S')}] phase {run.phase}: {run.task} {run.method.name} lr {run.lr} "
               f"seed {run.seed} ({len(todo)} runnable)", flush=True)
-        ok, message = execute(settings, run)
+        try:
+            ok, message = execute(settings, run)
+        except KeyboardInterrupt:
+            print("interrupted: the run in progress is discarded; start again to resume", flush=True)
+            return 130
         print(f"    {'done' if ok else 'FAILED'}: {message}", flush=True)
         if not ok:
             failed.add(run.folder)
