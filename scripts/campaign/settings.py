@@ -96,7 +96,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines (quotes stripped, # comments); no shell expansion."""
     values = {}
     for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        line = line.split("#", 1)[0].strip()
         if "=" in line:
             key, value = line.split("=", 1)
             values[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")

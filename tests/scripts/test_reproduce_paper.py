@@ -120,3 +120,18 @@ def test_best_lr_uses_dev_never_test_and_breaks_ties_to_the_smaller_lr():
     assert best_lr(runs) == "1e-07"  # tie on dev loss and dev accuracy; test accuracy is never looked at
     assert best_lr(runs, "dev_metric") == "3e-06"
     assert best_lr([_run("1e-05", math.nan, math.nan)]) is None
+
+
+def test_paper_presets_load_and_command_line_env_wins():
+    from campaign.settings import PRESET_DIR, load_settings
+
+    presets = sorted(p.stem for p in PRESET_DIR.glob("*.env"))
+    assert presets == ["llama-3.1-8b", "llama-3.2-1b", "opt-30b", "qwen2.5-14b"]
+    s = load_settings({"PRESET": "llama-3.2-1b", "MODEL": "/models/Llama-3.2-1B", "STEPS_SST2": "7"})
+    zoft = next(m for m in s.methods if m.name == "zoft_new")
+    assert zoft.bank.endswith("llama1B_finetuner.pth") and zoft.grid == ("1e-7",)
+    assert (s.caps["SST2"].steps, s.caps["Copa"].steps, s.caps["Copa"].dev, s.caps["SST2"].dev) == (7, 20000, 100, 500)
+    assert s.get("DTYPE") == "float16" and s.results_dir.name == "llama-3.2-1b"
+    for preset in presets:  # every preset's bank is one of the authors' shipped banks
+        bank = next(m for m in load_settings({"PRESET": preset}).methods if m.name == "zoft_new").bank
+        assert (REPO_ROOT / bank).is_file(), bank
