@@ -41,6 +41,18 @@ def finished(results: Path) -> dict[Path, float]:
     return {p.parent: p.stat().st_mtime for p in (results / "runs").glob("*/*/*/*/campaign.json")}
 
 
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args:
+            found.append(args)
+    return found
+
+
 def status(env: dict) -> str:
     return run_cmd([sys.executable, "scripts/reproduce_paper.py", "--status"], env).stdout
 
@@ -60,6 +72,10 @@ def test_campaign_survives_a_kill_and_the_report_has_the_right_cells(campaign_en
         time.sleep(0.2)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
+    deadline = time.time() + 30  # the run in flight dies with its driver (parent-death signal): no orphan
+    while processes_mentioning(str(results)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not processes_mentioning(str(results))
     before = finished(results)
     assert 3 <= len(before) < 12, driver.stdout.read().decode()[-3000:]
     for folder in before:  # only complete runs were published, never weights
