@@ -25,6 +25,7 @@ HELP = {
     "save_steps": "evaluation period as upstream (which ignores --eval_steps); replaces --eval_steps when set",
     "cut_at_newline": "cut generated answers at the first newline; False: upstream's strip only",
     "native_opt_bos": "OPT: keep the tokenizer's BOS id instead of upstream's id 0",
+    "train_loss_subset": "train examples whose unperturbed loss is logged with the dev loss (0: off)",
 }
 
 

@@ -31,7 +31,10 @@ class LoopResult:
     best_step: int | None = None
     best_dev_loss: float | None = None
     dev_losses: list[tuple[int, float]] = field(default_factory=list)
-    final_train_loss: float | None = None
+    # loss on a fixed train subset at the unperturbed weights, evaluated with the dev loss
+    train_eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    best_train_eval_loss: float | None = None  # at best_step (the state evaluated on test)
+    mean_perturbed_loss_last10: float | None = None  # mean L+ of the last 10 steps (inflated by the noise)
     seconds: float = 0.0
 
 
@@ -51,8 +54,11 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 def train_zo(optimizer: ZOOptimizer, batches: Iterator, loss_fn: Callable[[object], torch.Tensor],
              steps: int, output_dir: Path, eval_steps: int = 0,
              dev_loss_fn: Callable[[], float] | None = None, progress: bool = True,
-             log_extra: Callable[[], dict] | None = None) -> LoopResult:
+             log_extra: Callable[[], dict] | None = None,
+             train_eval_fn: Callable[[], float] | None = None) -> LoopResult:
     """Run `steps` ZO steps; evaluate the dev loss every `eval_steps` and at the end; keep the best state.
+
+    `train_eval_fn` (the loss on a fixed train subset) is evaluated at the same moments, on the same state.
 
     On return the model holds the best state by dev loss (or the last good state without a dev set).
     """
@@ -65,13 +71,22 @@ def train_zo(optimizer: ZOOptimizer, batches: Iterator, loss_fn: Callable[[objec
     window: list[float] = []
 
     def evaluate_dev(step: int) -> None:
+        line: dict = {"step": step}
+        if train_eval_fn is not None:
+            line["train_eval_loss"] = float(train_eval_fn())
+            result.train_eval_losses.append((step, line["train_eval_loss"]))
+            if dev_loss_fn is None:  # no selection: the last state is the one evaluated
+                result.best_train_eval_loss = line["train_eval_loss"]
         if dev_loss_fn is None:
+            if train_eval_fn is not None:
+                train_log.write({**line, "seconds": round(time.perf_counter() - start, 3)})
             return
         loss = float(dev_loss_fn())
         result.dev_losses.append((step, loss))
-        train_log.write({"step": step, "dev_loss": loss, "seconds": round(time.perf_counter() - start, 3)})
+        train_log.write({**line, "dev_loss": loss, "seconds": round(time.perf_counter() - start, 3)})
         if math.isfinite(loss) and (result.best_dev_loss is None or loss < result.best_dev_loss):
             result.best_dev_loss, result.best_step = loss, step
+            result.best_train_eval_loss = line.get("train_eval_loss")
             save_weights(optimizer.model, best_path)
         log.info("step %d: dev loss %.4f (best %.4f at step %s)", step, loss, result.best_dev_loss or float("nan"),
                  result.best_step)
@@ -93,12 +108,13 @@ def train_zo(optimizer: ZOOptimizer, batches: Iterator, loss_fn: Callable[[objec
             train_log.write(record_dict)
             window.append(record.loss_plus)
             result.steps_done = step + 1
-            result.final_train_loss = sum(window[-10:]) / len(window[-10:])
+            result.mean_perturbed_loss_last10 = sum(window[-10:]) / len(window[-10:])
             bar.update(1)
-            bar.set_postfix(loss=f"{result.final_train_loss:.4f}", g=f"{record.projected_grad:+.2e}")
+            bar.set_postfix(loss=f"{result.mean_perturbed_loss_last10:.4f}", g=f"{record.projected_grad:+.2e}")
             if eval_steps and (step + 1) % eval_steps == 0 and step + 1 < steps:
                 evaluate_dev(step + 1)
-        if result.steps_done and (not result.dev_losses or result.dev_losses[-1][0] != result.steps_done):
+        last_eval = (result.dev_losses or result.train_eval_losses or [(None, None)])[-1][0]
+        if result.steps_done and last_eval != result.steps_done:
             evaluate_dev(result.steps_done)
     finally:
         bar.close()

@@ -61,6 +61,9 @@ class FineTuneConfig:
     num_dev: int | None = 500
     num_eval: int | None = 1000
     upstream_split: bool = False
+    # train examples (a seeded subset of the train split) whose loss at the unperturbed weights is logged
+    # with the dev loss: (L+ + L-)/2 is inflated by the noise, by an amount that differs between methods
+    train_loss_subset: int = 64
     train_as_classification: bool | None = None  # None: the task's upstream default
     non_diff: bool = False
     perturbation: str = "virtual"
@@ -118,6 +121,8 @@ class FineTuneConfig:
             raise FileNotFoundError(f"data folder does not exist: {self.data_dir}")
         if self.per_device_train_batch_size < 1 or self.max_steps < 0 or self.eval_steps < 0:
             raise ValueError("batch size must be >= 1 and steps / eval_steps >= 0")
+        if self.train_loss_subset < 0:
+            raise ValueError("train_loss_subset must be >= 0 (0: off)")
         if self.dev_loss not in ("per_example", "batch_mean"):
             raise ValueError(f"dev_loss must be 'per_example' (upstream) or 'batch_mean', got {self.dev_loss!r}")
         if self.save_steps is not None and self.save_steps < 0:
@@ -220,7 +225,11 @@ def fine_tune(config: FineTuneConfig) -> dict:
                      "train_mode": config.train_mode if config.trains else "none",
                      "steps": result.steps_done, "status": result.status,
                      "best_step": result.best_step, "best_dev_loss": result.best_dev_loss,
-                     "final_train_loss": result.final_train_loss, "train_seconds": round(result.seconds, 2)}
+                     # unperturbed loss on the train subset at the state evaluated on test / at the last step
+                     "final_train_loss": result.best_train_eval_loss,
+                     "last_step_train_loss": (result.train_eval_losses[-1][1] if result.train_eval_losses else None),
+                     "mean_perturbed_loss_last10": result.mean_perturbed_loss_last10,
+                     "train_seconds": round(result.seconds, 2)}
     if task.eval_note:
         metrics["eval_note"] = task.eval_note
     if splits.dev:
@@ -235,7 +244,7 @@ def fine_tune(config: FineTuneConfig) -> dict:
         wandb_run.log({f"{split}/{k}": v for split in ("dev", "test") for k, v in metrics.get(split, {}).items()})
         wandb_run.finish()
     log.info("metrics: %s", {k: metrics[k] for k in ("dev", "test") if k in metrics})
-    if not math.isfinite(result.final_train_loss or 0.0):
+    if not math.isfinite(result.mean_perturbed_loss_last10 or 0.0):
         log.warning("the final training loss is not finite")
     return metrics
 
@@ -274,6 +283,14 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, blocks, sigma
         dev_batches = tasks.TrainBatches(splits.dev, task, tokenizer, dev_batch_size, seed=0,
                                          as_classification=as_classification, max_length=config.max_length)
         dev_loss_fn = lambda: _mean_loss(model, loss_fn, dev_batches.epoch(shuffle=False))  # noqa: E731
+    train_eval_fn = None
+    if config.train_loss_subset and splits.train:
+        # always the cross-entropy loss (also under --non_diff), so that methods compare on one scale
+        subset = tasks.sampling.seeded_subset(splits.train, config.train_set_seed, config.train_loss_subset)
+        subset_batches = tasks.TrainBatches(subset, task, tokenizer, config.eval_batch_size, seed=0,
+                                            as_classification=as_classification, max_length=config.max_length)
+        train_eval_fn = lambda: _mean_loss(model, lambda b: tasks.batch_loss(model, b),  # noqa: E731
+                                           subset_batches.epoch(shuffle=False))
 
     def log_extra() -> dict:
         if isinstance(sigma, LearnedSigma):
@@ -281,7 +298,7 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, blocks, sigma
         return {}
 
     return train_zo(optimizer, encoder.forever(), loss_fn, config.max_steps, output_dir, config.eval_period,
-                    dev_loss_fn, progress=config.progress, log_extra=log_extra)
+                    dev_loss_fn, progress=config.progress, log_extra=log_extra, train_eval_fn=train_eval_fn)
 
 
 def _maybe_wandb(config: FineTuneConfig, resolved: dict):

@@ -85,7 +85,8 @@ def test_best_state_is_kept_and_restored(tmp_path, tiny_llama_dir, captured_mode
     monkeypatch.setattr(zo.recipes.finetune, "_mean_loss", lambda *a: (real_mean_loss(*a), next(scripted))[1])
     out = tmp_path / "run"
     lr, eps = 1e-2, 1e-2
-    metrics = fine_tune(_config(tiny_llama_dir, out, max_steps=4, eval_steps=1, learning_rate=lr, zo_eps=eps))
+    metrics = fine_tune(_config(tiny_llama_dir, out, max_steps=4, eval_steps=1, learning_rate=lr, zo_eps=eps,
+                                train_loss_subset=0))  # only the dev loss goes through _mean_loss
 
     log = read_jsonl(out / "train_log.jsonl")
     dev = [(r["step"], r["dev_loss"]) for r in log if "dev_loss" in r]
@@ -225,3 +226,56 @@ def test_non_diff_task_check_is_case_insensitive_like_task_names(task, ok):
     else:
         with pytest.raises(ValueError, match="non_diff"):
             config.validate()
+
+
+def test_train_loss_is_measured_unperturbed_on_a_fixed_subset(tmp_path, tiny_llama_dir, captured_model, monkeypatch):
+    # the subset loss comes with every dev line; final_train_loss is the one at the best-by-dev step
+    scripted = iter([3.0, 1.0, 2.0])  # dev losses: best at step 2, not the last step (3)
+    real_mean_loss = zo.recipes.finetune._mean_loss
+    dev_calls = []
+
+    def mean_loss(model, loss_fn, batches):
+        value = real_mean_loss(model, loss_fn, batches)
+        if loss_fn is not seen["train_loss_fn"]:
+            return value
+        dev_calls.append(value)
+        return next(scripted)
+
+    seen = {}
+    real_train_zo = zo.recipes.finetune.train_zo
+
+    def train_zo(optimizer, batches, loss_fn, *args, **kwargs):
+        seen["train_loss_fn"] = loss_fn  # the dev loss uses the training loss function
+        return real_train_zo(optimizer, batches, loss_fn, *args, **kwargs)
+
+    monkeypatch.setattr(zo.recipes.finetune, "_mean_loss", mean_loss)
+    monkeypatch.setattr(zo.recipes.finetune, "train_zo", train_zo)
+    out = tmp_path / "run"
+    metrics = fine_tune(_config(tiny_llama_dir, out, max_steps=3, eval_steps=1, learning_rate=1e-1, zo_eps=1e-2,
+                                train_loss_subset=4))
+    lines = [r for r in read_jsonl(out / "train_log.jsonl") if "dev_loss" in r]
+    assert [r["step"] for r in lines] == [1, 2, 3] and len(dev_calls) == 3
+    subset_losses = [r["train_eval_loss"] for r in lines]
+    assert len(set(subset_losses)) == 3  # lr 0.1 moves the weights: the subset loss tracks the current state
+    assert metrics["final_train_loss"] == subset_losses[1]  # best dev state (step 2), the one tested
+    assert metrics["last_step_train_loss"] == subset_losses[2]
+    steps = [r for r in read_jsonl(out / "train_log.jsonl") if "loss_plus" in r]
+    assert metrics["mean_perturbed_loss_last10"] == pytest.approx(sum(r["loss_plus"] for r in steps) / 3)
+
+    # the subset loss is the unperturbed loss of that state: recompute it on the restored best weights
+    model = captured_model["model"]
+    task = tasks.get_task("SST2", str(SHARED_DATA))
+    splits = tasks.sample_splits(task, 8, 2, 2, 43)
+    subset = tasks.sampling.seeded_subset(splits.train, 43, 4)
+    from zo.models import load_model as load
+    _, tokenizer = load(str(tiny_llama_dir))
+    batches = tasks.TrainBatches(subset, task, tokenizer, 8, seed=0, as_classification=True, max_length=2048)
+    assert real_mean_loss(model, lambda b: tasks.batch_loss(model, b), batches.epoch(shuffle=False)) == \
+        pytest.approx(subset_losses[1], rel=1e-6)
+
+
+def test_train_loss_subset_without_dev_set_is_the_last_state(tmp_path, tiny_llama_dir):
+    metrics = fine_tune(_config(tiny_llama_dir, tmp_path / "run", num_dev=0, max_steps=2, train_loss_subset=3))
+    lines = [r for r in read_jsonl(tmp_path / "run" / "train_log.jsonl") if "train_eval_loss" in r]
+    assert [r["step"] for r in lines] == [2] and "dev_loss" not in lines[0]
+    assert metrics["final_train_loss"] == metrics["last_step_train_loss"] == lines[0]["train_eval_loss"]

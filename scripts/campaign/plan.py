@@ -1,0 +1,149 @@
+"""The campaign plan: every run it wants, in phase order, each with its fingerprint and state.
+
+Phase 1: LR grids of the core methods (MeZO, ZO-FT new bank) on every task, first seed.
+Phase 2: the other seeds of the core methods at their best-of-grid LR (needs that grid complete).
+Phase 3: LR grids of every other method.  Phase 4: their seeds.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .settings import CORE_METHODS, REPO_ROOT, Method, Settings
+from .store import CAMPAIGN_FILE, best_lr, is_final, load_run, lr_key, read_json, run_dir
+
+PHASES = {1: "LR grid, core methods", 2: "seeds, core methods", 3: "LR grid, other methods",
+          4: "seeds, other methods"}
+TRAIN_LOSS_SUBSET = 64
+
+
+@dataclass
+class PlannedRun:
+    phase: int
+    task: str
+    method: Method
+    lr: str
+    seed: int
+    folder: Path
+    fingerprint: dict
+    state: str = "pending"  # done | stale (finished with other settings: rerun) | pending
+
+
+@dataclass
+class Plan:
+    runs: list[PlannedRun] = field(default_factory=list)
+    blocked: dict[int, int] = field(default_factory=dict)  # phase -> seed runs waiting for an incomplete grid
+    unavailable: dict[str, str] = field(default_factory=dict)  # method -> why
+
+    def pending(self) -> list[PlannedRun]:
+        return [r for r in self.runs if r.state != "done"]
+
+
+def resolve_bank(settings: Settings, method: Method) -> Path | None:
+    if method.generated_bank_seed is not None:
+        model = Path(settings.model).name if settings.model else "SmolLM2-135M"
+        return settings.results_dir / "banks" / f"untrained_seed{method.generated_bank_seed}_{model}.safetensors"
+    if not method.bank:
+        return None
+    bank = Path(method.bank)
+    return bank if bank.is_absolute() else REPO_ROOT / bank
+
+
+def unavailable_reason(settings: Settings, method: Method) -> str | None:
+    """Why a method cannot run here (a train mode or bank that does not exist yet), or None."""
+    bank = resolve_bank(settings, method)
+    if bank is not None and method.generated_bank_seed is None and not bank.is_file():
+        return f"bank not found: {method.bank}"
+    if method.train_mode == "zo_fine_tuner":
+        return None
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    try:  # the recipe's own validation says whether it knows the train mode
+        from zo.recipes.finetune import FineTuneConfig
+        FineTuneConfig(task_name="SST2", train_mode=method.train_mode).validate()
+    except Exception as err:  # noqa: BLE001 - any refusal means "not runnable here", reported, not crashed on
+        return f"train mode {method.train_mode!r}: {err}"
+    return None
+
+
+def _bank_digest(path: Path | None, cache: dict) -> str | None:
+    if path is None or not path.is_file():
+        return None
+    if path not in cache:
+        cache[path] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return cache[path]
+
+
+def fingerprint(settings: Settings, task: str, method: Method, lr: str, seed: int, digests: dict) -> dict:
+    """Everything that defines a run's result; a finished run with another fingerprint is stale."""
+    caps = settings.caps[task]
+    bank = resolve_bank(settings, method)
+    return {"task": task, "method": method.name, "train_mode": method.train_mode, "lr": lr_key(lr), "seed": seed,
+            "model": Path(settings.model).name if settings.model else "SmolLM2-135M",
+            "bank": bank.name if bank else None,
+            # a generated bank is determined by its seed; a shipped one by its content
+            "bank_sha256": None if method.generated_bank_seed is not None else _bank_digest(bank, digests),
+            "steps": caps.steps, "eval_steps": caps.eval_steps, "train": caps.train, "dev": caps.dev,
+            "test": caps.test, "max_length": caps.max_length, "max_new_tokens": caps.max_new_tokens,
+            "batch_size": int(settings.get("BS", "16")), "eps": float(settings.get("EPS", "1e-3")),
+            "dtype": settings.get("DTYPE", "float32"), "train_loss_subset": TRAIN_LOSS_SUBSET,
+            "method_args": list(method.args), "extra_args": settings.get("EXTRA_ARGS", "")}
+
+
+def _state(folder: Path, wanted: dict) -> str:
+    metrics, campaign = read_json(folder / "metrics.json"), read_json(folder / CAMPAIGN_FILE)
+    if not is_final(metrics) or campaign is None:
+        return "pending"
+    return "done" if campaign.get("fingerprint") == wanted else "stale"
+
+
+def build_plan(settings: Settings) -> Plan:
+    plan, digests = Plan(), {}
+
+    def add(phase: int, task: str, method: Method, lr: str, seed: int) -> PlannedRun:
+        wanted = fingerprint(settings, task, method, lr, seed, digests)
+        folder = run_dir(settings.runs_dir, task, method.name, lr, seed)
+        run = PlannedRun(phase, task, method, lr_key(lr), seed, folder, wanted, _state(folder, wanted))
+        plan.runs.append(run)
+        return run
+
+    core = [m for m in settings.methods if m.name in CORE_METHODS]
+    others = [m for m in settings.methods if m.name not in CORE_METHODS]
+    for grid_phase, group in ((1, core), (3, others)):
+        runnable = []
+        for method in group:
+            reason = unavailable_reason(settings, method)
+            if reason:
+                plan.unavailable[method.name] = reason
+            else:
+                runnable.append(method)
+        grids = {}
+        for task in settings.tasks:  # task-major: each task's comparison completes as early as possible
+            for method in runnable:
+                if task in settings.tasks_for(method):
+                    first_seed = settings.seeds_for(task)[0]
+                    grids[task, method.name] = [add(grid_phase, task, method, lr, first_seed) for lr in method.grid]
+        for task in settings.tasks:
+            for method in runnable:
+                grid = grids.get((task, method.name))
+                extra_seeds = settings.seeds_for(task)[1:]
+                if not grid or not extra_seeds:
+                    continue
+                chosen = selected_lr(grid, settings.select_by)
+                if chosen is None:
+                    plan.blocked[grid_phase + 1] = plan.blocked.get(grid_phase + 1, 0) + len(extra_seeds)
+                    continue
+                for seed in extra_seeds:
+                    add(grid_phase + 1, task, method, chosen, seed)
+    plan.runs.sort(key=lambda r: r.phase)  # stable: keeps the task-major order within a phase
+    return plan
+
+
+def selected_lr(grid: list[PlannedRun], select_by: str) -> str | None:
+    """The best LR of a complete, up-to-date grid; None while any grid run is missing or stale."""
+    if any(r.state != "done" for r in grid):
+        return None
+    runs = [load_run(r.folder) for r in grid]
+    return best_lr([r for r in runs if r is not None], select_by)

@@ -1,0 +1,233 @@
+"""Tables and plots from the finished runs of the current plan (same env / preset as the campaign).
+
+Only runs whose fingerprint matches the plan count; a cell without runs reads "missing", never 0.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .plan import Plan, PlannedRun, build_plan, selected_lr
+from .settings import FIRST_ORDER, PRESET_DIR, TABLE2, TABLE3, Settings
+from .store import Run, load_run
+
+MISSING = "missing"
+REFERENCE_FILE = PRESET_DIR / "paper_reference.json"
+
+
+@dataclass
+class Cell:
+    """One (task, method): its grid, the LR chosen on dev and the runs at that LR."""
+    task: str
+    method: str
+    grid_done: int = 0
+    grid_size: int = 0
+    best_lr: str | None = None
+    runs: list[Run] = field(default_factory=list)
+    grid_runs: list[Run] = field(default_factory=list)
+
+    @property
+    def losses(self) -> list[float]:
+        return [r.train_loss for r in self.runs if math.isfinite(r.train_loss)]
+
+    @property
+    def metrics(self) -> list[float]:
+        return [r.metric("test") for r in self.runs if math.isfinite(r.metric("test"))]
+
+    @property
+    def loss(self) -> float | None:
+        return statistics.mean(self.losses) if self.losses else None
+
+    @property
+    def metric(self) -> float | None:
+        return statistics.mean(self.metrics) if self.metrics else None
+
+
+def collect(settings: Settings, plan: Plan | None = None) -> dict[tuple[str, str], Cell]:
+    plan = plan or build_plan(settings)
+    groups: dict[tuple[str, str], list[PlannedRun]] = {}
+    for r in plan.runs:
+        groups.setdefault((r.task, r.method.name), []).append(r)
+    cells = {}
+    for (task, method), planned in groups.items():
+        grid = [r for r in planned if r.phase in (1, 3)]
+        cell = Cell(task, method, grid_done=sum(r.state == "done" for r in grid), grid_size=len(grid))
+        cell.grid_runs = [run for r in grid if r.state == "done" and (run := load_run(r.folder))]
+        cell.best_lr = selected_lr(grid, settings.select_by)
+        if cell.best_lr is not None:
+            cell.runs = [run for r in planned if r.lr == cell.best_lr and r.state == "done"
+                         and (run := load_run(r.folder))]
+        cells[task, method] = cell
+    return cells
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return MISSING
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def reference_for(settings: Settings) -> dict:
+    """The paper's numbers for this model, when the preset names one that the reference file has."""
+    if not REFERENCE_FILE.is_file():
+        return {}
+    table = json.loads(REFERENCE_FILE.read_text())
+    model = settings.get("PAPER_MODEL") or (Path(settings.model).name if settings.model else "")
+    return table.get("models", {}).get(model, {})
+
+
+def wins(cells: dict[tuple[str, str], Cell], settings: Settings) -> list[str]:
+    """Counted from the table: ZO-FT (new bank) against the ZO baselines (not its own variants, not first order)."""
+    lines = []
+    pairs = lowest = highest = 0
+    for task in settings.tasks:
+        mine = cells.get((task, "zoft_new"))
+        rivals = [c for (t, m), c in cells.items() if t == task and m != "zoft_new" and not m.startswith("zoft")
+                  and m not in FIRST_ORDER and c.loss is not None and c.metric is not None]
+        if mine is None or mine.loss is None or mine.metric is None or not rivals:
+            continue
+        pairs += 1
+        lowest += mine.loss < min(c.loss for c in rivals)
+        highest += mine.metric > max(c.metric for c in rivals)
+    if pairs:
+        lines.append(f"ZO-FT (new bank) has the lowest final training loss in {lowest} of {pairs} tasks and the "
+                     f"highest test metric in {highest} of {pairs}, against the ZO baselines with results on the "
+                     f"same task.")
+    vs = [(cells[t, "zoft_new"], cells[t, "mezo"]) for t in settings.tasks
+          if (t, "zoft_new") in cells and (t, "mezo") in cells
+          and None not in (cells[t, "zoft_new"].loss, cells[t, "mezo"].loss, cells[t, "zoft_new"].metric,
+                           cells[t, "mezo"].metric)]
+    if vs:
+        gain = statistics.mean(a.metric - b.metric for a, b in vs)
+        lines.append(f"Against MeZO alone: lower loss in {sum(a.loss < b.loss for a, b in vs)} of {len(vs)} tasks, "
+                     f"higher test metric in {sum(a.metric > b.metric for a, b in vs)} of {len(vs)}; mean test "
+                     f"metric difference {gain:+.4f} (paper, 4 LLMs: +2.5 points of accuracy).")
+    return lines or ["No task has both ZO-FT (new bank) and a ZO baseline at a selected LR yet."]
+
+
+def main_table(cells, settings, reference) -> list[str]:
+    ref_col = bool(reference)
+    head = "| task | method | best LR (dev) | final train loss | test metric | seeds | diverged |"
+    rows = [head + (" paper loss / metric |" if ref_col else ""), "|---" * (7 + ref_col) + "|"]
+    task_order = {t: i for i, t in enumerate(settings.tasks)}
+    method_order = {m.name: i for i, m in enumerate(settings.methods)}
+    for (task, method), c in sorted(cells.items(), key=lambda kv: (task_order.get(kv[0][0], 99),
+                                                                    method_order.get(kv[0][1], 99))):
+        if c.best_lr is None:
+            lr = f"{MISSING} (grid {c.grid_done}/{c.grid_size})"
+        else:
+            lr = c.best_lr
+        metric_name = c.runs[0].metric_name if c.runs else ""
+        metric = mean_sd(c.metrics) + (f" ({metric_name})" if c.metrics else "")
+        diverged = sum(r.diverged for r in c.runs)
+        row = f"| {task} | {method} | {lr} | {mean_sd(c.losses)} | {metric} | {len(c.runs)} | {diverged} |"
+        if ref_col:
+            ref = reference.get(task, {}).get(method)
+            row += f" {ref['loss']:.2f} / {ref['metric']:.2f} |" if ref else " not transcribed |"
+        rows.append(row)
+    return rows
+
+
+def ablation_table(cells, settings, methods: tuple[str, ...]) -> list[str]:
+    tasks = [t for t in settings.tasks if any((t, m) in cells and cells[t, m].runs for m in methods)]
+    if not tasks:
+        return [f"No runs yet for {', '.join(methods)}."]
+    rows = ["| bank | " + " | ".join(f"{t}: loss / metric" for t in tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    for m in methods:
+        parts = []
+        for t in tasks:
+            c = cells.get((t, m))
+            parts.append(MISSING if c is None or c.loss is None else
+                         f"{c.loss:.4f} / {c.metric:.4f}" if c.metric is not None else f"{c.loss:.4f} / {MISSING}")
+        rows.append(f"| {m} | " + " | ".join(parts) + " |")
+    return rows
+
+
+def cpu_lines(cells) -> list[str]:
+    runs = {r.folder: r for c in cells.values() for r in c.grid_runs + c.runs}.values()
+    by_phase: dict[int, float] = {}
+    for r in runs:
+        by_phase[r.campaign.get("phase", 0)] = by_phase.get(r.campaign.get("phase", 0), 0.0) + r.cpu_seconds
+    total = sum(by_phase.values())
+    detail = ", ".join(f"phase {p}: {s / 3600:.2f}" for p, s in sorted(by_phase.items()))
+    return [f"CPU-hours spent on the {len(runs)} finished runs: {total / 3600:.2f} ({detail or 'none'})."]
+
+
+def plots(cells, settings, out_dir: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in settings.tasks:
+        task_cells = [c for (t, _), c in cells.items() if t == task]
+        curves = [c for c in task_cells if c.runs and any(r.curve() for r in c.runs)]
+        if curves:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for c in curves:
+                by_step: dict[int, list[float]] = {}
+                for r in c.runs:
+                    for step, loss in r.curve():
+                        by_step.setdefault(step, []).append(loss)
+                steps = sorted(by_step)
+                ax.plot(steps, [statistics.mean(by_step[s]) for s in steps], marker="o",
+                        label=f"{c.method} (lr {c.best_lr}, {len(c.runs)} seeds)")
+            ax.set(xlabel="step", ylabel="train loss, unperturbed (fixed subset)", title=f"{task}: loss at best LR")
+            ax.legend(fontsize=7)
+            written.append(_save(fig, out_dir / f"loss_{task}.png"))
+        grids = [c for c in task_cells if c.grid_runs]
+        if grids:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for c in grids:
+                points = sorted((float(r.lr), r.train_loss, r.diverged) for r in c.grid_runs)
+                line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=c.method)
+                bad = [p for p in points if p[2]]
+                ax.scatter([p[0] for p in bad], [p[1] for p in bad], marker="x", s=80, color=line.get_color())
+            ax.set(xscale="log", xlabel="learning rate", ylabel="final train loss (x: diverged)",
+                   title=f"{task}: LR robustness (grid seed)")
+            ax.legend(fontsize=7)
+            written.append(_save(fig, out_dir / f"lr_robustness_{task}.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
+
+
+def write_report(settings: Settings) -> Path:
+    plan = build_plan(settings)
+    cells = collect(settings, plan)
+    reference = reference_for(settings)
+    out = settings.results_dir / "README.md"
+    pngs = plots(cells, settings, settings.results_dir / "plots")
+    model = settings.model or "embedded SmolLM2-135M"
+    lines = ["# Campaign results", "",
+             "Generated by `python scripts/make_report.py` from `runs/`; do not edit. Protocol: docs/campaign.md.", "",
+             f"Model: {model}. Tasks: {' '.join(settings.tasks)}. LR chosen per (task, method) on the dev split "
+             f"({settings.select_by.replace('_', ' ')}) with seed {settings.seeds[0]}; then the other seeds at that "
+             "LR. Final train loss: cross-entropy on a fixed 64-example train subset at the unperturbed weights of "
+             "the state evaluated on test (best dev loss). Mean ± sd over seeds.", ""]
+    if plan.unavailable:
+        lines += ["Not run (unavailable here): " + "; ".join(f"{m} ({why})" for m, why in plan.unavailable.items()),
+                  ""]
+    lines += ["## Main table", ""] + main_table(cells, settings, reference) + [""]
+    if reference:
+        lines += [f"Paper column: {reference.get('_source', 'see scripts/presets/paper_reference.json')}.", ""]
+    lines += wins(cells, settings) + [""]
+    lines += ["## Table 2: reset and normalization in meta-training", ""] + ablation_table(cells, settings, TABLE2)
+    lines += ["", "## Table 3: layer-wise against block-wise banks", ""] + ablation_table(cells, settings, TABLE3)
+    lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs] + [""]
+    lines += cpu_lines(cells) + [""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    return out

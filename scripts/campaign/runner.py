@@ -1,0 +1,108 @@
+"""One campaign run: the fine-tuning command, executed in a scratch folder, its small files published atomically.
+
+The run's weights never leave the scratch folder, which is deleted once the run is published. A killed
+run leaves only scratch behind, so the next start reruns it from the beginning.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .plan import TRAIN_LOSS_SUBSET, PlannedRun, resolve_bank
+from .settings import REPO_ROOT, Settings, split_words
+from .store import CAMPAIGN_FILE, SMALL_FILES, is_final, read_json
+
+DTYPE_FLAGS = {"float32": [], "float16": ["--load_float16", "True"], "bfloat16": ["--load_bfloat16", "True"]}
+
+
+def command(settings: Settings, run: PlannedRun, output_dir: Path) -> list[str]:
+    caps, method = settings.caps[run.task], run.method
+    args = [sys.executable, str(REPO_ROOT / "run_zo_fine_tuner.py"), "--task_name", run.task,
+            "--train_mode", method.train_mode, "--learning_rate", run.lr, "--zo_eps", settings.get("EPS", "1e-3"),
+            "--per_device_train_batch_size", settings.get("BS", "16"), "--max_steps", str(caps.steps),
+            "--eval_steps", str(caps.eval_steps), "--num_train", str(caps.train), "--num_dev", str(caps.dev),
+            "--num_eval", str(caps.test), "--max_length", str(caps.max_length),
+            "--max_new_tokens", str(caps.max_new_tokens),
+            # a seed varies the data sample (as MeZO's seeds), the noise and the batch order
+            "--train_set_seed", str(run.seed), "--seed", str(run.seed),
+            "--train_loss_subset", str(TRAIN_LOSS_SUBSET), "--output_dir", str(output_dir), "--progress", "False"]
+    args += DTYPE_FLAGS[settings.get("DTYPE", "float32")]
+    if settings.model:
+        args += ["--model_name", settings.model]
+    if settings.data_dir:
+        args += ["--data_dir", settings.data_dir]
+    bank = resolve_bank(settings, method)
+    if bank is not None:
+        args += ["--load_mlp_path", str(bank)]
+    return args + list(method.args) + list(split_words(settings.get("EXTRA_ARGS")))
+
+
+def _die_with_parent() -> None:
+    """The fine-tuning child dies with the driver, even on SIGKILL: no orphan keeps the 2 cores busy."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def ensure_generated_bank(settings: Settings, run: PlannedRun) -> None:
+    bank = resolve_bank(settings, run.method)
+    if run.method.generated_bank_seed is None or bank.is_file():
+        return
+    bank.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "zo.init_bank", "--out", str(bank), "--seed", str(run.method.generated_bank_seed)]
+    if settings.model:
+        cmd += ["--model", settings.model]
+    subprocess.run(cmd, cwd=REPO_ROOT, check=True, preexec_fn=_die_with_parent)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def execute(settings: Settings, run: PlannedRun) -> tuple[bool, str]:
+    """Run it; on success publish config/metrics/train_log + campaign.json to run.folder. (ok, message)."""
+    scratch = settings.results_dir / ".scratch" / f"{run.task}-{run.method.name}-{run.lr}-{run.seed}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    ensure_generated_bank(settings, run)
+    cmd = command(settings, run, scratch / "run")
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    with open(scratch / "output.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    metrics = read_json(scratch / "run" / "metrics.json")
+    if proc.returncode != 0 or not is_final(metrics):
+        tail = (scratch / "output.log").read_text()[-1500:]
+        return False, f"exit code {proc.returncode}; log {scratch / 'output.log'}:\n{tail}"
+
+    record = {"fingerprint": run.fingerprint, "phase": run.phase, "grid": list(run.method.grid),
+              "cpu_seconds": round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 2),
+              "wall_seconds": round(time.time() - start, 2), "host": platform.node(),
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": git_commit(),
+              "command": [Path(a).name if a == sys.executable else a for a in cmd]}
+    staging = run.folder.with_name(f".{run.folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in SMALL_FILES:
+        if (scratch / "run" / name).exists():
+            shutil.copy2(scratch / "run" / name, staging / name)
+    (staging / CAMPAIGN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    if run.folder.exists():  # a stale result (other settings) is replaced by the new one
+        shutil.rmtree(run.folder)
+    os.replace(staging, run.folder)
+    shutil.rmtree(scratch, ignore_errors=True)  # weights included
+    return True, f"{metrics.get('status')}, {record['cpu_seconds']:.0f} CPU-s"

@@ -1,0 +1,178 @@
+"""Campaign settings from env vars (optionally a preset env file), the methods and the per-task caps.
+
+Every knob is an env var so that scripts/reproduce_paper.sh reads like the other launchers; a preset
+(scripts/presets/<name>.env) supplies defaults that real env vars override.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PRESET_DIR = REPO_ROOT / "scripts" / "presets"
+
+PAPER_TASKS = ("SST2", "Copa", "CB", "WSC", "BoolQ", "SQuAD", "DROP")
+# Phase order: the core comparison first, so that a partial campaign is already a fair comparison.
+CORE_METHODS = ("mezo", "zoft_new")
+DEFAULT_METHODS = ("mezo", "zoft_new", "zoft_old", "zoft_untrained", "mezo_adam", "hizoo", "lozo", "fzoo", "fo_adam")
+FIRST_ORDER = ("fo_sgd", "fo_adam")  # a reference, not a competitor in the "lowest loss" count
+TABLE2 = ("zoft_base", "zoft_reset", "zoft_norm", "zoft_reset_norm")  # banks meta-trained with/without reset, normalization
+TABLE3 = ("zoft_layerwise", "zoft_new")  # layer-wise sharing against the block-wise default bank
+
+# LR grids for SmolLM2-135M in fp32 at ~100 steps. ZO-SGD-like methods share MeZO's LR scale (ZO-FT's LR means
+# the same as MeZO's); Adam-like and FZOO's normalized steps live two decades higher.
+ZO_SGD_GRID = "1e-5 3e-6 1e-6 3e-7"
+DEFAULT_GRIDS = {"mezo": ZO_SGD_GRID, "hizoo": ZO_SGD_GRID, "lozo": ZO_SGD_GRID, "zoft": ZO_SGD_GRID,
+                 "mezo_adam": "1e-4 3e-5 1e-5 3e-6", "fzoo": "1e-4 3e-5 1e-5 3e-6",
+                 "fo_adam": "3e-5 1e-5 3e-6", "fo_sgd": "1e-2 1e-3 1e-4"}
+
+
+@dataclass(frozen=True)
+class TaskCaps:
+    """What one run of a task costs on 2 CPU cores, written down (docs/campaign.md has the reasoning)."""
+    steps: int = 100
+    eval_steps: int = 25
+    train: int = 1000
+    dev: int = 100
+    test: int = 200
+    max_length: int = 2048
+    max_new_tokens: int = 50
+    seeds: int = 3  # how many of SEEDS this task gets at the best LR
+
+
+# Long-passage tasks cost 3-6x a SST-2 step: one seed, shorter sequences, smaller test sets.
+DEFAULT_CAPS = {
+    "SST2": TaskCaps(),
+    "Copa": TaskCaps(),
+    "CB": TaskCaps(test=56),  # the whole validation set
+    "WSC": TaskCaps(test=104),
+    "BoolQ": TaskCaps(max_length=256, test=100, seeds=1),
+    "SQuAD": TaskCaps(max_length=320, test=100, max_new_tokens=20, seeds=1),
+    "DROP": TaskCaps(max_length=320, test=100, max_new_tokens=20, seeds=1),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    train_mode: str
+    bank: str | None = None  # PertNN bank for zo_fine_tuner
+    generated_bank_seed: int | None = None  # the bank is written by zo.init_bank on first use
+    args: tuple[str, ...] = ()
+    grid: tuple[str, ...] = ()
+    tasks: tuple[str, ...] | None = None  # None: every task of the campaign
+
+
+def _builtin(name: str) -> dict | None:
+    bank_dir = "learned_finetuner"
+    zoft = {"train_mode": "zo_fine_tuner", "grid_key": "zoft"}
+    ablation_bank = f"{bank_dir}/ablations/smollm2-135m_copa_{{}}.safetensors"
+    table = {
+        "zoft_new": {**zoft, "bank": f"{bank_dir}/smollm2-135m_copa.safetensors"},
+        "zoft_old": {**zoft, "bank": f"{bank_dir}/smollm2-135m_copa_upstream-rule.safetensors"},
+        "zoft_untrained": {**zoft, "generated_bank_seed": 42},
+        # Table 2: a bank meta-trained without normalization is also used without it
+        "zoft_base": {**zoft, "bank": ablation_bank.format("base"), "args": ("--need_normalization", "False"),
+                      "tasks": ("SST2",)},
+        "zoft_reset": {**zoft, "bank": ablation_bank.format("reset"), "args": ("--need_normalization", "False"),
+                       "tasks": ("SST2",)},
+        "zoft_norm": {**zoft, "bank": ablation_bank.format("norm"), "tasks": ("SST2",)},
+        "zoft_reset_norm": {**zoft, "bank": ablation_bank.format("reset_norm"), "tasks": ("SST2",)},
+        "zoft_layerwise": {**zoft, "bank": ablation_bank.format("layerwise"), "tasks": ("SST2",)},
+    }
+    if name in table:
+        return table[name]
+    if name in ("mezo", "mezo_adam", "hizoo", "lozo", "fzoo", "fo_sgd", "fo_adam"):
+        return {"train_mode": name, "grid_key": name}
+    return None
+
+
+def split_words(text: str | None) -> tuple[str, ...]:
+    return tuple((text or "").split())
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines (quotes stripped, # comments); no shell expansion."""
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
+    return values
+
+
+@dataclass
+class Settings:
+    env: dict[str, str]
+    tasks: tuple[str, ...] = PAPER_TASKS
+    methods: tuple[Method, ...] = ()
+    seeds: tuple[int, ...] = (42, 43, 44)
+    model: str = ""
+    data_dir: str = ""
+    results_dir: Path = REPO_ROOT / "results"
+    select_by: str = "dev_loss"
+    caps: dict[str, TaskCaps] = field(default_factory=dict)
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        value = self.env.get(key)
+        return value if value not in (None, "") else default
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.results_dir / "runs"
+
+    def seeds_for(self, task: str) -> tuple[int, ...]:
+        override = self.get(f"SEEDS_{task}")
+        return tuple(int(s) for s in split_words(override)) if override else self.seeds[:self.caps[task].seeds]
+
+    def tasks_for(self, method: Method) -> tuple[str, ...]:
+        wanted = method.tasks if method.tasks is not None else self.tasks
+        return tuple(t for t in self.tasks if t in wanted)
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    preset = env.get("PRESET")
+    if preset:
+        path = Path(preset) if Path(preset).is_file() else PRESET_DIR / f"{preset}.env"
+        if not path.is_file():
+            raise FileNotFoundError(f"preset {preset!r} not found (looked for {path})")
+        env = {**read_env_file(path), **{k: v for k, v in env.items() if v != ""}}
+    s = Settings(env=env)
+    s.tasks = split_words(s.get("TASKS")) or PAPER_TASKS
+    s.seeds = tuple(int(x) for x in split_words(s.get("SEEDS", "42 43 44")))
+    s.model = s.get("MODEL", "")
+    s.data_dir = s.get("DATA_DIR", str(REPO_ROOT.parent / "shared" / "data"))
+    s.results_dir = REPO_ROOT / s.get("RESULTS_DIR", "results")  # relative: to the repo, as the launchers cd there
+    s.select_by = s.get("SELECT_BY", "dev_loss")
+    if s.select_by not in ("dev_loss", "dev_metric"):
+        raise ValueError(f"SELECT_BY must be dev_loss or dev_metric, got {s.select_by!r}")
+    s.caps = {task: _caps_for(s, task) for task in s.tasks}
+    s.methods = tuple(_method(s, word) for word in (split_words(s.get("METHODS")) or DEFAULT_METHODS))
+    return s
+
+
+def _caps_for(s: Settings, task: str) -> TaskCaps:
+    """Per-task defaults; a global env var (STEPS, DEV, ...) overrides every task, STEPS_<task> one task."""
+    base = DEFAULT_CAPS.get(task, TaskCaps())
+    values = {}
+    for key, env_name in (("steps", "STEPS"), ("eval_steps", "EVAL_STEPS"), ("train", "TRAIN"), ("dev", "DEV"),
+                          ("test", "EVAL"), ("max_length", "MAX_LENGTH"), ("max_new_tokens", "MAX_NEW_TOKENS")):
+        value = s.get(f"{env_name}_{task}", s.get(env_name))
+        values[key] = int(value) if value is not None else getattr(base, key)
+    return TaskCaps(**values, seeds=base.seeds)
+
+
+def _method(s: Settings, word: str) -> Method:
+    """`name` (a built-in), or `name=path/to/bank.safetensors` (ZO Fine-tuner with that bank)."""
+    name, _, bank_path = word.partition("=")
+    spec = _builtin(name) or ({"train_mode": "zo_fine_tuner", "grid_key": "zoft"} if bank_path else
+                              {"train_mode": name, "grid_key": name})
+    bank = s.get(f"BANK_{name}", bank_path or spec.get("bank"))
+    grid = split_words(s.get(f"LRS_{name}", DEFAULT_GRIDS.get(spec["grid_key"], ZO_SGD_GRID)))
+    tasks = split_words(s.get(f"TASKS_{name}")) or spec.get("tasks")
+    args = tuple(spec.get("args", ())) + split_words(s.get(f"ARGS_{name}"))
+    return Method(name=name, train_mode=spec["train_mode"], bank=bank, args=args, grid=grid, tasks=tasks,
+                  generated_bank_seed=None if bank else spec.get("generated_bank_seed"))

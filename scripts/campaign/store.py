@@ -1,0 +1,112 @@
+"""The run store: results/runs/<task>/<method>/<lr>/<seed>/ with config.json, metrics.json, train_log.jsonl
+and campaign.json (fingerprint, CPU seconds). A folder appears there only once its run has finished."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+SMALL_FILES = ("config.json", "metrics.json", "train_log.jsonl")
+CAMPAIGN_FILE = "campaign.json"
+
+
+def lr_key(lr: str | float) -> str:
+    """One spelling per LR value ('1e-6', '0.000001' -> '1e-06') for folder names and grouping."""
+    return format(float(lr), "g")
+
+
+def run_dir(runs_dir: Path, task: str, method: str, lr: str | float, seed: int) -> Path:
+    return Path(runs_dir) / task / method / lr_key(lr) / str(seed)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_final(metrics: dict | None) -> bool:
+    """Completed, or stopped on a non-finite loss (a diverged LR is a result, and rerunning repeats it)."""
+    status = (metrics or {}).get("status", "")
+    return status == "completed" or status.startswith("stopped")
+
+
+@dataclass
+class Run:
+    task: str
+    method: str
+    lr: str
+    seed: int
+    folder: Path
+    metrics: dict
+    campaign: dict
+
+    @property
+    def diverged(self) -> bool:
+        return self.metrics.get("status", "") != "completed"
+
+    @property
+    def dev_loss(self) -> float:
+        value = self.metrics.get("best_dev_loss")
+        return float(value) if isinstance(value, (int, float)) else math.nan
+
+    def metric(self, split: str) -> float:
+        values = self.metrics.get(split) or {}
+        for name in ("accuracy", "f1"):
+            if isinstance(values.get(name), (int, float)):
+                return float(values[name])
+        return math.nan
+
+    @property
+    def metric_name(self) -> str:
+        test = self.metrics.get("test") or {}
+        return "f1" if "f1" in test else "accuracy"
+
+    @property
+    def train_loss(self) -> float:
+        value = self.metrics.get("final_train_loss")
+        return float(value) if isinstance(value, (int, float)) else math.nan
+
+    @property
+    def cpu_seconds(self) -> float:
+        return float(self.campaign.get("cpu_seconds") or 0.0)
+
+    def curve(self) -> list[tuple[int, float]]:
+        """(step, unperturbed train-subset loss) from the dev lines of train_log.jsonl."""
+        path = self.folder / "train_log.jsonl"
+        points = []
+        for line in path.read_text().splitlines() if path.exists() else []:
+            row = json.loads(line) if line.strip() else {}
+            if isinstance(row.get("train_eval_loss"), (int, float)):
+                points.append((int(row["step"]), float(row["train_eval_loss"])))
+        return points
+
+
+def load_run(folder: Path) -> Run | None:
+    """The finished run in `folder`, or None (missing, unfinished, or not written by the campaign)."""
+    metrics, campaign = read_json(folder / "metrics.json"), read_json(folder / CAMPAIGN_FILE)
+    if not is_final(metrics) or campaign is None:
+        return None
+    seed, lr, method, task = folder.parts[-1], folder.parts[-2], folder.parts[-3], folder.parts[-4]
+    return Run(task=task, method=method, lr=lr, seed=int(seed), folder=folder, metrics=metrics, campaign=campaign)
+
+
+def all_runs(runs_dir: Path) -> list[Run]:
+    found = (load_run(p.parent) for p in sorted(Path(runs_dir).glob("*/*/*/*/metrics.json")))
+    return [r for r in found if r is not None]
+
+
+def best_lr(grid_runs: list[Run], select_by: str = "dev_loss") -> str | None:
+    """The LR chosen on the dev split (never test): lowest best dev loss, or highest dev metric.
+
+    Ties go to the next criterion (dev loss <-> dev metric), then to the smaller LR. Runs without a finite
+    dev score are never chosen."""
+    def key(run: Run):
+        loss, metric = run.dev_loss, run.metric("dev")
+        primary = (-metric, loss) if select_by == "dev_metric" else (loss, -metric)
+        return tuple(math.inf if math.isnan(x) else x for x in primary) + (float(run.lr),)
+
+    eligible = [r for r in grid_runs if math.isfinite(r.dev_loss if select_by == "dev_loss" else r.metric("dev"))]
+    return lr_key(min(eligible, key=key).lr) if eligible else None

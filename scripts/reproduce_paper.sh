@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The paper's comparison as a campaign you can kill and restart at any time (docs/campaign.md).
+#   bash scripts/reproduce_paper.sh                 # run what is missing, one run at a time
+#   bash scripts/reproduce_paper.sh --status        # done / pending per phase, CPU-hours spent
+#   PRESET=llama-3.2-1b MODEL=/path/Llama-3.2-1B bash scripts/reproduce_paper.sh   # the authors' settings
+# Env vars (defaults in scripts/campaign/settings.py):
+#   TASKS="SST2 Copa CB WSC BoolQ SQuAD DROP"   METHODS="mezo zoft_new zoft_old zoft_untrained mezo_adam hizoo lozo fzoo fo_adam"
+#   LRS_<method>="1e-5 3e-6 ..."  SEEDS="42 43 44" (SEEDS_<task> per task)  BANK_<method>=path  ARGS_<method>="--flag v"
+#   TASKS_<method>="SST2"  STEPS, EVAL_STEPS, TRAIN, DEV, EVAL, MAX_LENGTH, MAX_NEW_TOKENS (also <VAR>_<task>)
+#   BS (16)  EPS (1e-3)  DTYPE (float32|float16|bfloat16)  SELECT_BY (dev_loss|dev_metric)  EXTRA_ARGS
+#   MODEL (empty: embedded SmolLM2-135M)  DATA_DIR (../shared/data)  RESULTS_DIR (results)  PRESET (scripts/presets/*.env)
+# Then: python scripts/make_report.py
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${MODEL:-}" ] && [ ! -f models/SmolLM2-135M/config.json ]; then
+  bash scripts/setup.sh
+fi
+exec python scripts/reproduce_paper.py "$@"

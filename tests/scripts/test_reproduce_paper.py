@@ -1,0 +1,153 @@
+"""The campaign end to end on a tiny model: two tasks, LR grid of 2, 2 seeds, killed mid-way and restarted; the report."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, SHARED_DATA
+from run_helpers import QUIET_ENV, requires_shared_data, run_cmd
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from campaign.store import Run, best_lr  # noqa: E402
+
+pytestmark = requires_shared_data
+
+TASKS, METHODS, LRS, SEEDS = ("SST2", "CB"), ("mezo", "zoft_new"), ("0.001", "0.0001"), (1, 2)
+
+
+@pytest.fixture(scope="module")
+def campaign_env(tiny_llama_dir, tiny_llama_bank, tmp_path_factory):
+    bank, _ = tiny_llama_bank
+    results = tmp_path_factory.mktemp("campaign") / "results"
+    return {"MODEL": str(tiny_llama_dir), "DATA_DIR": str(SHARED_DATA), "RESULTS_DIR": str(results),
+            "TASKS": " ".join(TASKS), "SEEDS": " ".join(map(str, SEEDS)),
+            "METHODS": " ".join(METHODS) + " no_such_mode zoft_missing=/nonexistent/bank.safetensors",
+            "BANK_zoft_new": str(bank), "LRS_mezo": " ".join(LRS), "LRS_zoft_new": " ".join(LRS),
+            "STEPS": "2", "EVAL_STEPS": "1", "TRAIN": "8", "DEV": "4", "EVAL": "4", "BS": "2", "MAX_LENGTH": "128",
+            "MAX_NEW_TOKENS": "4", "EXTRA_ARGS": "--threads 1"}
+
+
+def finished(results: Path) -> dict[Path, float]:
+    """Published runs -> mtime of their campaign.json."""
+    return {p.parent: p.stat().st_mtime for p in (results / "runs").glob("*/*/*/*/campaign.json")}
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args:
+            found.append(args)
+    return found
+
+
+def status(env: dict) -> str:
+    return run_cmd([sys.executable, "scripts/reproduce_paper.py", "--status"], env).stdout
+
+
+def test_campaign_survives_a_kill_and_the_report_has_the_right_cells(campaign_env):
+    env, results = campaign_env, Path(campaign_env["RESULTS_DIR"])
+    plan = status(env)
+    assert "unavailable: no_such_mode" in plan and "unavailable: zoft_missing (bank not found" in plan
+    assert "phase 1 (LR grid, core methods): 0 done, 8 pending" in plan
+    assert "4 blocked until their LR grid is complete" in plan
+
+    # start the campaign and kill it hard once a few runs are published (one is usually in flight)
+    driver = subprocess.Popen([sys.executable, "scripts/reproduce_paper.py"], cwd=REPO_ROOT,
+                              env={**os.environ, **QUIET_ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while len(finished(results)) < 3 and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    deadline = time.time() + 30  # the run in flight dies with its driver (parent-death signal): no orphan
+    while processes_mentioning(str(results)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not processes_mentioning(str(results))
+    before = finished(results)
+    assert 3 <= len(before) < 12, driver.stdout.read().decode()[-3000:]
+    for folder in before:  # only complete runs were published, never weights
+        assert sorted(p.name for p in folder.iterdir()) == ["campaign.json", "config.json", "metrics.json",
+                                                            "train_log.jsonl"]
+    assert f"{len(before)} done" in status(env).splitlines()[3]  # phase 1 line (after two 'unavailable' lines)
+
+    rerun = run_cmd([sys.executable, "scripts/reproduce_paper.py"], env, timeout=600)
+    after = finished(results)
+    assert len(after) == 12  # 2 tasks x 2 methods x (2 grid LRs + 1 extra seed)
+    assert all(after[f] == t for f, t in before.items())  # finished runs were not run again
+    assert rerun.stdout.count("    done:") == 12 - len(before)
+    final_status = status(env)
+    assert "left: 0 runnable now, 0 blocked" in final_status
+    assert not list((results / "runs").rglob("*.safetensors"))
+    cpu = [json.loads((f / "campaign.json").read_text())["cpu_seconds"] for f in after]
+    assert all(c > 0 for c in cpu)
+
+    # other settings make every run stale (rerun), the old results are not silently reused
+    assert "0 done, 8 pending (8 stale" in status({**env, "STEPS": "3"})
+
+    # the report: best LR on dev, mean +- sd over the 2 seeds at that LR, computed here from the run files
+    run_cmd([sys.executable, "scripts/make_report.py"], env)
+    report = (results / "README.md").read_text()
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[3:-1]]
+            for line in report.splitlines() if line.startswith("| ") and line.split("|")[1].strip() in TASKS}
+    assert set(rows) == {(t, m) for t in TASKS for m in METHODS}
+    for (task, method), (lr_cell, loss_cell, metric_cell, n_cell, _) in rows.items():
+        base = results / "runs" / task / method
+        grid = [load(base / lr / str(SEEDS[0])) for lr in ("0.001", "0.0001")]
+        lr = min(grid, key=lambda r: (r.metrics["best_dev_loss"], -r.metric("dev"), float(r.lr))).lr
+        assert lr_cell == lr
+        at_best = [json.loads((base / lr / str(s) / "metrics.json").read_text()) for s in SEEDS]
+        losses = [m["final_train_loss"] for m in at_best]
+        metrics = [m["test"]["accuracy"] for m in at_best]
+        assert loss_cell == f"{statistics.mean(losses):.4f} ± {statistics.stdev(losses):.4f}"
+        assert metric_cell == f"{statistics.mean(metrics):.4f} ± {statistics.stdev(metrics):.4f} (accuracy)"
+        assert n_cell == "2"
+    assert "lowest final training loss in" in report and "of 2 tasks" in report
+    for task in TASKS:
+        assert (results / "plots" / f"loss_{task}.png").stat().st_size > 0
+        assert (results / "plots" / f"lr_robustness_{task}.png").stat().st_size > 0
+    assert "No runs yet for zoft_base" in report  # ablations: missing, not zero
+
+
+def load(folder: Path) -> Run:
+    return Run(task=folder.parts[-4], method=folder.parts[-3], lr=folder.parts[-2], seed=int(folder.parts[-1]),
+               folder=folder, metrics=json.loads((folder / "metrics.json").read_text()), campaign={})
+
+
+def _run(lr: str, dev_loss: float, dev_acc: float) -> Run:
+    return Run("SST2", "mezo", lr, 1, Path("."), {"best_dev_loss": dev_loss, "dev": {"accuracy": dev_acc},
+                                                  "test": {"accuracy": 0.99 if lr == "1e-05" else 0.0}}, {})
+
+
+def test_best_lr_uses_dev_never_test_and_breaks_ties_to_the_smaller_lr():
+    runs = [_run("1e-05", 0.7, 0.5), _run("1e-06", 0.5, 0.6), _run("1e-07", 0.5, 0.6), _run("3e-06", math.nan, 0.9)]
+    assert best_lr(runs) == "1e-07"  # tie on dev loss and dev accuracy; test accuracy is never looked at
+    assert best_lr(runs, "dev_metric") == "3e-06"
+    assert best_lr([_run("1e-05", math.nan, math.nan)]) is None
+
+
+def test_paper_presets_load_and_command_line_env_wins():
+    from campaign.settings import PRESET_DIR, load_settings
+
+    presets = sorted(p.stem for p in PRESET_DIR.glob("*.env"))
+    assert presets == ["llama-3.1-8b", "llama-3.2-1b", "opt-30b", "qwen2.5-14b"]
+    s = load_settings({"PRESET": "llama-3.2-1b", "MODEL": "/models/Llama-3.2-1B", "STEPS_SST2": "7"})
+    zoft = next(m for m in s.methods if m.name == "zoft_new")
+    assert zoft.bank.endswith("llama1B_finetuner.pth") and zoft.grid == ("1e-7",)
+    assert (s.caps["SST2"].steps, s.caps["Copa"].steps, s.caps["Copa"].dev, s.caps["SST2"].dev) == (7, 20000, 100, 500)
+    assert s.get("DTYPE") == "float16" and s.results_dir.name == "llama-3.2-1b"
+    for preset in presets:  # every preset's bank is one of the authors' shipped banks
+        bank = next(m for m in load_settings({"PRESET": preset}).methods if m.name == "zoft_new").bank
+        assert (REPO_ROOT / bank).is_file(), bank
