@@ -107,6 +107,10 @@ class LowRankNoise:
     def v(self, index: int) -> torch.Tensor:
         return self._v[index]
 
+    def window_v(self) -> dict[int, torch.Tensor]:
+        """The current window's V of every low-rank block (the tensors, not copies: set_window replaces them)."""
+        return dict(self._v)
+
     # -- the field ---------------------------------------------------------------------------------
     def for_each_chunk(self, step_seed: int, items: Iterable[tuple[int, torch.Tensor]], fn: ChunkFn,
                        only_chunks: Container[int] | None = None) -> None:

@@ -60,7 +60,7 @@ class LOZO(ZOMethod):
         self.model.eval()
         seed, lr, eps = self.next_seed(), self.current_lr(), self.config.eps
         new_window = self.step_count % self.options.lozo_interval == 0
-        old_v = dict(self.field._v) if new_window and self.momentum and self.step_count else None
+        old_v = self.field.window_v() if new_window and self.momentum and self.step_count else None
         if new_window:
             self.window_seed = seed  # V of this window comes from its first step's seed
         self.field.set_window(self.window_seed)
