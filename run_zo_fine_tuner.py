@@ -45,14 +45,13 @@ def main(argv: list[str] | None = None) -> dict:
     # Upstream's --trainer: zo trains, none evaluates only (MeZO); --save_steps is the evaluation period here.
     parser.add_argument("--trainer", choices=("zo", "none"), default="zo", help="zo | none (evaluation only)")
     ignored = {k: v for k, v in IGNORED_UPSTREAM_FLAGS.items() if k not in ("--trainer", "--save_steps")}
-    args = vars(parser.parse_args(strip_ignored(sys.argv[1:] if argv is None else argv, ignored)))
+    argv = strip_ignored(sys.argv[1:] if argv is None else argv, ignored)
+    args = vars(parser.parse_args(argv))
     if args.pop("trainer") == "none":
         args["eval_only"] = True
+    if args["train_mode"] != "none":  # another method's flag on the command line is refused, even at its default
+        check_options(args["train_mode"], {}, given={a.split("=", 1)[0][2:] for a in argv if a.startswith("--")})
     return fine_tune(FineTuneConfig(**args))
-    argv = strip_ignored(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    check_options(args.train_mode, {}, given={a.split("=", 1)[0][2:] for a in argv if a.startswith("--")})
-    return fine_tune(FineTuneConfig(**vars(args)))
 
 
 if __name__ == "__main__":
