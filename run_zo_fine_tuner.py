@@ -1,4 +1,4 @@
-"""Fine-tune a causal LM with MeZO or ZO Fine-tuner (a frozen PertNN bank); see README.
+"""Fine-tune a causal LM with MeZO, ZO Fine-tuner or another method of zo.methods; see docs/methods.md.
 
 Example: python run_zo_fine_tuner.py --task_name SST2 --train_mode mezo --data_dir ../shared/data --max_steps 20
 """
@@ -8,11 +8,12 @@ import argparse
 import sys
 
 from zo.cli import IGNORED_UPSTREAM_FLAGS, add_dataclass_arguments, run_main, setup_logging, strip_ignored
+from zo.methods import TRAIN_MODES, check_options
 from zo.recipes.finetune import FineTuneConfig, fine_tune
 
 HELP = {
     "model_name": "local model folder or hub id; unset: the embedded SmolLM2-135M",
-    "train_mode": "mezo | zo_fine_tuner",
+    "train_mode": " | ".join(TRAIN_MODES) + " | none (evaluation only); docs/methods.md",
     "load_mlp_path": "PertNN bank (.safetensors, or an authors' .pth converted safely)",
     "data_dir": "local data root (layouts of shared/data/README.md); unset: the HF hub",
     "train_set_seed": "data sampling seed (upstream SEED)",
@@ -26,6 +27,16 @@ HELP = {
     "cut_at_newline": "cut generated answers at the first newline; False: upstream's strip only",
     "native_opt_bos": "OPT: keep the tokenizer's BOS id instead of upstream's id 0",
     "train_loss_subset": "train examples whose unperturbed loss is logged with the dev loss (0: off)",
+    "adam_beta1": "mezo_adam, fo_adam: Adam beta1",
+    "adam_beta2": "mezo_adam, fo_adam: Adam beta2",
+    "adam_epsilon": "mezo_adam, fo_adam: Adam epsilon",
+    "hizoo_alpha": "hizoo: smoothing rate of the curvature estimate D (0: D stays 1, i.e. MeZO)",
+    "lozo_rank": "lozo: rank r of the perturbation U V^T",
+    "lozo_interval": "lozo: V is resampled every this many steps (nu)",
+    "lozo_beta": "lozo: momentum of LOZO-M (0: plain LOZO)",
+    "fzoo_n": "fzoo: perturbations (one-sided probes) per step",
+    "fo_max_grad_norm": "fo_sgd, fo_adam: gradient clipping norm (0: off)",
+    "fo_momentum": "fo_sgd: SGD momentum",
 }
 
 
@@ -35,9 +46,12 @@ def main(argv: list[str] | None = None) -> dict:
     # Upstream's --trainer: zo trains, none evaluates only (MeZO); --save_steps is the evaluation period here.
     parser.add_argument("--trainer", choices=("zo", "none"), default="zo", help="zo | none (evaluation only)")
     ignored = {k: v for k, v in IGNORED_UPSTREAM_FLAGS.items() if k not in ("--trainer", "--save_steps")}
-    args = vars(parser.parse_args(strip_ignored(sys.argv[1:] if argv is None else argv, ignored)))
+    argv = strip_ignored(sys.argv[1:] if argv is None else argv, ignored)
+    args = vars(parser.parse_args(argv))
     if args.pop("trainer") == "none":
         args["eval_only"] = True
+    if args["train_mode"] != "none":  # another method's flag on the command line is refused, even at its default
+        check_options(args["train_mode"], {}, given={a.split("=", 1)[0][2:] for a in argv if a.startswith("--")})
     return fine_tune(FineTuneConfig(**args))
 
 

@@ -2,7 +2,9 @@
 
 Prints, measured in this one run: forward time, MeZO step, ZO Fine-tuner step, ZO-FT/MeZO,
 MeZO/(2 x forward), and peak RSS of a ZO step relative to inference (each memory figure from a fresh
-subprocess, so one measurement's high-water mark cannot leak into another).
+subprocess, so one measurement's high-water mark cannot leak into another). Then one row per method of
+the registry (zo.methods, default options): step time / MeZO step, peak RSS / inference, and the extra
+state the method reports (describe()["extra_state_bytes"]). `--methods` limits the rows.
 
     python scripts/benchmark_step.py --data_dir ../shared/data [--batch_size 16 --repeats 5]
 """
@@ -20,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from zo.methods import TRAIN_MODES  # noqa: E402
 
 
 class PeakRSS:
@@ -56,6 +60,7 @@ def build(args):
     import tasks
     from zo.blocks import parameter_blocks
     from zo.estimator import ZOConfig, ZOOptimizer
+    from zo.methods import MethodContext, build_method
     from zo.models import load_model
     from zo.noise import NoiseSource
     from zo.pertnn import PertNNBank
@@ -73,12 +78,23 @@ def build(args):
     mezo = ZOOptimizer(model, ConstantSigma(blocks), config, seed=0, noise=noise, blocks=blocks)
     bank = PertNNBank([b.name for b in blocks], generator=torch.Generator().manual_seed(0))
     zoft = ZOOptimizer(model, LearnedSigma(bank, blocks, args.batch_size), config, seed=0, noise=noise, blocks=blocks)
+    # The registry's other methods, with their default options (zo_fine_tuner: the random bank above).
+    others = {}
+    for name in args.methods:
+        if name in ("mezo", "zo_fine_tuner"):
+            continue
+        ctx = MethodContext(model, blocks, config, seed=0, noise=noise, batch_size=args.batch_size)
+        others[name] = build_method(name, ctx, {})
+    methods = {"mezo": mezo, "zo_fine_tuner": zoft, **others}
 
     def forward():
         with torch.inference_mode():
             return float(tasks.batch_loss(model, batch))
 
-    return model, batch, forward, mezo, zoft
+    def loss():  # what the training loop hands a method: the ZO methods add inference_mode themselves
+        return tasks.batch_loss(model, batch)
+
+    return model, batch, forward, loss, methods
 
 
 def timed_round_robin(fns: list, repeats: int) -> list[float]:
@@ -98,9 +114,8 @@ def timed_round_robin(fns: list, repeats: int) -> list[float]:
 def memory_child(args) -> None:
     import gc
 
-    model, batch, forward, mezo, zoft = build(args)
-    op = {"inference": forward, "mezo": lambda: mezo.step(forward),
-          "zo_fine_tuner": lambda: zoft.step(forward)}[args.child]
+    model, batch, forward, loss, methods = build(args)
+    op = forward if args.child == "inference" else (lambda: methods[args.child].step(loss))
     gc.collect()
     with PeakRSS() as peak:
         for _ in range(2):
@@ -118,17 +133,23 @@ def main() -> None:
     parser.add_argument("--perturbation", default="virtual", choices=["virtual", "inplace"])
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--skip_memory", action="store_true")
+    parser.add_argument("--methods", nargs="+", default=list(TRAIN_MODES), choices=list(TRAIN_MODES),
+                        help="registry methods to give a row (default: all)")
     args = parser.parse_args()
+    if args.child:  # a memory child builds only what it measures
+        args.methods = [m for m in args.methods if m == args.child]
     if args.child:
         memory_child(args)
         return
 
     import torch
 
-    model, batch, forward, mezo, zoft = build(args)
+    model, batch, forward, loss, methods = build(args)
     seq = tuple(batch["input_ids"].shape)
-    t_fwd, t_mezo, t_zoft = timed_round_robin([forward, lambda: mezo.step(forward), lambda: zoft.step(forward)],
-                                              args.repeats)
+    names = list(methods)
+    times = timed_round_robin([forward] + [lambda m=methods[n]: m.step(loss) for n in names], args.repeats)
+    t_fwd, step_time = times[0], dict(zip(names, times[1:]))
+    t_mezo, t_zoft = step_time["mezo"], step_time["zo_fine_tuner"]
     rows = [
         ("forward (one batch)", f"{t_fwd:.3f} s"),
         ("MeZO step", f"{t_mezo:.3f} s"),
@@ -140,7 +161,7 @@ def main() -> None:
         base = [sys.executable, __file__, "--data_dir", args.data_dir, "--batch_size", str(args.batch_size),
                 "--perturbation", args.perturbation] + (["--model", args.model] if args.model else [])
         peaks = {}
-        for child in ("inference", "mezo", "zo_fine_tuner"):
+        for child in ["inference"] + names:
             out = subprocess.run(base + ["--child", child], capture_output=True, text=True, check=True)
             peaks[child] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss"]
         rows += [
@@ -153,6 +174,11 @@ def main() -> None:
     print("| measure | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
+    print("\n| method | step | step / MeZO | peak RSS / inference | extra state |\n|---|---|---|---|---|")
+    for name in names:
+        memory = "" if args.skip_memory else f"{peaks[name] / peaks['inference']:.3f}"
+        extra = methods[name].describe().get("extra_state_bytes", 0) / 2**20
+        print(f"| {name} | {step_time[name]:.3f} s | {step_time[name] / t_mezo:.3f} | {memory} | {extra:.0f} MiB |")
 
 
 if __name__ == "__main__":

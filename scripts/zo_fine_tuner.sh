@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 MODEL=${MODEL:-}                        # empty: the embedded SmolLM2-135M (models/SmolLM2-135M)
 TASK=${TASK:-SST2}                      # a task name, or custom with CUSTOM_TASK=path/to/spec.yaml
 CUSTOM_TASK=${CUSTOM_TASK:-}            # your own data file as a task (docs/adding_a_task.md)
-TRAIN_MODE=${TRAIN_MODE:-zo_fine_tuner} # mezo | zo_fine_tuner | none (zero-shot evaluation only)
+TRAIN_MODE=${TRAIN_MODE:-zo_fine_tuner} # mezo | zo_fine_tuner | mezo_adam | hizoo | lozo | fzoo | fo_sgd | fo_adam | none (zero-shot evaluation only)
+# Per-method options go through EXTRA_ARGS (docs/methods.md), e.g.
+#   TRAIN_MODE=lozo EXTRA_ARGS="--lozo_rank 2 --lozo_interval 50" bash scripts/zo_fine_tuner.sh
 LOAD_MLP_PATH=${LOAD_MLP_PATH:-}        # PertNN bank (.safetensors or an authors' .pth)
 NEED_NORMALIZATION=${NEED_NORMALIZATION:-True}  # upstream script default False; every upstream run used True
 LOAD_FLOAT_16=${LOAD_FLOAT_16:-False}   # upstream default True (GPU); fp16 is slow on CPU

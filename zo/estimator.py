@@ -179,6 +179,15 @@ class ZOOptimizer:
         self.sigma.observe(record.loss_plus, record.loss_minus)
         self.step_count += 1
 
+    def log_extra(self) -> dict:
+        """Per-step extras for train_log.jsonl (ZO Fine-tuner: sigma mean and c)."""
+        extra = getattr(self.sigma, "log_extra", None)
+        return extra() if extra is not None else {}
+
+    def describe(self) -> dict:
+        describe = getattr(self.sigma, "describe", None)
+        return {"extra_state_bytes": 0, **(describe() if describe is not None else {})}
+
     def state_dict(self) -> dict:
         return {"step_count": self.step_count, "seed_rng": self.seed_rng.bit_generator.state,
                 "sigma": self.sigma.state_dict()}

@@ -110,7 +110,8 @@ def train_zo(optimizer: ZOOptimizer, batches: Iterator, loss_fn: Callable[[objec
             result.steps_done = step + 1
             result.mean_perturbed_loss_last10 = sum(window[-10:]) / len(window[-10:])
             bar.update(1)
-            bar.set_postfix(loss=f"{result.mean_perturbed_loss_last10:.4f}", g=f"{record.projected_grad:+.2e}")
+            grad = record.projected_grad  # None for first-order and multi-probe methods
+            bar.set_postfix(loss=f"{result.mean_perturbed_loss_last10:.4f}", g="-" if grad is None else f"{grad:+.2e}")
             if eval_steps and (step + 1) % eval_steps == 0 and step + 1 < steps:
                 evaluate_dev(step + 1)
         last_eval = (result.dev_losses or result.train_eval_losses or [(None, None)])[-1][0]

@@ -43,6 +43,9 @@ class ConstantSigma:
     def observe(self, loss_plus: float, loss_minus: float) -> None:
         pass
 
+    def log_extra(self) -> dict:
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 
@@ -80,6 +83,7 @@ class LearnedSigma:
         self.bank = bank.ordered_for(names).float().eval().requires_grad_(False)
         # A bank is used with the rule it was meta-trained with unless told otherwise.
         self.effective_dim_rule = effective_dim_rule or bank_effective_dim_rule(bank.metadata)
+        self.bank_base_model = bank.metadata.get("base_model")
         self.dims = effective_dims(list(blocks), batch_size, rule=self.effective_dim_rule)
         self.normalize = normalize
         self.sigma_prev = torch.ones(len(names))
@@ -100,6 +104,13 @@ class LearnedSigma:
 
     def observe(self, loss_plus: float, loss_minus: float) -> None:
         self.history = (float(loss_plus), float(loss_minus))
+
+    def log_extra(self) -> dict:
+        return {"sigma_mean": float(self.last_sigma.mean()), "c": self.last_c}
+
+    def describe(self) -> dict:
+        return {"effective_dim_rule": self.effective_dim_rule, "bank_granularity": self.granularity,
+                "bank_base_model": getattr(self, "bank_base_model", None)}
 
     def state_dict(self) -> dict:
         return {"sigma_prev": self.sigma_prev.clone(), "history": list(self.history)}
@@ -128,6 +139,7 @@ class LayerwiseLearnedSigma(LearnedSigma):
         bank.check_blocks(self.grouping.names)
         self.bank = bank.ordered_for(self.grouping.names).float().eval().requires_grad_(False)
         self.effective_dim_rule = effective_dim_rule or bank_effective_dim_rule(bank.metadata)
+        self.bank_base_model = bank.metadata.get("base_model")
         self.dims = effective_dims(list(blocks), batch_size, rule=self.effective_dim_rule)
         self.normalize = normalize
         self.sigma_prev = torch.ones(len(self.grouping))

@@ -15,22 +15,18 @@ import torch
 
 import tasks
 from zo.blocks import EFFECTIVE_DIM_RULES, parameter_blocks
-from zo.estimator import ZOConfig, ZOOptimizer
+from zo.estimator import ZOConfig
 from zo.io import sanitize_component, write_json
 from zo.loop import BEST_STATE_FILE, LoopResult, train_zo
+from zo.methods import MethodContext, MethodOptions, build_method, check_options, method_config
 from zo.models import load_model, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
-from zo.pertnn import load_bank
 from zo.seeding import seed_everything
-from zo.sigma import ConstantSigma, LearnedSigma, learned_sigma_for
 
 log = logging.getLogger(__name__)
 
-TRAIN_MODES = ("mezo", "zo_fine_tuner", "none")  # none: evaluation only (MeZO's --trainer none)
-
-
 @dataclass
-class FineTuneConfig:
+class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are fields and CLI flags too
     task_name: str = "SST2"  # a built-in name, or a task spec file (docs/adding_a_task.md)
     task_file: str | None = None  # a task spec file; replaces task_name
     model_name: str | None = None  # None: the embedded SmolLM2 folder
@@ -102,8 +98,9 @@ class FineTuneConfig:
                                        eos_token=self.eos_token, cut_at_newline=self.cut_at_newline)
 
     def validate(self) -> None:
-        if self.train_mode not in TRAIN_MODES:
-            raise ValueError(f"unknown train_mode {self.train_mode!r}: choose one of {TRAIN_MODES}")
+        if self.train_mode != "none":  # none: evaluation only (MeZO's --trainer none)
+            check_options(self.train_mode, asdict(self))  # unknown mode, another method's option
+            method_config(self.train_mode, asdict(self))  # the method's own checks (rank, interval >= 1, ...)
         if self.task_file is not None and not tasks.is_task_file(self.task_file):
             raise ValueError(f"--task_file must be a .yaml, .yml or .json task spec, got {self.task_file!r}")
         if self.trains and self.train_mode == "zo_fine_tuner" and not self.load_mlp_path:
@@ -175,17 +172,17 @@ def fine_tune(config: FineTuneConfig) -> dict:
     model, tokenizer = load_model(model_path, dtype, native_opt_bos=config.native_opt_bos)
     blocks = parameter_blocks(model)
 
-    sigma, bank_note = None, None
-    if config.trains and config.train_mode == "mezo":
-        sigma = ConstantSigma(blocks)
-    elif config.trains:
-        bank = load_bank(config.load_mlp_path)
-        if Path(config.load_mlp_path).suffix in (".pth", ".pt", ".bin"):
-            log.info("converted the authors' pickled bank %s through the safe loader (%d blocks)",
-                     config.load_mlp_path, len(bank))
-        sigma = learned_sigma_for(bank, blocks, config.per_device_train_batch_size, config.need_normalization,
-                                  config.effective_dim_rule)
-        bank_note = bank.metadata.get("base_model")
+    optimizer = None
+    if config.trains:  # the method from the registry (zo.methods); builds and checks its state (e.g. the bank)
+        zo_config = ZOConfig(lr=config.learning_rate, eps=config.zo_eps, weight_decay=config.weight_decay,
+                             perturbation="inplace" if config.non_diff else config.perturbation,
+                             lr_schedule=config.lr_scheduler_type, warmup_steps=config.warmup_steps,
+                             total_steps=config.max_steps)
+        optimizer = build_method(config.train_mode, MethodContext(
+            model, blocks, zo_config, seed=config.seed, noise=NoiseSource(config.threads),
+            batch_size=config.per_device_train_batch_size, load_mlp_path=config.load_mlp_path,
+            need_normalization=config.need_normalization, effective_dim_rule=config.effective_dim_rule),
+            asdict(config))
     if config.trains and config.save_steps is not None and config.save_steps != config.eval_steps:
         log.warning("--save_steps %d is the evaluation period, as upstream (which ignores --eval_steps %d)",
                     config.save_steps, config.eval_steps)
@@ -205,9 +202,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
                      "perturbation": "inplace" if config.non_diff else config.perturbation,
                      "eval_period": config.eval_period, "num_blocks": len(blocks),
                      "split_sizes": {"train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)},
-                     "split_notes": splits.notes, "eval_note": task.eval_note, "bank_base_model": bank_note,
-                     "effective_dim_rule": getattr(sigma, "effective_dim_rule", None),
-                     "bank_granularity": getattr(sigma, "granularity", None)})
+                     "split_notes": splits.notes, "eval_note": task.eval_note, "bank_base_model": None,
+                     "effective_dim_rule": None, "bank_granularity": None, **(optimizer.describe() if optimizer is not None else {})})
     write_json(output_dir / "config.json", resolved)
     log.info("task %s: %d train / %d dev / %d test; %s on %s; output %s", task.name, len(splits.train),
              len(splits.dev), len(splits.test), config.train_mode if config.trains else "evaluation only",
@@ -216,7 +212,7 @@ def fine_tune(config: FineTuneConfig) -> dict:
     wandb_run = _maybe_wandb(config, resolved)
     start = time.perf_counter()
     if config.trains:
-        result = _train(config, task, splits, model, tokenizer, blocks, sigma, as_classification, generation,
+        result = _train(config, task, splits, model, tokenizer, optimizer, as_classification, generation,
                         output_dir)
     else:
         result = LoopResult(steps_done=0, status="evaluated without training (eval_only)")
@@ -258,13 +254,8 @@ def _evaluate(config: FineTuneConfig, model, tokenizer, task, samples, generatio
                           progress=config.progress)
 
 
-def _train(config: FineTuneConfig, task, splits, model, tokenizer, blocks, sigma, as_classification, generation,
+def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as_classification, generation,
            output_dir: Path) -> LoopResult:
-    zo_config = ZOConfig(lr=config.learning_rate, eps=config.zo_eps, weight_decay=config.weight_decay,
-                         perturbation="inplace" if config.non_diff else config.perturbation,
-                         lr_schedule=config.lr_scheduler_type, warmup_steps=config.warmup_steps,
-                         total_steps=config.max_steps)
-    optimizer = ZOOptimizer(model, sigma, zo_config, seed=config.seed, noise=NoiseSource(config.threads), blocks=blocks)
 
     encoder = tasks.TrainBatches(splits.train, task, tokenizer, config.per_device_train_batch_size,
                                  seed=config.seed, as_classification=as_classification,
@@ -292,13 +283,8 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, blocks, sigma
         train_eval_fn = lambda: _mean_loss(model, lambda b: tasks.batch_loss(model, b),  # noqa: E731
                                            subset_batches.epoch(shuffle=False))
 
-    def log_extra() -> dict:
-        if isinstance(sigma, LearnedSigma):
-            return {"sigma_mean": float(sigma.last_sigma.mean()), "c": sigma.last_c}
-        return {}
-
     return train_zo(optimizer, encoder.forever(), loss_fn, config.max_steps, output_dir, config.eval_period,
-                    dev_loss_fn, progress=config.progress, log_extra=log_extra, train_eval_fn=train_eval_fn)
+                    dev_loss_fn, progress=config.progress, log_extra=optimizer.log_extra, train_eval_fn=train_eval_fn)
 
 
 def _maybe_wandb(config: FineTuneConfig, resolved: dict):

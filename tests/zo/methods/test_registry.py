@@ -1,0 +1,129 @@
+import copy
+
+import pytest
+import torch
+
+from conftest import build_tiny_model
+from method_helpers import batches, lm_loss, make, one_torch_thread, run, weights  # noqa: F401
+from zo.blocks import parameter_blocks
+from zo.estimator import ZOConfig, ZOOptimizer
+from zo.methods import TRAIN_MODES, check_options, get_method, method_config
+from zo.noise import NoiseSource
+from zo.pertnn import PertNNBank
+from zo.sigma import ConstantSigma
+
+EXPECTED_MODES = ("mezo", "zo_fine_tuner", "mezo_adam", "hizoo", "lozo", "fzoo", "fo_sgd", "fo_adam")
+# Small option values so that every stateful path is used within four steps.
+OPTIONS = {"hizoo": {"hizoo_alpha": 1e-2}, "lozo": {"lozo_rank": 2, "lozo_interval": 2, "lozo_beta": 0.9},
+           "fzoo": {"fzoo_n": 3}, "fo_sgd": {"fo_momentum": 0.9}}
+
+
+def test_registry_lists_the_issue_methods():
+    assert TRAIN_MODES == EXPECTED_MODES
+
+
+def test_unknown_mode_lists_the_registry():
+    with pytest.raises(ValueError) as err:
+        get_method("adam")
+    assert all(mode in str(err.value) for mode in EXPECTED_MODES)
+
+
+@pytest.mark.parametrize("mode, values, given, owner", [
+    ("mezo", {"lozo_rank": 4}, (), "lozo"),
+    ("mezo", {}, ("lozo_rank",), "lozo"),  # named on the command line, even at its default value
+    ("hizoo", {"adam_beta1": 0.8}, (), "mezo_adam / fo_adam"),
+    ("fo_adam", {"fo_momentum": 0.5}, (), "fo_sgd"),
+    ("lozo", {"hizoo_alpha": 0.0}, (), "hizoo"),
+])
+def test_another_methods_option_is_refused_naming_its_method(mode, values, given, owner):
+    with pytest.raises(ValueError, match=f"is an option of {owner}, not of train_mode {mode}"):
+        check_options(mode, values, given)
+
+
+def test_own_and_shared_options_are_accepted():
+    check_options("fo_adam", {"adam_beta1": 0.8, "fo_max_grad_norm": 0.0}, ("adam_beta1",))
+    check_options("lozo", {"lozo_rank": 1, "lozo_interval": 100})
+
+
+@pytest.mark.parametrize("mode, values, message", [
+    ("lozo", {"lozo_rank": 0}, "lozo_rank must be >= 1"),
+    ("lozo", {"lozo_interval": -1}, "lozo_interval must be >= 1"),
+    ("fzoo", {"fzoo_n": 0}, "fzoo_n must be >= 1"),
+    ("hizoo", {"hizoo_alpha": -1.0}, "hizoo_alpha must be in"),
+])
+def test_bad_option_values_are_refused(mode, values, message):
+    with pytest.raises(ValueError, match=message):
+        method_config(mode, values)
+
+
+def test_mezo_from_the_registry_is_the_shared_estimator_bit_for_bit():
+    direct_model, registry_model = build_tiny_model("llama", 400), build_tiny_model("llama", 400)
+    config = ZOConfig(lr=1e-3, eps=1e-3, weight_decay=0.1)
+    direct = ZOOptimizer(direct_model, ConstantSigma(parameter_blocks(direct_model)), config, seed=5,
+                         noise=NoiseSource(threads=1))
+    records = run(direct, direct_model, batches(3))
+    method = make(registry_model, "mezo", config)
+    assert [r.to_dict() for r in run(method, registry_model, batches(3))] == [r.to_dict() for r in records]
+    assert all(torch.equal(p, q) for p, q in zip(direct_model.parameters(), registry_model.parameters()))
+
+
+@pytest.fixture
+def bank_path(tmp_path):
+    model = build_tiny_model("llama", 400)
+    path = tmp_path / "bank.safetensors"
+    PertNNBank([b.name for b in parameter_blocks(model)], generator=torch.Generator().manual_seed(0)).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", EXPECTED_MODES)
+def test_state_dict_resumes_every_method_bit_for_bit(mode, bank_path):
+    """4 steps in one go == 2 steps, checkpoint (weights + state_dict), a fresh method, 2 more steps."""
+    extra = dict(OPTIONS.get(mode, {}))
+    if mode == "zo_fine_tuner":
+        extra["ctx"] = {"load_mlp_path": bank_path}
+    data = batches(4)
+    whole_model = build_tiny_model("llama", 400)
+    whole = make(whole_model, mode, **copy.deepcopy(extra))
+    whole_records = [r.to_dict() for r in run(whole, whole_model, data)]
+
+    first_model = build_tiny_model("llama", 400)
+    first = make(first_model, mode, **copy.deepcopy(extra))
+    run(first, first_model, data[:2])
+    saved_state = copy.deepcopy(first.state_dict())
+    saved_weights = weights(first_model)
+    run(first, first_model, data[2:3])  # the running method moves on: the checkpoint must not alias it
+
+    resumed_model = build_tiny_model("llama", 400, seed=9)
+    with torch.no_grad():
+        for p, w in zip(resumed_model.parameters(), saved_weights):
+            p.copy_(w)
+    resumed = make(resumed_model, mode, seed=123, **copy.deepcopy(extra))  # a different seed: the state wins
+    resumed.load_state_dict(saved_state)
+    resumed_records = [r.to_dict() for r in run(resumed, resumed_model, data[2:])]
+    for mine, ref in zip(resumed_records, whole_records[2:]):
+        mine.pop("seconds", None), ref.pop("seconds", None)
+        assert mine == ref
+    for (name, p), q in zip(whole_model.named_parameters(), resumed_model.parameters()):
+        assert torch.equal(p, q), name
+    assert any(not torch.equal(p, q) for p, q in zip(whole_model.parameters(), build_tiny_model("llama", 400).parameters()))
+
+
+@pytest.mark.parametrize("mode", EXPECTED_MODES)
+def test_every_method_records_what_the_loop_logs(mode, bank_path):
+    extra = dict(OPTIONS.get(mode, {}))
+    if mode == "zo_fine_tuner":
+        extra["ctx"] = {"load_mlp_path": bank_path}
+    model = build_tiny_model("llama", 400)
+    method = make(model, mode, **extra)
+    assert method.model is model
+    record = method.step(lambda: lm_loss(model, batches(1)[0])).to_dict()
+    assert {"step", "seed", "loss_plus", "loss_minus", "projected_grad", "lr"} <= set(record)
+    assert record["step"] == 0 and record["lr"] == 1e-3
+    assert isinstance(method.log_extra(), dict)
+    describe = method.describe()
+    assert describe["extra_state_bytes"] >= 0
+    n_params = sum(b.param.numel() for b in parameter_blocks(model))
+    if mode in ("mezo_adam", "fo_adam"):
+        assert describe["extra_state_bytes"] >= 2 * 4 * n_params  # the two moments are reported
+    if mode == "hizoo":
+        assert describe["extra_state_bytes"] == 4 * n_params

@@ -1,0 +1,34 @@
+"""ZO Fine-tuner (arXiv 2510.00419): MeZO with per-block noise scales k_b = c * sigma_b from a frozen
+PertNN bank. Its options (bank path, normalization, effective-dimension rule) are FineTuneConfig fields
+since before the registry (`--load_mlp_path`, `--need_normalization`, `--effective_dim_rule`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from zo.estimator import ZOOptimizer
+from zo.methods.base import MethodContext
+from zo.pertnn import load_bank
+from zo.sigma import learned_sigma_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ZOFineTunerConfig:
+    pass
+
+
+def build(ctx: MethodContext, options: ZOFineTunerConfig) -> ZOOptimizer:
+    if not ctx.load_mlp_path:
+        raise ValueError("train_mode zo_fine_tuner needs a PertNN bank: set LOAD_MLP_PATH / --load_mlp_path "
+                         "(python -m zo.init_bank writes an untrained one)")
+    bank = load_bank(ctx.load_mlp_path)
+    if Path(ctx.load_mlp_path).suffix in (".pth", ".pt", ".bin"):
+        log.info("converted the authors' pickled bank %s through the safe loader (%d blocks)", ctx.load_mlp_path,
+                 len(bank))
+    # block-wise or layer-wise sigma, at the granularity the bank records
+    sigma = learned_sigma_for(bank, ctx.blocks, ctx.batch_size, ctx.need_normalization, ctx.effective_dim_rule)
+    return ZOOptimizer(ctx.model, sigma, ctx.zo, seed=ctx.seed, noise=ctx.noise, blocks=ctx.blocks)
