@@ -6,7 +6,10 @@ subprocess, so one measurement's high-water mark cannot leak into another). Then
 the registry (zo.methods, default options): step time / MeZO step, peak RSS / inference, and the extra
 state the method reports (describe()["extra_state_bytes"]). `--methods` limits the rows.
 
-    python scripts/benchmark_step.py --data_dir ../shared/data [--batch_size 16 --repeats 5]
+    python scripts/benchmark_step.py --data_dir ../shared/data [--batch_size 16 --repeats 5] [--device cuda]
+    python scripts/benchmark_step.py --data_parallel 2   # MeZO step time with 1 and 2 processes (torchrun)
+
+On an accelerator the memory figures are torch.cuda.max_memory_allocated instead of RSS.
 """
 from __future__ import annotations
 
@@ -67,7 +70,9 @@ def build(args):
     from zo.sigma import ConstantSigma, LearnedSigma
 
     torch.manual_seed(0)
-    model, tokenizer = load_model(args.model)
+    from zo.models import resolve_device
+
+    model, tokenizer = load_model(args.model, device=resolve_device(args.device))
     task = tasks.get_task("SST2", args.data_dir)
     splits = tasks.sample_splits(task, args.batch_size, 0, 0, 43)
     batch = next(tasks.TrainBatches(splits.train, task, tokenizer, args.batch_size, seed=0,
@@ -117,6 +122,17 @@ def memory_child(args) -> None:
     model, batch, forward, loss, methods = build(args)
     op = forward if args.child == "inference" else (lambda: methods[args.child].step(loss))
     gc.collect()
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        import torch
+
+        op()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        op()
+        torch.cuda.synchronize(device)
+        print(json.dumps({"peak_rss": torch.cuda.max_memory_allocated(device)}))
+        return
     with PeakRSS() as peak:
         for _ in range(2):
             op()
@@ -135,9 +151,19 @@ def main() -> None:
     parser.add_argument("--skip_memory", action="store_true")
     parser.add_argument("--methods", nargs="+", default=list(TRAIN_MODES), choices=list(TRAIN_MODES),
                         help="registry methods to give a row (default: all)")
+    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:K | mps")
+    parser.add_argument("--data_parallel", type=int, default=0,
+                        help="N > 1: time a MeZO step at the same global batch with 1 and N processes instead")
+    parser.add_argument("--dp_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:  # a memory child builds only what it measures
         args.methods = [m for m in args.methods if m == args.child]
+    if args.dp_child:
+        data_parallel_child(args)
+        return
+    if args.data_parallel > 1:
+        data_parallel_benchmark(args)
+        return
     if args.child:
         memory_child(args)
         return
@@ -162,12 +188,14 @@ def main() -> None:
                 "--perturbation", args.perturbation] + (["--model", args.model] if args.model else [])
         peaks = {}
         for child in ["inference"] + names:
-            out = subprocess.run(base + ["--child", child], capture_output=True, text=True, check=True)
+            out = subprocess.run(base + ["--device", args.device, "--child", child], capture_output=True, text=True,
+                                 check=True)
             peaks[child] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss"]
+        what = "peak RSS" if args.device == "cpu" else "peak memory allocated"
         rows += [
-            ("peak RSS, inference", f"{peaks['inference'] / 2**20:.0f} MiB"),
-            ("peak RSS, MeZO step / inference", f"{peaks['mezo'] / peaks['inference']:.3f}"),
-            ("peak RSS, ZO-FT step / inference", f"{peaks['zo_fine_tuner'] / peaks['inference']:.3f}"),
+            (f"{what}, inference", f"{peaks['inference'] / 2**20:.0f} MiB"),
+            (f"{what}, MeZO step / inference", f"{peaks['mezo'] / peaks['inference']:.3f}"),
+            (f"{what}, ZO-FT step / inference", f"{peaks['zo_fine_tuner'] / peaks['inference']:.3f}"),
         ]
     print(f"\nSmolLM2 benchmark: batch {args.batch_size} SST2 examples -> input {seq}, "
           f"torch threads {torch.get_num_threads()}, perturbation {args.perturbation}, median of {args.repeats} interleaved rounds")
@@ -179,6 +207,59 @@ def main() -> None:
         memory = "" if args.skip_memory else f"{peaks[name] / peaks['inference']:.3f}"
         extra = methods[name].describe().get("extra_state_bytes", 0) / 2**20
         print(f"| {name} | {step_time[name]:.3f} s | {step_time[name] / t_mezo:.3f} | {memory} | {extra:.0f} MiB |")
+
+
+def data_parallel_child(args) -> None:
+    """Under torchrun: a MeZO step on this rank's share of one global batch, losses all-reduced."""
+    import torch
+
+    import tasks
+    from zo import distributed
+    from zo.blocks import parameter_blocks
+    from zo.estimator import ZOConfig, ZOOptimizer
+    from zo.models import load_model, resolve_device
+    from zo.noise import NoiseSource
+    from zo.sigma import ConstantSigma
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    group = distributed.init_process_group(device)
+    model, tokenizer = load_model(args.model, device=device)
+    task = tasks.get_task("SST2", args.data_dir)
+    samples = tasks.sample_splits(task, args.batch_size, 0, 0, 43).train
+    mine, counted = distributed.shard(samples, group.rank, group.world_size)
+    batch = next(tasks.TrainBatches(mine, task, tokenizer, len(mine), seed=0, as_classification=True).epoch(False))
+    blocks = parameter_blocks(model)
+    opt = ZOOptimizer(model, ConstantSigma(blocks), ZOConfig(lr=1e-7, eps=1e-3), seed=0,
+                      noise=NoiseSource(args.threads), blocks=blocks)
+
+    def loss():
+        return distributed.weighted_mean_loss(lambda: tasks.batch_loss(model, batch), counted, group, device)
+
+    (step_time,) = timed_round_robin([lambda: opt.step(loss)], args.repeats)
+    if group.is_main:
+        print(json.dumps({"processes": group.world_size, "mezo_step": step_time}))
+    distributed.destroy(group)
+
+
+def data_parallel_benchmark(args) -> None:
+    """MeZO step time at the same global batch with 1 and N processes (each with threads = cores / N)."""
+    cores = os.cpu_count() or 1
+    rows = []
+    for processes in (1, args.data_parallel):
+        threads = args.threads or max(1, cores // processes)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_port", str(29400 + processes), __file__, "--dp_child", "--data_dir", args.data_dir,
+               "--batch_size", str(args.batch_size), "--repeats", str(args.repeats), "--threads", str(threads),
+               "--device", args.device] + (["--model", args.model] if args.model else [])
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"\nData-parallel MeZO, global batch {args.batch_size} SST2 examples, median of {args.repeats}, {cores} cores")
+    print("| processes | MeZO step |\n|---|---|")
+    for row in rows:
+        print(f"| {row['processes']} | {row['mezo_step']:.3f} s |")
 
 
 if __name__ == "__main__":

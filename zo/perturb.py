@@ -163,28 +163,29 @@ class VirtualPerturbation:
         weight = module._parameters["weight"]
         if id(weight) in self.scale_of and module.max_norm is not None:
             raise NotImplementedError("virtual perturbation of nn.Embedding with max_norm; use --perturbation inplace")
-        out = F.embedding(ids, weight, module.padding_idx, module.max_norm, module.norm_type,
-                          module.scale_grad_by_freq, module.sparse)
         if id(weight) not in self.scale_of:
-            return out
+            return F.embedding(ids, weight, module.padding_idx, module.max_norm, module.norm_type,
+                               module.scale_grad_by_freq, module.sparse)
         index, scale = self._scale(weight)
-        flat_ids = ids.reshape(-1)
-        flat_out = out.reshape(-1, out.shape[-1])
-        found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         # Only the chunks holding looked-up rows are drawn (about half of a vocabulary for a batch of
-        # short prompts): the rest of z is not needed here.
-        first = block_chunks(weight.shape)[0]
-        wanted = set(torch.unique(flat_ids // (first.row_stop - first.row_start)).tolist())
+        # short prompts), and each distinct row is perturbed once. The distinct ids cross to the host
+        # once per forward (torch.unique syncs anyway); everything after is indexing without masks, so
+        # an accelerator is not synchronized per chunk.
+        unique_ids, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+        rows_per_chunk = block_chunks(weight.shape)[0].row_stop
+        by_chunk: dict[int, list[tuple[int, int]]] = {}
+        for position, row in enumerate(unique_ids.tolist()):
+            by_chunk.setdefault(row // rows_per_chunk, []).append((position, row % rows_per_chunk))
+        table = torch.empty((unique_ids.numel(), weight.shape[1]), dtype=weight.dtype, device=weight.device)
+        targets = {k: (torch.tensor([p for p, _ in pairs], device=weight.device),
+                       torch.tensor([r for _, r in pairs], device=weight.device)) for k, pairs in by_chunk.items()}
 
         def lookup(_index: int, chunk, rows: torch.Tensor, z: torch.Tensor) -> None:
-            hit = (flat_ids >= chunk.row_start) & (flat_ids < chunk.row_stop)
-            local = flat_ids[hit] - chunk.row_start  # same arithmetic as _perturbed_rows, rounded once
-            found[chunk.index] = (hit, _perturbed_rows(rows[local], z[local], scale))
+            positions, local = targets[chunk.index]  # same arithmetic as _perturbed_rows, rounded once
+            table[positions] = _perturbed_rows(rows[local], z[local], scale)
 
-        self.noise.for_each_chunk(self.step_seed, [(index, weight.detach())], lookup, only_chunks=wanted)
-        for hit, values in found.values():
-            flat_out[hit] = values
-        return flat_out.reshape(out.shape)
+        self.noise.for_each_chunk(self.step_seed, [(index, weight.detach())], lookup, only_chunks=by_chunk.keys())
+        return table[inverse].reshape(*ids.shape, weight.shape[1])
 
     # -- installing and removing --------------------------------------------------------------
     def _install(self, module: nn.Module) -> None:

@@ -68,19 +68,22 @@ def normalization(sigma: torch.Tensor, dims: torch.Tensor) -> float:
 class LearnedSigma:
     """ZO Fine-tuner: sigma_b = |PertNN_b([mean, var, L+_prev, L-_prev, sigma_prev])|, frozen bank.
 
-    State (sigma_prev starts at 1, the loss history at 0) is kept in float32 whatever the model dtype
-    (upstream keeps it in the model dtype, i.e. fp16 in its scripts).
+    State (sigma_prev starts at 1, the loss history at 0) is kept in float32 whatever the model dtype;
+    `dtype=torch.float16` reproduces upstream's fp16 runs (PertNN, inputs and history rounded to fp16).
+    The bank stays on the host: its inputs (2 x B statistics) arrive there once per step, and the
+    coefficients must be host floats for the sweeps anyway.
     """
 
     needs_block_stats = True
     granularity = "block"
 
     def __init__(self, bank: PertNNBank, blocks: Sequence[Block], batch_size: int, normalize: bool = True,
-                 effective_dim_rule: str | None = None):
+                 effective_dim_rule: str | None = None, dtype: torch.dtype = torch.float32):
         names = [b.name for b in blocks]
         check_bank_granularity(bank, self.granularity)
         bank.check_blocks(names)
-        self.bank = bank.ordered_for(names).float().eval().requires_grad_(False)
+        self.dtype = dtype
+        self.bank = bank.ordered_for(names).to(dtype).eval().requires_grad_(False)
         # A bank is used with the rule it was meta-trained with unless told otherwise.
         self.effective_dim_rule = effective_dim_rule or bank_effective_dim_rule(bank.metadata)
         self.bank_base_model = bank.metadata.get("base_model")
@@ -96,13 +99,16 @@ class LearnedSigma:
             raise ValueError("LearnedSigma needs block statistics")
         mean, var = stats
         with torch.no_grad():
-            sigma = self.bank(bank_features(mean, var, self.history[0], self.history[1], self.sigma_prev))
+            features = bank_features(mean.cpu(), var.cpu(), self.history[0], self.history[1], self.sigma_prev)
+            sigma = self.bank(features.to(self.dtype)).float()
         self.sigma_prev = sigma
         self.last_sigma = sigma
         self.last_c = normalization(sigma, self.dims) if self.normalize else 1.0
         return (sigma.double() * self.last_c).tolist()
 
     def observe(self, loss_plus: float, loss_minus: float) -> None:
+        if self.dtype != torch.float32:  # upstream stores the history in the model dtype
+            loss_plus, loss_minus = torch.tensor([loss_plus, loss_minus]).to(self.dtype).tolist()
         self.history = (float(loss_plus), float(loss_minus))
 
     def log_extra(self) -> dict:
@@ -161,7 +167,13 @@ class LayerwiseLearnedSigma(LearnedSigma):
 
 
 def learned_sigma_for(bank: PertNNBank, blocks: Sequence[Block], batch_size: int, normalize: bool = True,
-                      effective_dim_rule: str | None = None) -> LearnedSigma:
-    """The ZO Fine-tuner sigma policy for a bank, at the granularity the bank records (block or layer)."""
-    policy = LayerwiseLearnedSigma if bank_granularity(bank.metadata) == "layer" else LearnedSigma
-    return policy(bank, blocks, batch_size, normalize, effective_dim_rule)
+                      effective_dim_rule: str | None = None, dtype: torch.dtype = torch.float32) -> LearnedSigma:
+    """The ZO Fine-tuner sigma policy for a bank, at the granularity the bank records (block or layer).
+
+    `dtype` float16 reproduces the authors' fp16 runs (PertNN and history in fp16); block-wise banks only,
+    as the authors' banks are."""
+    if bank_granularity(bank.metadata) == "layer":
+        if dtype != torch.float32:
+            raise ValueError("the upstream fp16 semantics (PertNN in fp16) apply to block-wise banks only")
+        return LayerwiseLearnedSigma(bank, blocks, batch_size, normalize, effective_dim_rule)
+    return LearnedSigma(bank, blocks, batch_size, normalize, effective_dim_rule, dtype=dtype)

@@ -42,21 +42,42 @@ class BlockStatsCollector:
             self._parts[(block_index, chunk_index)] = part
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean [B], unbiased var [B]) as float32 CPU tensors, in block order."""
-        means, variances = [], []
-        for block in self.blocks:
-            parts = [self._parts[(block.index, c.index)] for c in block_chunks(block.param.shape)]
-            counts = torch.tensor([p[0] for p in parts], dtype=torch.float64)
-            chunk_means = torch.stack([p[1].cpu() for p in parts])
-            chunk_m2 = torch.stack([p[2].cpu() for p in parts])
-            total = counts.sum()
-            mean = (counts * chunk_means).sum() / total
-            m2 = chunk_m2.sum() + (counts * (chunk_means - mean) ** 2).sum()
+        """(mean [B], unbiased var [B]) as float32 CPU tensors, in block order.
+
+        The chunk parts are merged on the device that computed them (Chan's formula as segment sums),
+        then cross to the host once per device: no host synchronization per block.
+        """
+        by_device: dict[torch.device, list[int]] = {}
+        for position, block in enumerate(self.blocks):
+            by_device.setdefault(block.param.device, []).append(position)
+        means = torch.empty(len(self.blocks), dtype=torch.float64)
+        variances = torch.empty(len(self.blocks), dtype=torch.float64)
+        for device, positions in by_device.items():
+            counts, chunk_means, chunk_m2, owner = [], [], [], []
+            for local, position in enumerate(positions):
+                block = self.blocks[position]
+                for chunk in block_chunks(block.param.shape):
+                    count, mean, m2 = self._parts[(block.index, chunk.index)]
+                    counts.append(count)
+                    chunk_means.append(mean)
+                    chunk_m2.append(m2)
+                    owner.append(local)
+            count_t = torch.tensor(counts, dtype=torch.float64, device=device)
+            owner_t = torch.tensor(owner, device=device)
+            mean_t, m2_t = torch.stack(chunk_means), torch.stack(chunk_m2)
+
+            def segment_sum(values: torch.Tensor) -> torch.Tensor:
+                return torch.zeros(len(positions), dtype=torch.float64, device=device).index_add_(0, owner_t, values)
+
+            total = segment_sum(count_t)
+            mean = segment_sum(count_t * mean_t) / total
+            m2 = segment_sum(m2_t + count_t * (mean_t - mean[owner_t]) ** 2)
             # torch.var's Bessel correction; a 1-element block gets 0 instead of NaN.
-            var = m2 / (total - 1) if total > 1 else torch.zeros((), dtype=torch.float64)
-            means.append(mean)
-            variances.append(var)
-        return torch.stack(means).float(), torch.stack(variances).float()
+            var = torch.where(total > 1, m2 / (total - 1).clamp(min=1), torch.zeros_like(m2))
+            index = torch.tensor(positions)
+            means[index] = mean.cpu()
+            variances[index] = var.cpu()
+        return means.float(), variances.float()
 
 
 def block_stats(blocks: Sequence[Block], pool: NoiseSource | None = None) -> tuple[torch.Tensor, torch.Tensor]:

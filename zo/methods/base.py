@@ -68,6 +68,7 @@ class MethodContext:
     load_mlp_path: str | None = None
     need_normalization: bool = True
     effective_dim_rule: str | None = None
+    sigma_dtype: torch.dtype = torch.float32  # float16: the authors' fp16 PertNN (--upstream_fp16_semantics)
 
 
 def tensor_bytes(tensors) -> int:

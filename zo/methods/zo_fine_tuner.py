@@ -30,5 +30,6 @@ def build(ctx: MethodContext, options: ZOFineTunerConfig) -> ZOOptimizer:
         log.info("converted the authors' pickled bank %s through the safe loader (%d blocks)", ctx.load_mlp_path,
                  len(bank))
     # block-wise or layer-wise sigma, at the granularity the bank records
-    sigma = learned_sigma_for(bank, ctx.blocks, ctx.batch_size, ctx.need_normalization, ctx.effective_dim_rule)
+    sigma = learned_sigma_for(bank, ctx.blocks, ctx.batch_size, ctx.need_normalization, ctx.effective_dim_rule,
+                              ctx.sigma_dtype)
     return ZOOptimizer(ctx.model, sigma, ctx.zo, seed=ctx.seed, noise=ctx.noise, blocks=ctx.blocks)

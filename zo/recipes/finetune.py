@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,15 +17,19 @@ import torch
 
 import tasks
 from zo.blocks import EFFECTIVE_DIM_RULES, parameter_blocks
+from zo import distributed
 from zo.estimator import ZOConfig
 from zo.io import sanitize_component, write_json
 from zo.loop import BEST_STATE_FILE, LoopResult, train_zo
 from zo.methods import MethodContext, MethodOptions, build_method, check_options, method_config
-from zo.models import load_model, resolve_dtype, resolve_model_path
+from zo.models import load_model, resolve_device, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
 from zo.seeding import seed_everything
 
 log = logging.getLogger(__name__)
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
 
 @dataclass
 class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are fields and CLI flags too
@@ -40,6 +46,10 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     data_dir: str | None = None  # local data root; None: the HF hub
     output_dir: str | None = None
     per_device_train_batch_size: int = 16
+    load_int8: bool = False  # refused: int8 weights cannot take ZO updates
+    upstream_fp16_semantics: bool = False  # with load_float16: fp16 log-softmax, PertNN and history (docs/gpu.md)
+    device: str = "auto"  # auto (CUDA if available, else CPU) | cpu | cuda | cuda:K | mps
+    device_map: str | None = None  # "auto": spread the model over the visible GPUs (accelerate)
     learning_rate: float = 1e-6
     zo_eps: float = 1e-3
     weight_decay: float = 0.0
@@ -130,6 +140,13 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
         self.generation_options().validate()
         if self.effective_dim_rule not in (None, *EFFECTIVE_DIM_RULES):
             raise ValueError(f"effective_dim_rule must be one of {EFFECTIVE_DIM_RULES}, got {self.effective_dim_rule!r}")
+        if self.load_int8:
+            raise ValueError("--load_int8 is not supported: int8 weights cannot take ZO updates (see docs/gpu.md); "
+                             "use --load_float16 / --load_bfloat16, with --device_map auto for large models")
+        if self.upstream_fp16_semantics and not self.load_float16:
+            raise ValueError("--upstream_fp16_semantics reproduces the authors' fp16 runs: it needs --load_float16 True")
+        if self.device_map is not None and self.device_map not in DEVICE_MAPS:
+            raise ValueError(f"device_map must be one of {DEVICE_MAPS}, got {self.device_map!r}")
         if self.report_to not in ("none", "wandb"):
             raise ValueError("report_to must be 'none' or 'wandb'")
 
@@ -152,11 +169,34 @@ def _mean_loss(model, loss_fn, batches) -> float:
     return total / max(count, 1)
 
 
+def _loss_weight(batch: dict) -> int:
+    """What the single-process loss averages over: examples (option scoring) or option tokens (LM loss)."""
+    if "num_options" in batch:
+        return len(batch["num_options"])
+    seq_len = batch["input_ids"].shape[1]
+    width = max(int(batch["option_len"].max()), 1)
+    return int(batch["option_len"].clamp(max=min(width, seq_len - 1)).sum())
+
+
 def fine_tune(config: FineTuneConfig) -> dict:
-    """Run the whole job; returns the metrics written to <output_dir>/metrics.json."""
+    """Run the whole job; returns the metrics written to <output_dir>/metrics.json.
+
+    Under `accelerate launch` / `torchrun` with N processes it runs data-parallel ZO (zo/distributed.py):
+    the global batch is N x per_device_train_batch_size, and only rank 0 writes the run folder.
+    """
     config.validate()
+    device = resolve_device(config.device)
+    if distributed.launched_world_size() > 1:
+        if config.device_map is not None or config.non_diff or not config.trains:
+            raise ValueError("data-parallel runs support neither --device_map, --non_diff nor evaluation only")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    group = distributed.init_process_group(device)
     model_path = resolve_model_path(config.model_name)  # a bad model path fails before any data is read
     output_dir = Path(config.output_dir or config.default_output_dir())
+    if not group.is_main:  # only rank 0 writes the run folder
+        scratch = tempfile.TemporaryDirectory(prefix=f"zo-rank{group.rank}-")
+        output_dir = Path(scratch.name)
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -169,7 +209,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
     if config.non_diff and not task.is_generation:
         raise ValueError(f"--non_diff (-F1 objective) needs a generation task; {task.name} is classification")
     dtype = resolve_dtype(config.load_float16, config.load_bfloat16)
-    model, tokenizer = load_model(model_path, dtype, native_opt_bos=config.native_opt_bos)
+    model, tokenizer = load_model(model_path, dtype, device=None if config.device_map else device,
+                                  native_opt_bos=config.native_opt_bos, device_map=config.device_map)
     blocks = parameter_blocks(model)
 
     optimizer = None
@@ -180,8 +221,10 @@ def fine_tune(config: FineTuneConfig) -> dict:
                              total_steps=config.max_steps)
         optimizer = build_method(config.train_mode, MethodContext(
             model, blocks, zo_config, seed=config.seed, noise=NoiseSource(config.threads),
-            batch_size=config.per_device_train_batch_size, load_mlp_path=config.load_mlp_path,
-            need_normalization=config.need_normalization, effective_dim_rule=config.effective_dim_rule),
+            batch_size=config.per_device_train_batch_size * group.world_size,  # the global batch (data parallel)
+            load_mlp_path=config.load_mlp_path, need_normalization=config.need_normalization,
+            effective_dim_rule=config.effective_dim_rule,
+            sigma_dtype=torch.float16 if config.upstream_fp16_semantics else torch.float32),
             asdict(config))
     if config.trains and config.save_steps is not None and config.save_steps != config.eval_steps:
         log.warning("--save_steps %d is the evaluation period, as upstream (which ignores --eval_steps %d)",
@@ -203,17 +246,26 @@ def fine_tune(config: FineTuneConfig) -> dict:
                      "eval_period": config.eval_period, "num_blocks": len(blocks),
                      "split_sizes": {"train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)},
                      "split_notes": splits.notes, "eval_note": task.eval_note, "bank_base_model": None,
-                     "effective_dim_rule": None, "bank_granularity": None, **(optimizer.describe() if optimizer is not None else {})})
-    write_json(output_dir / "config.json", resolved)
+                     "effective_dim_rule": None, "bank_granularity": None,
+                     "device": str(device) if config.device_map is None else getattr(model, "hf_device_map", None),
+                     "world_size": group.world_size,
+                     "global_batch_size": config.per_device_train_batch_size * group.world_size,
+                     **(optimizer.describe() if optimizer is not None else {})})
+    if group.is_main:
+        write_json(output_dir / "config.json", resolved)
     log.info("task %s: %d train / %d dev / %d test; %s on %s; output %s", task.name, len(splits.train),
              len(splits.dev), len(splits.test), config.train_mode if config.trains else "evaluation only",
              model_path, output_dir)
 
-    wandb_run = _maybe_wandb(config, resolved)
+    wandb_run = _maybe_wandb(config, resolved) if group.is_main else None
     start = time.perf_counter()
     if config.trains:
         result = _train(config, task, splits, model, tokenizer, optimizer, as_classification, generation,
-                        output_dir)
+                        output_dir, group, device)
+        if not group.is_main:  # rank 0 evaluates; the others only had to take the steps with it
+            scratch.cleanup()
+            distributed.destroy(group)
+            return {"rank": group.rank, "steps": result.steps_done, "status": result.status}
     else:
         result = LoopResult(steps_done=0, status="evaluated without training (eval_only)")
 
@@ -242,6 +294,7 @@ def fine_tune(config: FineTuneConfig) -> dict:
     log.info("metrics: %s", {k: metrics[k] for k in ("dev", "test") if k in metrics})
     if not math.isfinite(result.mean_perturbed_loss_last10 or 0.0):
         log.warning("the final training loss is not finite")
+    distributed.destroy(group)
     return metrics
 
 
@@ -255,9 +308,11 @@ def _evaluate(config: FineTuneConfig, model, tokenizer, task, samples, generatio
 
 
 def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as_classification, generation,
-           output_dir: Path) -> LoopResult:
+           output_dir: Path, group: distributed.ProcessGroup = distributed.ProcessGroup(),
+           device: torch.device = torch.device("cpu")) -> LoopResult:
 
-    encoder = tasks.TrainBatches(splits.train, task, tokenizer, config.per_device_train_batch_size,
+    batches_cls = _rank_share(group) if group.enabled else tasks.TrainBatches
+    encoder = batches_cls(splits.train, task, tokenizer, config.per_device_train_batch_size * group.world_size,
                                  seed=config.seed, as_classification=as_classification,
                                  max_length=config.max_length, for_generation_objective=config.non_diff)
     if config.non_diff:
@@ -265,11 +320,19 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
             return tasks.negative_f1_objective(model, tokenizer, batch, task, max_length=config.max_length,
                                                options=generation)
     else:
+        loss_kwargs = {"logits_dtype": torch.float16} if config.upstream_fp16_semantics else {}
+
         def loss_fn(batch):
-            return tasks.batch_loss(model, batch)
+            return tasks.batch_loss(model, batch, **loss_kwargs)
+    train_loss_fn = loss_fn
+    if group.enabled:  # the example-weighted loss of the global batch, on every rank
+        def train_loss_fn(share):
+            batch, counted = share
+            weight = _loss_weight(batch) if counted else 0
+            return distributed.weighted_mean_loss(lambda: loss_fn(batch), weight, group, device)
 
     dev_loss_fn = None
-    if splits.dev and not config.non_diff:
+    if splits.dev and not config.non_diff and group.is_main:
         dev_batch_size = 1 if config.dev_loss == "per_example" else config.eval_batch_size
         dev_batches = tasks.TrainBatches(splits.dev, task, tokenizer, dev_batch_size, seed=0,
                                          as_classification=as_classification, max_length=config.max_length)
@@ -283,8 +346,20 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
         train_eval_fn = lambda: _mean_loss(model, lambda b: tasks.batch_loss(model, b),  # noqa: E731
                                            subset_batches.epoch(shuffle=False))
 
-    return train_zo(optimizer, encoder.forever(), loss_fn, config.max_steps, output_dir, config.eval_period,
-                    dev_loss_fn, progress=config.progress, log_extra=optimizer.log_extra, train_eval_fn=train_eval_fn)
+    return train_zo(optimizer, encoder.forever(), train_loss_fn, config.max_steps, output_dir, config.eval_period,
+                    dev_loss_fn, progress=config.progress and group.is_main, log_extra=optimizer.log_extra,
+                    train_eval_fn=train_eval_fn)
+
+
+def _rank_share(group: distributed.ProcessGroup) -> type:
+    """TrainBatches drawing the global batch order on every rank and collating only this rank's share:
+    items are (batch, number of counted examples)."""
+    class RankShare(tasks.TrainBatches):
+        def _batch(self, indices):
+            mine, counted = distributed.shard(indices, group.rank, group.world_size)
+            return super()._batch(mine), counted
+
+    return RankShare
 
 
 def _maybe_wandb(config: FineTuneConfig, resolved: dict):

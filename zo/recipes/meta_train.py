@@ -23,7 +23,7 @@ from zo.blocks import DEFAULT_EFFECTIVE_DIM_RULE, GRANULARITIES, block_type, par
 from zo.io import JsonlLog, sanitize_component, write_json
 from zo.l2l import MetaConfig, MetaLearner, TrajectoryOptimizer
 from zo.loop import load_weights, save_weights
-from zo.models import load_model, resolve_dtype, resolve_model_path
+from zo.models import load_model, resolve_device, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
 from zo.pertnn import check_bank_granularity, fresh_bank, load_bank
 from zo.seeding import seed_everything
@@ -68,6 +68,7 @@ class L2LConfig:
     mlp_optimizer: str = "sgd"
     load_float16: bool = False
     load_bfloat16: bool = False
+    device: str = "auto"  # auto (CUDA if available, else CPU) | cpu | cuda | cuda:K | mps
     train_set_seed: int = 0
     seed: int = 42
     num_train: int = 1000
@@ -171,7 +172,8 @@ def meta_train(config: L2LConfig) -> dict:
     task_objs = {name: tasks.get_task(name, config.data_dir) for name in names}
     task_splits = {name: tasks.sample_splits(task, config.num_train, config.num_dev, config.num_eval,
                                              config.train_set_seed) for name, task in task_objs.items()}
-    model, tokenizer = load_model(model_path, resolve_dtype(config.load_float16, config.load_bfloat16))
+    model, tokenizer = load_model(model_path, resolve_dtype(config.load_float16, config.load_bfloat16),
+                                  device=resolve_device(config.device))
     blocks = parameter_blocks(model)
     feeds, loaders = {}, {}
     for name, task in task_objs.items():

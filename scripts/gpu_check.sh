@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Check the GPU path on every visible accelerator: the invariant tests on that device, a 20-step SST-2 run
+# with MeZO and with ZO Fine-tuner, and the step benchmark (ZO-FT/MeZO, MeZO/(2 x forward), peak memory of
+# a step relative to inference from torch.cuda.max_memory_allocated). Without an accelerator: says so, exit 0.
+#   DATA_DIR=../shared/data bash scripts/gpu_check.sh        (MODEL=/path/to/model to use another model)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA_DIR=${DATA_DIR:-../shared/data}
+MODEL=${MODEL:-}
+OUT=${OUT:-/tmp/zo-gpu-check}
+
+DEVICES=$(python - <<'PY'
+import torch
+found = [f"cuda:{k}" for k in range(torch.cuda.device_count())]
+if not found and torch.backends.mps.is_available():
+    found = ["mps"]
+print(" ".join(found))
+PY
+)
+if [ -z "$DEVICES" ]; then
+  echo "gpu_check: no accelerator visible (torch.cuda.device_count() == 0, no MPS): nothing to check."
+  exit 0
+fi
+if [ -z "$MODEL" ] && [ ! -f models/SmolLM2-135M/config.json ]; then bash scripts/setup.sh; fi
+echo "gpu_check: accelerators: $DEVICES"
+MODEL_ARGS=(); [ -n "$MODEL" ] && MODEL_ARGS=(--model "$MODEL")
+
+# 1. the invariant tests, every accelerator (the `gpu`-marked cases of tests/zo/test_devices.py),
+#    and the two-device placement test when there are two CUDA devices
+HF_HUB_OFFLINE=1 python -m pytest -q -m gpu tests/zo/test_devices.py
+
+for DEVICE in $DEVICES; do
+  echo "== $DEVICE =="
+  # 2. 20-step SST-2 runs, MeZO and ZO Fine-tuner (the embedded model's bank, or a fresh one for MODEL)
+  BANK=learned_finetuner/smollm2-135m_copa.safetensors
+  if [ -n "$MODEL" ]; then
+    BANK="$OUT/bank.safetensors"; mkdir -p "$OUT"
+    python -m zo.init_bank --model "$MODEL" --out "$BANK"
+  fi
+  for MODE in mezo zo_fine_tuner; do
+    TRAIN_MODE=$MODE LOAD_MLP_PATH=$BANK DEVICE=$DEVICE DATA_DIR=$DATA_DIR TASK=SST2 STEPS=20 EVAL_STEPS=20 \
+      DEV=50 EVAL=100 OUTPUT_DIR="$OUT/$MODE-${DEVICE/:/}" MODEL=$MODEL bash scripts/zo_fine_tuner.sh
+    python -c "import json,sys; m=json.load(open(sys.argv[1])); print('$MODE on $DEVICE:', m['status'], 'test', m.get('test'), 'train s', m['train_seconds'])" \
+      "$OUT/$MODE-${DEVICE/:/}/metrics.json"
+  done
+  # 3. step times and peak memory relative to inference
+  python scripts/benchmark_step.py --data_dir "$DATA_DIR" --device "$DEVICE" --repeats 5 "${MODEL_ARGS[@]}"
+done
