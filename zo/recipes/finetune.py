@@ -60,6 +60,7 @@ class FineTuneConfig:
     perturbation: str = "virtual"
     max_length: int = 2048
     eval_batch_size: int = 8
+    option_scoring: str = "auto"  # tasks.encoding.OPTION_SCORINGS: batch layout of the options, same losses
     max_new_tokens: int = 50
     threads: int | None = None
     progress: bool = True
@@ -83,6 +84,7 @@ class FineTuneConfig:
             raise ValueError("--non_diff (-F1 objective) is for the generation tasks SQuAD and DROP")
         if self.effective_dim_rule not in (None, *EFFECTIVE_DIM_RULES):
             raise ValueError(f"effective_dim_rule must be one of {EFFECTIVE_DIM_RULES}, got {self.effective_dim_rule!r}")
+        tasks.encoding.check_option_scoring(self.option_scoring)
         if self.report_to not in ("none", "wandb"):
             raise ValueError("report_to must be 'none' or 'wandb'")
 
@@ -147,7 +149,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
 
     encoder = tasks.TrainBatches(splits.train, task, tokenizer, config.per_device_train_batch_size,
                                  seed=config.seed, as_classification=as_classification,
-                                 max_length=config.max_length, for_generation_objective=config.non_diff)
+                                 max_length=config.max_length, for_generation_objective=config.non_diff,
+                                 option_scoring=config.option_scoring)
     if config.non_diff:
         def loss_fn(batch):
             return tasks.negative_f1_objective(model, tokenizer, batch, task, max_length=config.max_length,
@@ -159,7 +162,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
     dev_loss_fn = None
     if splits.dev and not config.non_diff:
         dev_batches = tasks.TrainBatches(splits.dev, task, tokenizer, config.eval_batch_size, seed=0,
-                                         as_classification=as_classification, max_length=config.max_length)
+                                         as_classification=as_classification, max_length=config.max_length,
+                                         option_scoring=config.option_scoring)
         dev_loss_fn = lambda: _mean_loss(model, loss_fn, dev_batches.epoch(shuffle=False))  # noqa: E731
 
     resolved = asdict(config)
@@ -191,7 +195,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
     if task.eval_note:
         metrics["eval_note"] = task.eval_note
     eval_kwargs = dict(batch_size=config.eval_batch_size, max_length=config.max_length,
-                       max_new_tokens=config.max_new_tokens, progress=config.progress)
+                       max_new_tokens=config.max_new_tokens, progress=config.progress,
+                       option_scoring=config.option_scoring)
     if splits.dev:
         metrics["dev"] = tasks.evaluate(model, tokenizer, task, splits.dev, **eval_kwargs)
         if result.best_dev_loss is not None:
