@@ -81,13 +81,13 @@ def _encode(tokenizer, prompt: str, full: str, max_length: int) -> EncodedOption
     prompt_ids = list(tokenizer(_clean(prompt))["input_ids"])
     ids = list(tokenizer(_clean(full))["input_ids"])
     option_len = len(ids) - len(prompt_ids)
+    follows_prompt = ids[:len(prompt_ids)] == prompt_ids  # before truncation cuts the prompt
     if option_len <= 0:
         log.warning("option adds no token after the prompt (%r...); it will score 0", full[-40:])
     keep_first = prepends_special_token(tokenizer)
     if len(ids) > max_length:
         log.debug("sequence of %d tokens left-truncated to %d", len(ids), max_length)
         ids = left_truncate(ids, max_length, keep_first)
-    follows_prompt = ids[:len(prompt_ids)] == prompt_ids
     option_len = max(0, min(option_len, len(ids) - int(keep_first)))
     return EncodedOption(list(ids), option_len, follows_prompt)
 
