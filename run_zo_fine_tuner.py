@@ -20,6 +20,8 @@ HELP = {
     "seed": "process seed: ZO noise seeds and batch order",
     "perturbation": "virtual (exact restore, default) | inplace",
     "non_diff": "SQuAD/DROP: optimize -F1 of greedy generations",
+    "option_scoring": "auto: one row per example when every option is one token | rows: one row per option "
+                      "(the old layout) | prompt_cache: also multi-token options from the prompt's cached keys",
     "upstream_split": "keep upstream's train/dev arithmetic even when it leaves tiny train sets",
     "eval_only": "zero-shot evaluation of dev and test, no training (also --train_mode none / --trainer none)",
     "task_file": "a task spec (.yaml/.json): your own data file as a task, see docs/adding_a_task.md",

@@ -5,6 +5,9 @@ MeZO/(2 x forward), and peak RSS of a ZO step relative to inference (each memory
 subprocess, so one measurement's high-water mark cannot leak into another). Then one row per method of
 the registry (zo.methods, default options): step time / MeZO step, peak RSS / inference, and the extra
 state the method reports (describe()["extra_state_bytes"]). `--methods` limits the rows.
+Also the forward and the MeZO step with the old one-row-per-option scoring ("rows") beside the default
+("auto": one row per SST2 example), and with --copa the Copa classification forward in the rows and
+prompt_cache layouts.
 
     python scripts/benchmark_step.py --data_dir ../shared/data [--batch_size 16 --repeats 5] [--device cuda]
     python scripts/benchmark_step.py --data_parallel 2   # MeZO step time with 1 and 2 processes (torchrun)
@@ -57,6 +60,25 @@ class PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
+def scoring_batch(task, tokenizer, batch_size: int, option_scoring: str) -> dict:
+    import tasks
+
+    splits = tasks.sample_splits(task, batch_size, 0, 0, 43)
+    return next(tasks.TrainBatches(splits.train, task, tokenizer, batch_size, seed=0, as_classification=True,
+                                   option_scoring=option_scoring).forever())
+
+
+def forward_of(model, batch):
+    import torch
+
+    import tasks
+
+    def forward():
+        with torch.inference_mode():
+            return float(tasks.batch_loss(model, batch))
+    return forward
+
+
 def build(args):
     import torch
 
@@ -74,9 +96,7 @@ def build(args):
 
     model, tokenizer = load_model(args.model, device=resolve_device(args.device))
     task = tasks.get_task("SST2", args.data_dir)
-    splits = tasks.sample_splits(task, args.batch_size, 0, 0, 43)
-    batch = next(tasks.TrainBatches(splits.train, task, tokenizer, args.batch_size, seed=0,
-                                    as_classification=True).forever())
+    batch = scoring_batch(task, tokenizer, args.batch_size, "auto")
     blocks = parameter_blocks(model)
     config = ZOConfig(lr=1e-7, eps=1e-3, perturbation=args.perturbation)
     noise = NoiseSource(args.threads)
@@ -92,14 +112,12 @@ def build(args):
         others[name] = build_method(name, ctx, {})
     methods = {"mezo": mezo, "zo_fine_tuner": zoft, **others}
 
-    def forward():
-        with torch.inference_mode():
-            return float(tasks.batch_loss(model, batch))
+    forward = forward_of(model, batch)
 
     def loss():  # what the training loop hands a method: the ZO methods add inference_mode themselves
         return tasks.batch_loss(model, batch)
 
-    return model, batch, forward, loss, methods
+    return model, tokenizer, batch, forward, loss, methods
 
 
 def timed_round_robin(fns: list, repeats: int) -> list[float]:
@@ -119,7 +137,7 @@ def timed_round_robin(fns: list, repeats: int) -> list[float]:
 def memory_child(args) -> None:
     import gc
 
-    model, batch, forward, loss, methods = build(args)
+    model, _tokenizer, batch, forward, loss, methods = build(args)
     op = forward if args.child == "inference" else (lambda: methods[args.child].step(loss))
     gc.collect()
     device = next(model.parameters()).device
@@ -155,6 +173,7 @@ def main() -> None:
     parser.add_argument("--data_parallel", type=int, default=0,
                         help="N > 1: time a MeZO step at the same global batch with 1 and N processes instead")
     parser.add_argument("--dp_child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--copa", action="store_true", help="also time a Copa batch: rows vs prompt_cache")
     args = parser.parse_args()
     if args.child:  # a memory child builds only what it measures
         args.methods = [m for m in args.methods if m == args.child]
@@ -170,11 +189,26 @@ def main() -> None:
 
     import torch
 
-    model, batch, forward, loss, methods = build(args)
+    import tasks
+
+    model, tokenizer, batch, forward, loss, methods = build(args)
     seq = tuple(batch["input_ids"].shape)
     names = list(methods)
-    times = timed_round_robin([forward] + [lambda m=methods[n]: m.step(loss) for n in names], args.repeats)
-    t_fwd, step_time = times[0], dict(zip(names, times[1:]))
+    old_batch = scoring_batch(tasks.get_task("SST2", args.data_dir), tokenizer, args.batch_size, "rows")
+    old_forward = forward_of(model, old_batch)
+
+    def old_loss():
+        return tasks.batch_loss(model, old_batch)
+
+    measures = [forward] + [lambda m=methods[n]: m.step(loss) for n in names]
+    measures += [old_forward, lambda: methods["mezo"].step(old_loss)]
+    if args.copa:
+        copa = tasks.get_task("Copa", args.data_dir)
+        copa_batches = [scoring_batch(copa, tokenizer, args.batch_size, s) for s in ("rows", "prompt_cache")]
+        measures += [forward_of(model, b) for b in copa_batches]
+    times = timed_round_robin(measures, args.repeats)
+    t_fwd, step_time = times[0], dict(zip(names, times[1:1 + len(names)]))
+    t_old_fwd, t_old_mezo = times[1 + len(names):3 + len(names)]
     t_mezo, t_zoft = step_time["mezo"], step_time["zo_fine_tuner"]
     rows = [
         ("forward (one batch)", f"{t_fwd:.3f} s"),
@@ -182,7 +216,17 @@ def main() -> None:
         ("ZO Fine-tuner step", f"{t_zoft:.3f} s"),
         ("ZO-FT / MeZO", f"{t_zoft / t_mezo:.3f}"),
         ("MeZO / (2 x forward)", f"{t_mezo / (2 * t_fwd):.3f}"),
+        (f"forward, rows scoring {tuple(old_batch['input_ids'].shape)} / auto {seq}",
+         f"{t_old_fwd:.3f} s / {t_fwd:.3f} s"),
+        ("MeZO step, rows scoring / auto", f"{t_old_mezo:.3f} s / {t_mezo:.3f} s"),
+        ("MeZO step speed-up, rows / auto", f"{t_old_mezo / t_mezo:.3f}"),
+        ("MeZO / (2 x forward), rows scoring", f"{t_old_mezo / (2 * t_old_fwd):.3f}"),
     ]
+    if args.copa:
+        t_copa_rows, t_copa_cache = times[3 + len(names):]
+        shapes = " / ".join(str(tuple(b["input_ids"].shape)) for b in copa_batches)
+        rows += [(f"Copa forward, rows / prompt_cache {shapes}", f"{t_copa_rows:.3f} s / {t_copa_cache:.3f} s"),
+                 ("Copa forward speed-up, rows / prompt_cache", f"{t_copa_rows / t_copa_cache:.3f}")]
     if not args.skip_memory:
         base = [sys.executable, __file__, "--data_dir", args.data_dir, "--batch_size", str(args.batch_size),
                 "--perturbation", args.perturbation] + (["--model", args.model] if args.model else [])

@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 
 from .base import Sample, Task
-from .encoding import EncodedExample, collate_options, encode_train_example
+from .encoding import EncodedExample, check_option_scoring, collate_examples, encode_train_example
 
 
 class TrainBatches:
@@ -16,13 +16,16 @@ class TrainBatches:
     Each item is a collated dict (see collate_options); with `for_generation_objective` it is instead the
     list of Samples itself, for the non-differentiable objective that generates from the prompts.
     `as_classification=None` uses the task's default (upstream script setting). A caller-owned
-    `generator` replaces the one seeded from `seed`.
+    `generator` replaces the one seeded from `seed`. `option_scoring` picks the batch layout of classification
+    examples (tasks.encoding.OPTION_SCORINGS); the loss is the same in every layout.
     """
 
     def __init__(self, samples: list[Sample], task: Task, tokenizer, batch_size: int, seed: int = 0,
                  as_classification: bool | None = None, max_length: int = 2048, max_new_tokens: int = 50,
                  for_generation_objective: bool = False, drop_last: bool = False,
-                 pad_to_multiple_of: int | None = 8, generator: torch.Generator | None = None):
+                 pad_to_multiple_of: int | None = 8, generator: torch.Generator | None = None,
+                 option_scoring: str = "auto"):
+        check_option_scoring(option_scoring)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if not samples:
@@ -32,6 +35,7 @@ class TrainBatches:
         self.batch_size = batch_size
         self.drop_last = drop_last and len(self.samples) >= batch_size
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.option_scoring = option_scoring
         self.as_classification = task.train_as_classification if as_classification is None else as_classification
         self.for_generation_objective = for_generation_objective
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
@@ -50,7 +54,8 @@ class TrainBatches:
         if self.for_generation_objective:
             return [self.samples[i] for i in indices]
         assert self.encoded is not None
-        return collate_options([self.encoded[i] for i in indices], self.tokenizer, self.pad_to_multiple_of)
+        return collate_examples([self.encoded[i] for i in indices], self.tokenizer, self.option_scoring,
+                                self.pad_to_multiple_of)
 
     def epoch(self, shuffle: bool = True) -> Iterator:
         """One pass over the samples; shuffled with the next permutation of the seeded generator."""

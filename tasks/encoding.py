@@ -20,12 +20,23 @@ log = logging.getLogger(__name__)
 _BOS_CACHE: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
 
 
+OPTION_SCORINGS = ("auto", "rows", "prompt_cache")
+"""How a classification example's options are scored (all give the same values to fp32 round-off):
+rows          one row per option (upstream's way);
+auto          one row per example when every option is a single token after a shared prompt (the options are
+              read from the last position's logits), else one row per option;
+prompt_cache  as auto, and multi-token options continue from the shared prompt's cached keys/values."""
+
+
 @dataclass
 class EncodedOption:
-    """One scored sequence; its last `option_len` tokens are the option (0 for a bare generation prompt)."""
+    """One scored sequence; its last `option_len` tokens are the option (0 for a bare generation prompt).
+    `follows_prompt`: the sequence, tokenized as a whole, starts with the prompt's own tokens (a merge across
+    the prompt/option boundary makes it False)."""
 
     input_ids: list[int]
     option_len: int
+    follows_prompt: bool = True
 
 
 @dataclass
@@ -67,9 +78,10 @@ def _clean(text: str) -> str:
 
 
 def _encode(tokenizer, prompt: str, full: str, max_length: int) -> EncodedOption:
-    prompt_ids = tokenizer(_clean(prompt))["input_ids"]
-    ids = tokenizer(_clean(full))["input_ids"]
+    prompt_ids = list(tokenizer(_clean(prompt))["input_ids"])
+    ids = list(tokenizer(_clean(full))["input_ids"])
     option_len = len(ids) - len(prompt_ids)
+    follows_prompt = ids[:len(prompt_ids)] == prompt_ids  # before truncation cuts the prompt
     if option_len <= 0:
         log.warning("option adds no token after the prompt (%r...); it will score 0", full[-40:])
     keep_first = prepends_special_token(tokenizer)
@@ -77,7 +89,7 @@ def _encode(tokenizer, prompt: str, full: str, max_length: int) -> EncodedOption
         log.debug("sequence of %d tokens left-truncated to %d", len(ids), max_length)
         ids = left_truncate(ids, max_length, keep_first)
     option_len = max(0, min(option_len, len(ids) - int(keep_first)))
-    return EncodedOption(list(ids), option_len)
+    return EncodedOption(list(ids), option_len, follows_prompt)
 
 
 def correct_index(sample: Sample) -> int:
@@ -170,3 +182,90 @@ def collate_options(examples: Sequence[EncodedExample], tokenizer, pad_to_multip
         batch["num_options"] = torch.tensor([len(e.options) for e in examples], dtype=torch.long)
         batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.long)
     return batch
+
+
+def check_option_scoring(option_scoring: str) -> None:
+    if option_scoring not in OPTION_SCORINGS:
+        raise ValueError(f"option_scoring must be one of {OPTION_SCORINGS}, got {option_scoring!r}")
+
+
+def shared_prompt_length(options: Sequence[EncodedOption]) -> int | None:
+    """How many leading tokens every option's row shares before its first option token, or None when the rows
+    cannot share one prompt row: an option adds no token, does not extend the prompt's own tokens, or the rows
+    differ before their options (e.g. left-truncated by different amounts); also None for an empty prompt."""
+    if not options or any(o.option_len < 1 or not o.follows_prompt for o in options):
+        return None
+    length = min(len(o.input_ids) - o.option_len for o in options)
+    prompt = options[0].input_ids[:length]
+    if length < 1 or any(o.input_ids[:length] != prompt for o in options):
+        return None
+    return length
+
+
+def is_single_token(options: Sequence[EncodedOption], prompt_length: int | None) -> bool:
+    """Every row is the shared prompt plus exactly one token (its option)."""
+    return prompt_length is not None and all(len(o.input_ids) == prompt_length + 1 for o in options)
+
+
+def example_prompt_length(options: Sequence[EncodedOption], option_scoring: str) -> int | None:
+    """The shared prompt length of one example's options if `option_scoring` lets them share it, else None:
+    under "auto" every option must be a single token; under "prompt_cache" any option length will do."""
+    check_option_scoring(option_scoring)
+    if option_scoring == "rows":
+        return None
+    length = shared_prompt_length(options)
+    if option_scoring == "auto" and not is_single_token(options, length):
+        return None
+    return length
+
+
+def shared_prompt_lengths(examples: Sequence[EncodedExample], option_scoring: str) -> list[int] | None:
+    """Per example, its shared prompt length if every example of the batch has one, else None (the batch falls
+    back to one row per option). LM examples (no label) keep their single row."""
+    check_option_scoring(option_scoring)
+    if any(e.label is None for e in examples):
+        return None
+    lengths = [example_prompt_length(e.options, option_scoring) for e in examples]
+    return None if any(n is None for n in lengths) else lengths
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) as LongTensors, padded on the right (continuations follow their prompt directly)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+def collate_shared_prompts(examples: Sequence[EncodedExample], prompt_lengths: Sequence[int], tokenizer,
+                           pad_to_multiple_of: int | None = 8) -> dict[str, torch.Tensor]:
+    """One left-padded prompt row per example (`input_ids`, `attention_mask`) and, per option, its continuation
+    after the prompt (`continuation_ids`, `continuation_mask`, right-padded; one column when every option is a
+    single token) with `option_len`, `num_options`, and `labels` when every example has one."""
+    if not examples:
+        raise ValueError("empty batch")
+    pad = pad_id(tokenizer)
+    prompts = [e.options[0].input_ids[:n] for e, n in zip(examples, prompt_lengths)]
+    input_ids, attention_mask = left_pad(prompts, pad, pad_to_multiple_of)
+    continuations = [o.input_ids[n:] for e, n in zip(examples, prompt_lengths) for o in e.options]
+    continuation_ids, continuation_mask = right_pad(continuations, pad)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "continuation_ids": continuation_ids,
+             "continuation_mask": continuation_mask,
+             "option_len": torch.tensor([o.option_len for e in examples for o in e.options], dtype=torch.long),
+             "num_options": torch.tensor([len(e.options) for e in examples], dtype=torch.long)}
+    if all(e.label is not None for e in examples):
+        batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.long)
+    return batch
+
+
+def collate_examples(examples: Sequence[EncodedExample], tokenizer, option_scoring: str = "auto",
+                     pad_to_multiple_of: int | None = 8) -> dict[str, torch.Tensor]:
+    """The batch of `examples` in the layout `option_scoring` picks: shared prompts where the whole batch allows
+    it (see shared_prompt_lengths), else one row per option (collate_options)."""
+    lengths = shared_prompt_lengths(examples, option_scoring)
+    if lengths is None:
+        return collate_options(examples, tokenizer, pad_to_multiple_of)
+    return collate_shared_prompts(examples, lengths, tokenizer, pad_to_multiple_of)

@@ -8,7 +8,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .base import Sample, Task
-from .encoding import EncodedOption, collate_options, EncodedExample, encode_candidates
+from .encoding import (EncodedExample, EncodedOption, collate_options, collate_shared_prompts, encode_candidates,
+                       example_prompt_length, is_single_token)
 from .generation import greedy_answers
 from .metrics import accuracy, mean_f1
 from .objective import option_scores
@@ -29,25 +30,66 @@ def _chunks(order: list[int], size: int) -> list[list[int]]:
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
-def classify(model, tokenizer, task: Task, samples: list[Sample], batch_size: int = 8, max_length: int = 2048,
-             progress: bool = False) -> list[str]:
-    """The argmax candidate of each sample by mean option log-prob. Rows of several samples share a forward
-    pass; rows are length-sorted to limit padding. `batch_size` counts rows (sequences)."""
-    rows: list[tuple[int, EncodedOption]] = []
-    for i, s in enumerate(samples):
-        rows.extend((i, option) for option in encode_candidates(s, tokenizer, task.template, max_length))
-    order = sorted(range(len(rows)), key=lambda r: len(rows[r][1].input_ids))
+def _row_scores(model, tokenizer, rows: list[EncodedOption], batch_size: int, desc: str, progress: bool
+                ) -> torch.Tensor:
+    """Mean option log-prob of each row, one row per option; rows are length-sorted to limit padding."""
+    order = sorted(range(len(rows)), key=lambda r: len(rows[r].input_ids))
     scores = torch.empty(len(rows))
-    for chunk in tqdm(_chunks(order, batch_size), desc=f"{task.name} scoring", disable=not progress):
-        batch = collate_options([EncodedExample([rows[r][1]]) for r in chunk], tokenizer)
+    for chunk in tqdm(_chunks(order, batch_size), desc=desc, disable=not progress or not rows):
+        batch = collate_options([EncodedExample([rows[r]]) for r in chunk], tokenizer)
         with torch.inference_mode():
             scores[chunk] = option_scores(model, batch).float().cpu()
-    preds, start = [], 0
-    for s in samples:
-        n = len(s.candidates)
-        preds.append(s.candidates[int(torch.argmax(scores[start:start + n]))])
-        start += n
-    return preds
+    return scores
+
+
+def _cost_chunks(order: list[int], costs: list[int], budget: int) -> list[list[int]]:
+    """Consecutive runs of `order` whose costs add up to at most `budget` (a costlier item goes alone)."""
+    chunks: list[list[int]] = []
+    used = budget
+    for i in order:
+        if used + costs[i] > budget:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(i)
+        used += costs[i]
+    return chunks
+
+
+def _shared_prompt_scores(model, tokenizer, examples: list[EncodedExample], lengths: list[int], batch_size: int,
+                          desc: str, progress: bool) -> list[torch.Tensor]:
+    """Per example, its options' mean log-probs from shared-prompt batches. A forward costs one row per
+    single-token example and one per option otherwise, at most `batch_size` rows per batch."""
+    costs = [1 if is_single_token(e.options, n) else len(e.options) for e, n in zip(examples, lengths)]
+    order = sorted(range(len(examples)), key=lambda i: lengths[i])
+    scores: list[torch.Tensor] = [torch.empty(0)] * len(examples)
+    for chunk in tqdm(_cost_chunks(order, costs, batch_size), desc=desc, disable=not progress or not examples):
+        batch = collate_shared_prompts([examples[i] for i in chunk], [lengths[i] for i in chunk], tokenizer)
+        with torch.inference_mode():
+            flat = option_scores(model, batch).float().cpu()
+        for i, group in zip(chunk, torch.split(flat, batch["num_options"].tolist())):
+            scores[i] = group
+    return scores
+
+
+def classify(model, tokenizer, task: Task, samples: list[Sample], batch_size: int = 8, max_length: int = 2048,
+             progress: bool = False, option_scoring: str = "auto") -> list[str]:
+    """The argmax candidate of each sample by mean option log-prob. `batch_size` counts rows (sequences) per
+    forward pass. Samples whose options can share their prompt (see tasks.encoding.example_prompt_length) are
+    scored in that layout, the others one row per option; the scores are the same either way."""
+    examples = [EncodedExample(encode_candidates(s, tokenizer, task.template, max_length)) for s in samples]
+    lengths = [example_prompt_length(e.options, option_scoring) for e in examples]
+    shared = [i for i, n in enumerate(lengths) if n is not None]
+    per_row = [i for i, n in enumerate(lengths) if n is None]
+    scores: list[torch.Tensor] = [torch.empty(0)] * len(samples)
+    shared_scores = _shared_prompt_scores(model, tokenizer, [examples[i] for i in shared],
+                                          [lengths[i] for i in shared], batch_size, f"{task.name} scoring", progress)
+    for i, group in zip(shared, shared_scores):
+        scores[i] = group
+    rows = [o for i in per_row for o in examples[i].options]
+    flat = _row_scores(model, tokenizer, rows, batch_size, f"{task.name} scoring", progress)
+    for i, group in zip(per_row, torch.split(flat, [len(examples[i].options) for i in per_row])):
+        scores[i] = group
+    return [s.candidates[int(torch.argmax(group))] for s, group in zip(samples, scores)]
 
 
 def generate(model, tokenizer, task: Task, samples: list[Sample], batch_size: int = 8, max_length: int = 2048,
@@ -65,8 +107,9 @@ def generate(model, tokenizer, task: Task, samples: list[Sample], batch_size: in
 
 
 def evaluate(model, tokenizer, task: Task, samples: list[Sample], batch_size: int = 8, max_length: int = 2048,
-             max_new_tokens: int = 50, progress: bool = True) -> dict:
-    """{"accuracy": x} or {"f1": x}, plus "num_examples". `batch_size` = sequences per forward pass."""
+             max_new_tokens: int = 50, progress: bool = True, option_scoring: str = "auto") -> dict:
+    """{"accuracy": x} or {"f1": x}, plus "num_examples". `batch_size` = sequences per forward pass;
+    `option_scoring` (tasks.encoding.OPTION_SCORINGS) only changes how candidates are batched, not the scores."""
     if not samples:
         return {task.metric_name: 0.0, "num_examples": 0}
     with eval_mode(model):
@@ -74,6 +117,6 @@ def evaluate(model, tokenizer, task: Task, samples: list[Sample], batch_size: in
             preds = generate(model, tokenizer, task, samples, batch_size, max_length, max_new_tokens, progress)
             value = mean_f1(preds, [s.correct for s in samples])
         else:
-            preds = classify(model, tokenizer, task, samples, batch_size, max_length, progress)
+            preds = classify(model, tokenizer, task, samples, batch_size, max_length, progress, option_scoring)
             value = accuracy(preds, [s.correct for s in samples])
     return {task.metric_name: value, "num_examples": len(samples)}

@@ -1,7 +1,11 @@
 """The training loss on option tokens (spec §4.5), computed from the last positions' logits only.
 
-Rows are left-padded, so every option sits at the end of its row: the model only has to produce logits for
-the last max(option_len) + 1 positions (`logits_to_keep`), which saves the (batch, seq, vocab) tensor.
+Two batch layouts (tasks.encoding.collate_examples), same values to fp32 round-off:
+- one row per option: rows are left-padded, so every option sits at the end of its row and the model only has
+  to produce logits for the last max(option_len) + 1 positions (`logits_to_keep`);
+- shared prompts (`continuation_ids` in the batch): one prompt row per example, whose last position's logits
+  predict every option's first token. Single-token options need nothing else; longer options continue from
+  the prompt's cached keys/values, copied once per option.
 """
 from __future__ import annotations
 
@@ -16,11 +20,25 @@ def _device(model) -> torch.device:
     return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def _forward_parameters(model) -> set[str]:
     try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
+        return set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
-        return False
+        return set()
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    return "logits_to_keep" in _forward_parameters(model)
+
+
+def _cache_keyword(model) -> str:
+    # transformers renamed `past_key_values` to `cache` (the old name is deprecated in 5.x).
+    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
+
+
+def _returned_cache(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -52,10 +70,57 @@ def option_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.
     return logprobs, mask
 
 
+def _prompt_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: bool):
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask,
+                  position_ids=position_ids_from_mask(attention_mask), use_cache=cache)
+    if _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = 1
+    return model(**kwargs)
+
+
+def _continuation_logits(model, past, prompt_mask: torch.Tensor, continuation_ids: torch.Tensor,
+                         continuation_mask: torch.Tensor) -> torch.Tensor:
+    """Logits after each continuation token but the last (no token follows it), given the prompt's cache."""
+    inputs, mask = continuation_ids[:, :-1], continuation_mask[:, :-1]
+    start = prompt_mask.sum(-1, keepdim=True)
+    positions = start + torch.arange(inputs.shape[1], device=inputs.device).unsqueeze(0)
+    return model(input_ids=inputs, attention_mask=torch.cat([prompt_mask, mask], dim=1), position_ids=positions,
+                 use_cache=True, **{_cache_keyword(model): past}).logits
+
+
+def shared_prompt_logprobs(model, batch: dict, logits_dtype: torch.dtype = torch.float32
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs, mask), both (options, continuation width), for a shared-prompt batch: the float32
+    log-probability of each continuation token given the prompt and the tokens before it, and which of them
+    belong to the option."""
+    device = _device(model)
+    input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    targets, target_mask = batch["continuation_ids"].to(device), batch["continuation_mask"].to(device)
+    option_len = batch["option_len"].to(device)
+    row_of_option = torch.repeat_interleave(torch.arange(len(input_ids), device=device),
+                                            batch["num_options"].to(device))
+    multi_token = targets.shape[1] > 1
+    out = _prompt_forward(model, input_ids, attention_mask, cache=multi_token)
+    logits = out.logits[:, -1:, :][row_of_option]
+    if multi_token:
+        past = _returned_cache(out)
+        past.batch_select_indices(row_of_option)  # one copy of the prompt's keys/values per option
+        rest = _continuation_logits(model, past, attention_mask[row_of_option], targets, target_mask)
+        logits = torch.cat([logits, rest], dim=1)
+    logprobs = -F.cross_entropy(logits.to(logits_dtype).transpose(1, 2), targets, reduction="none")
+    lengths = target_mask.sum(-1, keepdim=True)
+    steps = torch.arange(targets.shape[1], device=device).unsqueeze(0)
+    mask = (steps < lengths) & (steps >= lengths - option_len.unsqueeze(1))
+    return logprobs, mask
+
+
 def option_scores(model, batch: dict, logits_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Per-row mean log-probability of the option tokens (rows with no option token score 0)."""
-    logprobs, mask = option_token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["option_len"],
-                                           logits_dtype)
+    """Per-option mean log-probability of the option tokens (options with no token score 0)."""
+    if "continuation_ids" in batch:
+        logprobs, mask = shared_prompt_logprobs(model, batch, logits_dtype)
+    else:
+        logprobs, mask = option_token_logprobs(model, batch["input_ids"], batch["attention_mask"],
+                                               batch["option_len"], logits_dtype)
     counts = mask.sum(-1).clamp(min=1)
     return (logprobs * mask).sum(-1) / counts
 

@@ -75,6 +75,7 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     perturbation: str = "virtual"
     max_length: int = 2048
     eval_batch_size: int = 8
+    option_scoring: str = "auto"  # tasks.encoding.OPTION_SCORINGS: batch layout of the options, same losses
     max_new_tokens: int = 50
     # Generation (SQuAD, DROP, generation task files): upstream's flags, greedy by default.
     sampling: bool = False
@@ -147,6 +148,7 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
             raise ValueError("--upstream_fp16_semantics reproduces the authors' fp16 runs: it needs --load_float16 True")
         if self.device_map is not None and self.device_map not in DEVICE_MAPS:
             raise ValueError(f"device_map must be one of {DEVICE_MAPS}, got {self.device_map!r}")
+        tasks.encoding.check_option_scoring(self.option_scoring)
         if self.report_to not in ("none", "wandb"):
             raise ValueError("report_to must be 'none' or 'wandb'")
 
@@ -304,7 +306,7 @@ def _evaluate(config: FineTuneConfig, model, tokenizer, task, samples, generatio
                                          generation, progress=config.progress)
     return tasks.evaluate(model, tokenizer, task, samples, batch_size=config.eval_batch_size,
                           max_length=config.max_length, max_new_tokens=config.max_new_tokens,
-                          progress=config.progress)
+                          progress=config.progress, option_scoring=config.option_scoring)
 
 
 def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as_classification, generation,
@@ -314,7 +316,8 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
     batches_cls = _rank_share(group) if group.enabled else tasks.TrainBatches
     encoder = batches_cls(splits.train, task, tokenizer, config.per_device_train_batch_size * group.world_size,
                                  seed=config.seed, as_classification=as_classification,
-                                 max_length=config.max_length, for_generation_objective=config.non_diff)
+                                 max_length=config.max_length, for_generation_objective=config.non_diff,
+                                 option_scoring=config.option_scoring)
     if config.non_diff:
         def loss_fn(batch):
             return tasks.negative_f1_objective(model, tokenizer, batch, task, max_length=config.max_length,
@@ -335,14 +338,16 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
     if splits.dev and not config.non_diff and group.is_main:
         dev_batch_size = 1 if config.dev_loss == "per_example" else config.eval_batch_size
         dev_batches = tasks.TrainBatches(splits.dev, task, tokenizer, dev_batch_size, seed=0,
-                                         as_classification=as_classification, max_length=config.max_length)
+                                         as_classification=as_classification, max_length=config.max_length,
+                                         option_scoring=config.option_scoring)
         dev_loss_fn = lambda: _mean_loss(model, loss_fn, dev_batches.epoch(shuffle=False))  # noqa: E731
     train_eval_fn = None
     if config.train_loss_subset and splits.train:
         # always the cross-entropy loss (also under --non_diff), so that methods compare on one scale
         subset = tasks.sampling.seeded_subset(splits.train, config.train_set_seed, config.train_loss_subset)
         subset_batches = tasks.TrainBatches(subset, task, tokenizer, config.eval_batch_size, seed=0,
-                                            as_classification=as_classification, max_length=config.max_length)
+                                            as_classification=as_classification, max_length=config.max_length,
+                                            option_scoring=config.option_scoring)
         train_eval_fn = lambda: _mean_loss(model, lambda b: tasks.batch_loss(model, b),  # noqa: E731
                                            subset_batches.epoch(shuffle=False))
 
