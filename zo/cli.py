@@ -76,9 +76,12 @@ def setup_logging() -> None:
 
 
 def run_main(main) -> None:
-    """Run an entry point: one clear line for bad input instead of a traceback."""
+    """Run an entry point: one clear line for bad input instead of a traceback; an interrupted run
+    (SIGINT / SIGTERM, checkpoint written) exits with 128 + the signal number."""
     try:
-        main()
+        result = main()
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as err:
         logging.getLogger("zo").error("%s: %s", type(err).__name__, err)
         sys.exit(2)
+    if isinstance(result, dict) and result.get("status") == "interrupted":
+        sys.exit(128 + int(result.get("signal") or 2))

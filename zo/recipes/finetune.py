@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,17 +17,23 @@ import torch
 import tasks
 from zo.blocks import EFFECTIVE_DIM_RULES, parameter_blocks
 from zo.estimator import ZOConfig, ZOOptimizer
-from zo.io import sanitize_component, write_json
-from zo.loop import BEST_STATE_FILE, train_zo
+from zo.io import sanitize_component
+from zo.loop import CheckpointPolicy, train_zo
 from zo.models import load_model, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
 from zo.pertnn import load_bank
+from zo.run.folder import RunDir
+from zo.run.progress import REPORT_TO, make_reporter
+from zo.run.signals import INTERRUPTED, GracefulStop
 from zo.seeding import seed_everything
 from zo.sigma import ConstantSigma, LearnedSigma
 
 log = logging.getLogger(__name__)
 
 TRAIN_MODES = ("mezo", "zo_fine_tuner")
+# Settings that may change between a run and its resume (they do not change what is computed).
+RUNTIME_KEYS = ("output_dir", "progress", "threads", "report_to", "resume", "overwrite", "checkpoint_steps",
+                "checkpoint_minutes", "checkpoint_kind")
 
 
 @dataclass
@@ -63,7 +70,12 @@ class FineTuneConfig:
     max_new_tokens: int = 50
     threads: int | None = None
     progress: bool = True
-    report_to: str = "none"
+    report_to: str = "none"  # "wandb": every step and the final metrics (WANDB_MODE=offline works offline)
+    resume: bool = False  # continue the run in output_dir from its last checkpoint
+    overwrite: bool = False  # replace a run already in output_dir (otherwise: refused)
+    checkpoint_steps: int = 0  # checkpoint every this many steps (0: not by steps)
+    checkpoint_minutes: float = 30.0  # ... and every this many minutes (0: not by time)
+    checkpoint_kind: str = "full"  # "replay": full weights only every 1000 steps, (seed, g) records between
 
     def validate(self) -> None:
         if self.train_mode not in TRAIN_MODES:
@@ -83,8 +95,11 @@ class FineTuneConfig:
             raise ValueError("--non_diff (-F1 objective) is for the generation tasks SQuAD and DROP")
         if self.effective_dim_rule not in (None, *EFFECTIVE_DIM_RULES):
             raise ValueError(f"effective_dim_rule must be one of {EFFECTIVE_DIM_RULES}, got {self.effective_dim_rule!r}")
-        if self.report_to not in ("none", "wandb"):
-            raise ValueError("report_to must be 'none' or 'wandb'")
+        if self.report_to not in REPORT_TO:
+            raise ValueError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
+        CheckpointPolicy(self.checkpoint_steps, self.checkpoint_minutes, self.checkpoint_kind)  # validates
 
     def default_output_dir(self) -> str:
         model = sanitize_component(Path(resolve_model_path(self.model_name)).name)
@@ -133,12 +148,6 @@ def fine_tune(config: FineTuneConfig) -> dict:
                              config.effective_dim_rule)
         bank_note = bank.metadata.get("base_model")
 
-    # Every input is checked (data, model, bank): only now touch the run folder, so that bad input
-    # never deletes an earlier run's results or leaves an empty folder behind.
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.json", "train_log.jsonl", BEST_STATE_FILE):
-        (output_dir / stale).unlink(missing_ok=True)
-
     zo_config = ZOConfig(lr=config.learning_rate, eps=config.zo_eps, weight_decay=config.weight_decay,
                          perturbation="inplace" if config.non_diff else config.perturbation,
                          lr_schedule=config.lr_scheduler_type, warmup_steps=config.warmup_steps,
@@ -169,20 +178,30 @@ def fine_tune(config: FineTuneConfig) -> dict:
                                                                 "test": len(splits.test)},
                      "split_notes": splits.notes, "eval_note": task.eval_note, "bank_base_model": bank_note,
                      "effective_dim_rule": getattr(sigma, "effective_dim_rule", None)})
-    write_json(output_dir / "config.json", resolved)
+    # Every input is checked (data, model, bank): only now touch the run folder, so that bad input
+    # never deletes an earlier run's results or leaves an empty folder behind; a finished run is kept.
+    run = RunDir(output_dir)
+    start_state = run.start(resolved, resume=config.resume, overwrite=config.overwrite, ignore_keys=RUNTIME_KEYS)
+    if start_state.finished is not None:
+        return start_state.finished
+    run.write_config(resolved)
     log.info("task %s: %d train / %d dev / %d test; %s on %s; output %s", task.name, len(splits.train),
              len(splits.dev), len(splits.test), config.train_mode, model_path, output_dir)
 
-    wandb_run = _maybe_wandb(config, resolved)
+    reporter = make_reporter(config.report_to, resolved, name=output_dir.name)
 
     def log_extra() -> dict:
         if isinstance(sigma, LearnedSigma):
-            return {"sigma_mean": float(sigma.last_sigma.mean()), "c": sigma.last_c}
+            return {"sigma_mean": float(sigma.last_sigma.mean()), "sigma_min": float(sigma.last_sigma.min()),
+                    "sigma_max": float(sigma.last_sigma.max()), "c": sigma.last_c}
         return {}
 
     start = time.perf_counter()
-    result = train_zo(optimizer, encoder.forever(), loss_fn, config.max_steps, output_dir, config.eval_steps,
-                      dev_loss_fn, progress=config.progress, log_extra=log_extra)
+    checkpoints = CheckpointPolicy(config.checkpoint_steps, config.checkpoint_minutes, config.checkpoint_kind)
+    with GracefulStop() as stop:
+        result = train_zo(optimizer, encoder, loss_fn, config.max_steps, run, config.eval_steps, dev_loss_fn,
+                          progress=config.progress, log_extra=log_extra, checkpoints=checkpoints,
+                          resume=start_state.checkpoint, stop=stop, reporter=reporter)
 
     metrics: dict = {"task": task.name, "model": model_path, "train_mode": config.train_mode,
                      "steps": result.steps_done, "status": result.status,
@@ -190,8 +209,13 @@ def fine_tune(config: FineTuneConfig) -> dict:
                      "final_train_loss": result.final_train_loss, "train_seconds": round(result.seconds, 2)}
     if task.eval_note:
         metrics["eval_note"] = task.eval_note
+    if result.status == INTERRUPTED:  # the checkpoint is written; evaluation waits for the resumed run
+        metrics["signal"] = stop.requested
+        run.write_metrics(metrics)
+        reporter.finish()
+        return metrics
     eval_kwargs = dict(batch_size=config.eval_batch_size, max_length=config.max_length,
-                       max_new_tokens=config.max_new_tokens, progress=config.progress)
+                       max_new_tokens=config.max_new_tokens, progress=config.progress and sys.stderr.isatty())
     if splits.dev:
         metrics["dev"] = tasks.evaluate(model, tokenizer, task, splits.dev, **eval_kwargs)
         if result.best_dev_loss is not None:
@@ -199,21 +223,12 @@ def fine_tune(config: FineTuneConfig) -> dict:
     if splits.test:
         metrics["test"] = tasks.evaluate(model, tokenizer, task, splits.test, **eval_kwargs)
     metrics["total_seconds"] = round(time.perf_counter() - start, 2)
-    write_json(output_dir / "metrics.json", metrics)
-    if wandb_run is not None:
-        wandb_run.log({f"{split}/{k}": v for split in ("dev", "test") for k, v in metrics.get(split, {}).items()})
-        wandb_run.finish()
+    run.write_metrics(metrics)
+    run.remove_checkpoints()
+    reporter.log({split: metrics[split] for split in ("dev", "test") if split in metrics}, result.steps_done)
+    reporter.finish()
     log.info("metrics: %s", {k: metrics[k] for k in ("dev", "test") if k in metrics})
     if not math.isfinite(result.final_train_loss or 0.0):
         log.warning("the final training loss is not finite")
     return metrics
 
-
-def _maybe_wandb(config: FineTuneConfig, resolved: dict):
-    if config.report_to != "wandb":
-        return None
-    try:
-        import wandb
-    except ImportError as err:
-        raise ImportError("--report_to wandb needs `pip install wandb`") from err
-    return wandb.init(project="zo-fine-tuner", config=resolved)
