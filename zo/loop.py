@@ -50,6 +50,12 @@ class CheckpointPolicy:
         if self.steps < 0 or self.minutes < 0 or self.replay_limit < 1:
             raise ValueError("checkpoint_steps and checkpoint_minutes must be >= 0, replay_limit >= 1")
 
+    def due(self, steps_done: int, last_time: float) -> bool:
+        """Time for a checkpoint after `steps_done` steps, the last one written at monotonic `last_time`?"""
+        by_steps = self.steps and steps_done % self.steps == 0
+        by_time = self.minutes and time.monotonic() - last_time >= 60 * self.minutes
+        return bool(by_steps or by_time)
+
 
 @dataclass
 class LoopResult:
@@ -90,9 +96,7 @@ class _Checkpointer:
         self.last_time = time.monotonic()
 
     def due(self, steps_done: int) -> bool:
-        by_steps = self.policy.steps and steps_done % self.policy.steps == 0
-        by_time = self.policy.minutes and time.monotonic() - self.last_time >= 60 * self.policy.minutes
-        return bool(by_steps or by_time)
+        return self.policy.due(steps_done, self.last_time)
 
     def record(self, record: dict) -> None:
         if self.replay:

@@ -25,16 +25,22 @@ class GracefulStop:
         self.requested: int | None = None
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "GracefulStop":
+    def install(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for sig in HANDLED:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+    def __enter__(self) -> "GracefulStop":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
 
     def _handle(self, signum: int, frame) -> None:
         if self.requested is not None:
