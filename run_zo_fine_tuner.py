@@ -7,10 +7,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zo.cli import add_dataclass_arguments, run_main, setup_logging, strip_ignored
+from zo.cli import add_dataclass_arguments, parse_with_config, run_main, setup_logging, strip_ignored
 from zo.recipes.finetune import FineTuneConfig, fine_tune
 
 HELP = {
+    "resume": "continue the run in output_dir from its last checkpoint (RESUME=1)",
+    "overwrite": "replace a run already in output_dir (OVERWRITE=1); without it such a folder is refused",
+    "checkpoint_steps": "checkpoint every this many steps (CHECKPOINT_STEPS; 0: by time only)",
+    "checkpoint_minutes": "checkpoint every this many minutes (0: by steps only)",
+    "checkpoint_kind": "full | replay (weights every 1000 steps, (seed, projected grad) records between)",
+    "report_to": "none | wandb (every step and the final metrics; WANDB_MODE=offline works offline)",
     "model_name": "local model folder or hub id; unset: the embedded SmolLM2-135M",
     "train_mode": "mezo | zo_fine_tuner",
     "load_mlp_path": "PertNN bank (.safetensors, or an authors' .pth converted safely)",
@@ -26,8 +32,8 @@ HELP = {
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_dataclass_arguments(parser, FineTuneConfig, HELP)
-    args = parser.parse_args(strip_ignored(sys.argv[1:] if argv is None else argv))
-    return fine_tune(FineTuneConfig(**vars(args)))
+    args = parse_with_config(parser, FineTuneConfig, strip_ignored(sys.argv[1:] if argv is None else argv))
+    return fine_tune(FineTuneConfig(**args))
 
 
 if __name__ == "__main__":
