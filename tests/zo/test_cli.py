@@ -4,7 +4,8 @@ import pytest
 
 import run_l2l
 import run_zo_fine_tuner
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, SHARED_DATA
+from run_helpers import requires_shared_data
 from zo.cli import load_yaml_config, run_main
 from zo.recipes.finetune import FineTuneConfig
 from zo.recipes.meta_train import L2LConfig
@@ -73,3 +74,24 @@ def test_smollm2_bank_yaml_matches_the_script():
         assert float(value) == float(values[key]), (key, value, values[key])
     assert "--mlp_optimizer adam" in script and values["mlp_optimizer"] == "adam"
     assert "--save_every_steps 20" in script and values["save_every_steps"] == 20
+
+
+@requires_shared_data
+@pytest.mark.parametrize("entry", ["fine-tune", "l2l"])
+def test_truncated_bank_is_one_error_naming_the_file(tmp_path, tiny_llama_dir, tiny_llama_bank, caplog, entry):
+    data = tiny_llama_bank[0].read_bytes()
+    bank = tmp_path / "cut.safetensors"
+    bank.write_bytes(data[:len(data) // 2])
+    common = ["--model_name", str(tiny_llama_dir), "--data_dir", str(SHARED_DATA), "--output_dir",
+              str(tmp_path / "out"), "--num_train", "4", "--num_dev", "2", "--num_eval", "2", "--threads", "1",
+              "--progress", "False"]
+    if entry == "fine-tune":
+        main = lambda: run_zo_fine_tuner.main([*common, "--train_mode", "zo_fine_tuner", "--load_mlp_path", str(bank)])  # noqa: E731
+    else:
+        main = lambda: run_l2l.main([*common, "--init_mlp_path", str(bank)])  # noqa: E731
+    with pytest.raises(SystemExit) as info:
+        run_main(main)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert info.value.code == 2 and len(errors) == 1, errors
+    assert str(bank) in errors[0] and "truncated or corrupt" in errors[0]
+    assert not (tmp_path / "out").exists()

@@ -113,3 +113,21 @@ def test_truncated_checkpoint_and_partial_log_line(tmp_path):
     assert start.checkpoint["x"] == 1 and first == "step-00000001"
     # old logs without `kind` are read by their keys
     assert [line_kind(r) for r in ({"loss_plus": 1}, {"dev_loss": 1}, {"event": "reset"})] == ["step", "dev", "event"]
+
+
+def test_summarize_runs_reads_through_the_run_folder(tmp_path):
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("summarize_runs", REPO_ROOT / "scripts" / "summarize_runs.py")
+    summarize_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize_runs)
+    run = tmp_path / "old"  # a log from before line kinds, with a partial last line
+    run.mkdir()
+    (run / "train_log.jsonl").write_text(
+        '{"step": 0, "loss_plus": 1.0, "loss_minus": 3.0, "seconds": 2.0}\n{"step": 1, "dev_loss": 0.5}\n'
+        '{"kind": "step", "step": 1, "loss_plus": 2.0, "loss_minus": 2.0, "seconds": 4.0}\n{"kind": "ev')
+    (run / "metrics.json").write_text('{"test": {"accuracy": 0.75}}')
+    row = summarize_runs.summarize(run)
+    assert row == {**row, "steps": 2, "first": 2.0, "dev_loss": 0.5, "test": "accuracy 0.750", "sec_per_step": 3.0}
