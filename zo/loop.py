@@ -175,7 +175,7 @@ def train_zo(optimizer, batches, loss_fn: Callable[[object], torch.Tensor], step
         loss = float(dev_loss_fn())
         result.dev_losses.append((step, loss))
         train_log.dev({"step": step, "dev_loss": loss, "seconds": round(time.perf_counter() - start, 3)})
-        reporter.log({"dev/loss": loss}, step)
+        reporter.log({"dev_loss": loss}, step)
         if math.isfinite(loss) and (result.best_dev_loss is None or loss < result.best_dev_loss):
             result.best_dev_loss, result.best_step = loss, step
             save_weights(optimizer.model, run.best_weights_path)

@@ -28,7 +28,7 @@ from zo.noise import NoiseSource
 from zo.pertnn import PertNNBank, load_bank
 from zo.run.folder import RunDir
 from zo.run.l2l_state import learner_state, load_learner_state
-from zo.run.progress import progress_bar
+from zo.run.progress import REPORT_TO, make_reporter, progress_bar
 from zo.run.rng import global_rng_state, set_global_rng_state
 from zo.run.signals import INTERRUPTED, GracefulStop
 from zo.seeding import seed_everything
@@ -45,7 +45,7 @@ class _Interrupted(Exception):
 
 
 # Settings that may change between a run and its resume (they do not change what is computed).
-RUNTIME_KEYS = ("output_dir", "progress", "threads", "resume", "overwrite", "checkpoint_steps",
+RUNTIME_KEYS = ("output_dir", "progress", "threads", "report_to", "resume", "overwrite", "checkpoint_steps",
                 "checkpoint_minutes", "save_every_steps")
 
 
@@ -89,6 +89,7 @@ class L2LConfig:
     max_length: int = 2048
     threads: int | None = None
     progress: bool = True
+    report_to: str = "none"  # "wandb": every meta step (WANDB_MODE=offline works offline)
     resume: bool = False  # continue the run in output_dir from its last checkpoint
     overwrite: bool = False  # replace a run already in output_dir (otherwise: refused)
     checkpoint_steps: int = 0  # full checkpoint (theta, bank, optimizers, RNGs) every this many meta steps
@@ -124,6 +125,8 @@ class L2LConfig:
             raise ValueError("trajectory_optimizer must be 'adam' or 'sgd'")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
+        if self.report_to not in REPORT_TO:
+            raise ValueError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}")
         CheckpointPolicy(self.checkpoint_steps, self.checkpoint_minutes)  # validates
 
     def default_output_dir(self) -> str:
@@ -233,6 +236,7 @@ def meta_train(config: L2LConfig) -> dict:
                              "resets": resets, "window": dict(window), "log_offset": train_log.offset()}, step)
 
     bar = progress_bar(total_visits, "L2L meta steps", config.progress, initial=step)
+    reporter = make_reporter(config.report_to, resolved, name=output_dir.name)
 
     def save_bank(final: bool) -> None:
         learner.bank.save(save_path, {
@@ -283,6 +287,7 @@ def meta_train(config: L2LConfig) -> dict:
                                      sum(v[1] for v in values) / len(values), len(values))
                         window.clear()
                     train_log.step(record)
+                    reporter.log(record, step)
                     bar.update(1)
                     bar.set_postfix(task=task_name, Lp=f"{meta.loss_plus:.3f}", meta=f"{meta.meta_loss:.3f}")
                     if config.save_every_steps and step % config.save_every_steps == 0:
@@ -311,6 +316,7 @@ def meta_train(config: L2LConfig) -> dict:
         raise
     finally:
         stop.restore()
+        reporter.finish()
         bar.close()
         train_log.close()
         pretrained_path.unlink(missing_ok=True)
