@@ -231,4 +231,3 @@ def fine_tune(config: FineTuneConfig) -> dict:
     if not math.isfinite(result.final_train_loss or 0.0):
         log.warning("the final training loss is not finite")
     return metrics
-

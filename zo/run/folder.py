@@ -209,7 +209,8 @@ class RunDir:
         name = f"step-{step:08d}"
         data = self.checkpoint_dir / f"{name}.pt"
         with atomic_path(data) as tmp:
-            torch.save({"format": CHECKPOINT_FORMAT, "step": step, "base": base, **state}, tmp)
+            config = self.read_config() if self.config_path.exists() else None  # self-contained, as nanoGPT's
+            torch.save({"format": CHECKPOINT_FORMAT, "step": step, "base": base, "config": config, **state}, tmp)
         manifest = {"format": CHECKPOINT_FORMAT, "step": step, "file": data.name, "bytes": data.stat().st_size,
                     "sha256": _sha256(data), "base": base, "time": time.time()}
         write_json(self.checkpoint_dir / f"{name}.json", manifest)
