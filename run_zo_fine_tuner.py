@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zo.cli import add_dataclass_arguments, parse_with_config, run_main, setup_logging, strip_ignored
+from zo.cli import (IGNORED_UPSTREAM_FLAGS, add_dataclass_arguments, parse_with_config, run_main, setup_logging,
+                    strip_ignored)
 from zo.recipes.finetune import FineTuneConfig, fine_tune
 
 HELP = {
@@ -26,13 +27,23 @@ HELP = {
     "perturbation": "virtual (exact restore, default) | inplace",
     "non_diff": "SQuAD/DROP: optimize -F1 of greedy generations",
     "upstream_split": "keep upstream's train/dev arithmetic even when it leaves tiny train sets",
+    "eval_only": "zero-shot evaluation of dev and test, no training (also --train_mode none / --trainer none)",
+    "task_file": "a task spec (.yaml/.json): your own data file as a task, see docs/adding_a_task.md",
+    "save_steps": "evaluation period as upstream (which ignores --eval_steps); replaces --eval_steps when set",
+    "cut_at_newline": "cut generated answers at the first newline; False: upstream's strip only",
+    "native_opt_bos": "OPT: keep the tokenizer's BOS id instead of upstream's id 0",
 }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_dataclass_arguments(parser, FineTuneConfig, HELP)
-    args = parse_with_config(parser, FineTuneConfig, strip_ignored(sys.argv[1:] if argv is None else argv))
+    # Upstream's --trainer: zo trains, none evaluates only (MeZO); --save_steps is the evaluation period here.
+    parser.add_argument("--trainer", choices=("zo", "none"), default="zo", help="zo | none (evaluation only)")
+    ignored = {k: v for k, v in IGNORED_UPSTREAM_FLAGS.items() if k not in ("--trainer", "--save_steps")}
+    args = parse_with_config(parser, FineTuneConfig, strip_ignored(sys.argv[1:] if argv is None else argv, ignored))
+    if args.pop("trainer") == "none":
+        args["eval_only"] = True
     return fine_tune(FineTuneConfig(**args))
 
 

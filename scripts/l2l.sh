@@ -12,7 +12,7 @@ MODEL=${MODEL:-}                          # empty: the embedded SmolLM2-135M
 TASK=${TASK:-Copa}
 EPOCH=${EPOCH:-20}
 BS=${BS:-8}
-LR_LLM=${LR_LLM:-1e-5}
+LR_LLM=${LR_LLM:-1e-5}                   # with adam; upstream values (1e-2..1e-1) need TRAJECTORY_OPTIMIZER=sgd
 LR_MLP=${LR_MLP:-1e-3}
 LR_UPDATE=${LR_UPDATE:-1e-6}
 EPOCHS_PER_RESTART=${EPOCHS_PER_RESTART:-4}

@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 USER_VARS=" $(compgen -e | tr '\n' ' ') "   # env vars set by the caller (before the defaults below)
 
 MODEL=${MODEL:-}                        # empty: the embedded SmolLM2-135M (models/SmolLM2-135M)
-TASK=${TASK:-SST2}
-TRAIN_MODE=${TRAIN_MODE:-zo_fine_tuner} # mezo | zo_fine_tuner
+TASK=${TASK:-SST2}                      # a task name, or custom with CUSTOM_TASK=path/to/spec.yaml
+CUSTOM_TASK=${CUSTOM_TASK:-}            # your own data file as a task (docs/adding_a_task.md)
+TRAIN_MODE=${TRAIN_MODE:-zo_fine_tuner} # mezo | zo_fine_tuner | none (zero-shot evaluation only)
 LOAD_MLP_PATH=${LOAD_MLP_PATH:-}        # PertNN bank (.safetensors or an authors' .pth)
 NEED_NORMALIZATION=${NEED_NORMALIZATION:-True}  # upstream script default False; every upstream run used True
 LOAD_FLOAT_16=${LOAD_FLOAT_16:-False}   # upstream default True (GPU); fp16 is slow on CPU
@@ -43,6 +44,10 @@ fi
 
 if [ "$MODE" != "ft" ]; then
   echo "MODE=$MODE is not supported: only full fine-tuning (MODE=ft) is implemented" >&2; exit 2
+fi
+if [ "$TASK" = "custom" ]; then
+  [ -n "$CUSTOM_TASK" ] || { echo "TASK=custom needs CUSTOM_TASK=path/to/spec.yaml (docs/adding_a_task.md)" >&2; exit 2; }
+  TASK=$CUSTOM_TASK
 fi
 # Upstream's per-task cases.
 TASK_ARGS=""

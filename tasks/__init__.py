@@ -13,16 +13,17 @@ from .batches import TrainBatches, make_train_batches
 from .encoding import (EncodedExample, EncodedOption, collate_options, encode_candidates, encode_train_example,
                        prepends_special_token)
 from .evaluate import evaluate
-from .generation import greedy_answers
+from .generation import GenerationOptions, evaluate_generation, generate_answers, greedy_answers
 from .metrics import accuracy, mean_f1, normalize_answer, squad_f1
 from .nondiff import negative_f1_objective
 from .objective import batch_loss, option_scores
+from .custom import TaskSpecError, is_task_file, load_custom_task
 from .registry import TASK_NAMES, get_task
 from .sampling import Splits, sample_splits
 
 __all__ = [
-    "TASK_NAMES", "get_task", "Sample", "Task", "carve_eval_pool", "Splits", "sample_splits",
+    "TASK_NAMES", "get_task", "TaskSpecError", "is_task_file", "load_custom_task", "Sample", "Task", "carve_eval_pool", "Splits", "sample_splits",
     "EncodedOption", "EncodedExample", "encode_candidates", "encode_train_example", "collate_options",
     "prepends_special_token", "TrainBatches", "make_train_batches", "batch_loss", "option_scores",
-    "accuracy", "squad_f1", "mean_f1", "normalize_answer", "evaluate", "greedy_answers", "negative_f1_objective",
+    "accuracy", "squad_f1", "mean_f1", "normalize_answer", "evaluate", "greedy_answers", "GenerationOptions", "generate_answers", "evaluate_generation", "negative_f1_objective",
 ]

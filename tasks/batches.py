@@ -41,6 +41,7 @@ class TrainBatches:
         self._epoch_generator_state: torch.Tensor | None = None
         self._position = 0
         self._skip = 0
+        self._skip_pending = False  # a restored position not reached yet
         self.encoded: list[EncodedExample] | None = None
         if not for_generation_objective:
             self.encoded = [encode_train_example(s, task.template, tokenizer, self.as_classification, max_length,
@@ -67,7 +68,7 @@ class TrainBatches:
         self.epochs_started += 1
         self._epoch_generator_state = self.generator.get_state()
         order = torch.randperm(n, generator=self.generator).tolist()
-        self._position, self._skip = self._skip, 0
+        self._position, self._skip, self._skip_pending = self._skip, 0, False
         for index in range(self._position, len(self)):
             self._position = index + 1  # counted when handed out: a checkpoint after this batch resumes after it
             yield self._batch(order[index * self.batch_size:(index + 1) * self.batch_size])
@@ -86,7 +87,17 @@ class TrainBatches:
         in_epoch = state["in_epoch"]
         self.epochs_started = state["epochs_started"] - (1 if in_epoch else 0)
         self._skip = state["position"] if in_epoch else 0
+        self._skip_pending = in_epoch
         self._epoch_generator_state = None
+
+    def restart(self) -> Iterator:
+        """A new shuffled epoch from here, as a fresh loader. A position restored by load_state_dict and not
+        reached yet is passed over: its permutation is drawn, so the generator stands where it would."""
+        if self._skip_pending:
+            torch.randperm(len(self.samples), generator=self.generator)
+            self.epochs_started += 1
+            self._skip, self._skip_pending = 0, False
+        return self.forever()
 
     def forever(self) -> Iterator:
         """Shuffled epochs, one after the other, without end."""

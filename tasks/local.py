@@ -239,7 +239,8 @@ def _unique(items: list[str]) -> list[str]:
 
 
 def record(obj: dict, where: str) -> list[dict]:
-    """One passage per line -> one record per query. Entity spans are inclusive [start, end]."""
+    """One passage per line -> one record per query. Entity spans are inclusive [start, end]; entities keep
+    passage order (unique), answers are HF's sorted set."""
     passage = need(obj, "passage", where)
     text = need(passage, "text", f"{where} passage")
     spans = need(passage, "entities", f"{where} passage")
@@ -250,8 +251,8 @@ def record(obj: dict, where: str) -> list[dict]:
     out = []
     for qi, qa in enumerate(need(obj, "qas", where)):
         q_where = f"{where} qas[{qi}]"
-        answers = _unique([need(a, "text", f"{q_where}.answers[{ai}]")
-                           for ai, a in enumerate(qa.get("answers", []))])
+        # HF's builder keeps sorted(set(answers)); answers[0] is the LM target, so the order matters.
+        answers = sorted({need(a, "text", f"{q_where}.answers[{ai}]") for ai, a in enumerate(qa.get("answers", []))})
         out.append({"passage": text, "query": need(qa, "query", q_where), "entities": entities,
                     "answers": answers, "idx": qa.get("idx"), "passage_idx": obj.get("idx")})
     return out

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import records, templates
+from .custom import is_task_file, load_custom_task
 from .base import Sample, Task
 from .hub import HubSource
 from .local import local_source
@@ -48,7 +49,8 @@ def canonical_name(name: str) -> str:
     folded = {n.lower(): n for n in TASK_NAMES}
     if isinstance(name, str) and name.lower() in folded:
         return folded[name.lower()]
-    raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASK_NAMES)}")
+    raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASK_NAMES)}, or a task spec file "
+                     "(.yaml/.yml/.json, docs/adding_a_task.md)")
 
 
 def _converter(name: str, template: templates.Template) -> Callable[[dict, int], Sample | None]:
@@ -67,7 +69,11 @@ def get_task(name: str, data_dir: str | Path | None = None) -> Task:
     """The task `name`, read from `<data_dir>/<name>/` when data_dir is given, else from the HF hub.
 
     Local folders are checked now (FileNotFoundError naming the expected files); data is read on first use.
+    A path to a task spec (.yaml / .yml / .json, see tasks/custom.py) gives a task from a data file instead;
+    its files are named by the spec, so data_dir is not used.
     """
+    if is_task_file(name):
+        return load_custom_task(name)
     name = canonical_name(name)
     spec = SPECS[name]
     template = spec.template()

@@ -115,20 +115,84 @@ def parse_with_config(parser: argparse.ArgumentParser, cls, argv: list[str]) -> 
     return args
 
 
-# Flags that upstream's scripts pass to HF Trainer; they have no meaning here and are accepted silently.
+# Upstream flags that cannot change a result here (HF Trainer bookkeeping, logging, caching, device placement):
+# accepted and ignored; listed in docs/differences.md. `--save_steps` is a real option of fine-tuning (the
+# evaluation period, as upstream), so run_zo_fine_tuner.py removes it from this table.
 IGNORED_UPSTREAM_FLAGS = {
     "--trainer": 1, "--evaluation_strategy": 1, "--eval_strategy": 1, "--save_strategy": 1,
     "--save_total_limit": 1, "--logging_steps": 1, "--load_best_model_at_end": 0, "--save_steps": 1,
-    "--cache_dir": 1, "--overwrite_output_dir": 0, "--tag": 1, "--result_file": 1, "--save_model": 0,
+    "--cache_dir": 1, "--overwrite_output_dir": 0, "--tag": 1, "--save_model": 0, "--no_auto_device": 0,
+    "--verbose": 0, "--save_on_interrupt": 0, "--logging_dir": 1, "--dataloader_num_workers": 1,
+    "--disable_tqdm": 0,
+}
+
+# Upstream flags this codebase does not implement: refused by name, with what to use instead. A value in
+# `allowed` is upstream's default (no effect) and is accepted; any other value is refused.
+REFUSED_UPSTREAM_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "--lora": ("LoRA is not implemented (upstream's lora.py is missing too); full fine-tuning only", ("False",)),
+    "--lora_alpha": ("LoRA is not implemented; full fine-tuning only", ()),
+    "--lora_r": ("LoRA is not implemented; full fine-tuning only", ()),
+    "--prefix_tuning": ("prefix tuning is not implemented (upstream's prefix.py is missing); full fine-tuning only",
+                        ("False",)),
+    "--num_prefix": ("prefix tuning is not implemented; full fine-tuning only", ()),
+    "--no_reparam": ("prefix tuning is not implemented; full fine-tuning only", ()),
+    "--prefix_init_by_real_act": ("prefix tuning is not implemented; full fine-tuning only", ()),
+    "--head_tuning": ("head tuning is not implemented (upstream's ht_opt is missing); full fine-tuning only",
+                      ("False",)),
+    "--linear_probing": ("linear probing is not implemented; use --train_mode mezo or zo_fine_tuner", ("False",)),
+    "--lp_early_stopping": ("linear probing is not implemented", ("False",)),
+    "--load_int8": ("int8 loading is not implemented; use --load_float16 True or --load_bfloat16 True", ("False",)),
+    "--untie_emb": ("untying the embedding is not implemented (it changes the block list and the bank)",
+                    ("False",)),
+    "--num_train_sets": ("several train sets in one run are not implemented yet; run once per --train_set_seed",
+                         ("None",)),
+    "--sfc": ("sfc calibration is not implemented yet; evaluation scores by mean option log-prob", ("False",)),
+    "--icl_sfc": ("icl_sfc calibration is not implemented yet", ("False",)),
+    "--only_train_option": ("only the option tokens are trained here (upstream's default True); loss on the whole "
+                            "sequence is not implemented yet", ("True",)),
+    "--gradient_accumulation_steps": ("gradient accumulation is not implemented; use a larger "
+                                      "--per_device_train_batch_size (upstream updated once per micro-batch)", ("1",)),
+    "--result_file": ("metrics go to <output_dir>/metrics.json; use --output_dir", ()),
+    "--no_eval": ("evaluation always runs; use --num_eval 0 and --num_dev 0 to skip it", ("False",)),
+    "--fp16": ("HF mixed precision is not used; load the model in half precision with --load_float16 True",
+               ("False",)),
+    "--bf16": ("HF mixed precision is not used; load the model in bfloat16 with --load_bfloat16 True", ("False",)),
+    "--per_device_eval_batch_size": ("use --eval_batch_size (sequences per forward pass; upstream scores one at a "
+                                     "time)", ()),
 }
 
 
-def strip_ignored(argv: list[str]) -> list[str]:
+class UpstreamFlagError(ValueError):
+    """An upstream flag this codebase does not implement; the message says what to use instead."""
+
+
+def _flag_value(argv: list[str], i: int) -> tuple[str | None, int]:
+    """(value, index after it) of the flag at argv[i]: `--f=v`, `--f v`, or a bare `--f` (value None)."""
+    if "=" in argv[i]:
+        return argv[i].split("=", 1)[1], i + 1
+    if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+        return argv[i + 1], i + 2
+    return None, i + 1
+
+
+def strip_ignored(argv: list[str], ignored: dict[str, int] | None = None,
+                  refused: dict[str, tuple[str, tuple[str, ...]]] | None = None) -> list[str]:
+    """argv without the ignored upstream flags; a refused upstream flag raises UpstreamFlagError."""
+    ignored = IGNORED_UPSTREAM_FLAGS if ignored is None else ignored
+    refused = REFUSED_UPSTREAM_FLAGS if refused is None else refused
     out, i = [], 0
     while i < len(argv):
         flag = argv[i].split("=", 1)[0]
-        if flag in IGNORED_UPSTREAM_FLAGS:
-            takes = IGNORED_UPSTREAM_FLAGS[flag]
+        if flag in refused:
+            message, allowed = refused[flag]
+            value, after = _flag_value(argv, i)
+            shown = "True" if value is None else value  # a bare boolean flag means True
+            if shown.lower() in {a.lower() for a in allowed}:
+                i = after
+                continue
+            raise UpstreamFlagError(f"{flag} {shown}: {message}")
+        if flag in ignored:
+            takes = ignored[flag]
             i += 1
             if "=" not in argv[i - 1] and takes and i < len(argv) and not argv[i].startswith("--"):
                 i += 1
@@ -150,7 +214,7 @@ def run_main(main) -> None:
     (SIGINT / SIGTERM, checkpoint written) exits with 128 + the signal number."""
     try:
         result = main()
-    except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as err:  # UpstreamFlagError too
         logging.getLogger("zo").error("%s: %s", type(err).__name__, err)
         sys.exit(2)
     if isinstance(result, dict) and result.get("status") == "interrupted":

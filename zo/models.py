@@ -60,8 +60,11 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_model(name: str | os.PathLike | None, dtype: torch.dtype = torch.float32, device: str | None = None):
-    """(model, tokenizer) in eval mode; a clear error when a hub id cannot be reached offline."""
+def load_model(name: str | os.PathLike | None, dtype: torch.dtype = torch.float32, device: str | None = None,
+               native_opt_bos: bool = False):
+    """(model, tokenizer) in eval mode; a clear error when a hub id cannot be reached offline.
+
+    OPT sequences start with id 0 as upstream's (zo/opt_bos.py) unless `native_opt_bos`."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name)
@@ -74,6 +77,9 @@ def load_model(name: str | os.PathLike | None, dtype: torch.dtype = torch.float3
                 f"model {path!r} is not a local folder and could not be loaded from the hub ({err}). "
                 "Pass a local folder (MODEL=/path/to/model).") from err
         raise
+    if model.config.model_type == "opt" and not native_opt_bos:
+        from zo.opt_bos import use_upstream_opt_bos
+        use_upstream_opt_bos(tokenizer)
     if device:
         model.to(device)
     model.config.use_cache = False

@@ -18,7 +18,7 @@ import tasks
 from zo.blocks import EFFECTIVE_DIM_RULES, parameter_blocks
 from zo.estimator import ZOConfig, ZOOptimizer
 from zo.io import sanitize_component
-from zo.loop import CheckpointPolicy, train_zo
+from zo.loop import CheckpointPolicy, LoopResult, train_zo
 from zo.models import load_model, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
 from zo.pertnn import load_bank
@@ -30,7 +30,7 @@ from zo.sigma import ConstantSigma, LearnedSigma
 
 log = logging.getLogger(__name__)
 
-TRAIN_MODES = ("mezo", "zo_fine_tuner")
+TRAIN_MODES = ("mezo", "zo_fine_tuner", "none")  # none: evaluation only (MeZO's --trainer none)
 # Settings that may change between a run and its resume (they do not change what is computed).
 RUNTIME_KEYS = ("output_dir", "progress", "threads", "report_to", "resume", "overwrite", "checkpoint_steps",
                 "checkpoint_minutes", "checkpoint_kind")
@@ -38,9 +38,11 @@ RUNTIME_KEYS = ("output_dir", "progress", "threads", "report_to", "resume", "ove
 
 @dataclass
 class FineTuneConfig:
-    task_name: str = "SST2"
+    task_name: str = "SST2"  # a built-in name, or a task spec file (docs/adding_a_task.md)
+    task_file: str | None = None  # a task spec file; replaces task_name
     model_name: str | None = None  # None: the embedded SmolLM2 folder
     train_mode: str = "zo_fine_tuner"
+    eval_only: bool = False  # zero-shot dev + test evaluation, no training (same as train_mode none)
     load_mlp_path: str | None = None
     need_normalization: bool = True
     effective_dim_rule: str | None = None  # None: the rule the bank records (upstream for the authors' banks)
@@ -56,6 +58,10 @@ class FineTuneConfig:
     warmup_steps: int = 0
     max_steps: int = 20000
     eval_steps: int = 2000
+    save_steps: int | None = None  # upstream's real evaluation period: when set, it replaces eval_steps
+    # Dev loss for model selection: per_example = mean of per-example losses (upstream evaluates at batch 1);
+    # batch_mean = mean of the losses of eval_batch_size batches (token-weighted within a batch for LM tasks).
+    dev_loss: str = "per_example"
     train_set_seed: int = 43
     seed: int = 42
     num_train: int = 1000
@@ -68,6 +74,15 @@ class FineTuneConfig:
     max_length: int = 2048
     eval_batch_size: int = 8
     max_new_tokens: int = 50
+    # Generation (SQuAD, DROP, generation task files): upstream's flags, greedy by default.
+    sampling: bool = False
+    temperature: float = 1.0
+    num_beams: int = 1
+    top_k: int | None = None
+    top_p: float = 0.95
+    eos_token: str = "\n"
+    cut_at_newline: bool = True  # False: upstream's strip-only answers (docs/differences.md)
+    native_opt_bos: bool = False  # OPT: keep the tokenizer's BOS (id 2) instead of upstream's id 0
     threads: int | None = None
     progress: bool = True
     report_to: str = "none"  # "wandb": every step and the final metrics (WANDB_MODE=offline works offline)
@@ -77,22 +92,52 @@ class FineTuneConfig:
     checkpoint_minutes: float = 30.0  # ... and every this many minutes (0: not by time)
     checkpoint_kind: str = "full"  # "replay": full weights only every 1000 steps, (seed, g) records between
 
+    @property
+    def task_ref(self) -> str:
+        """What tasks.get_task receives: the spec file when one is given, else the task name."""
+        return self.task_file or self.task_name
+
+    @property
+    def trains(self) -> bool:
+        return not self.eval_only and self.train_mode != "none"
+
+    @property
+    def eval_period(self) -> int:
+        return self.save_steps if self.save_steps is not None else self.eval_steps
+
+    def generation_options(self) -> tasks.GenerationOptions:
+        return tasks.GenerationOptions(sampling=self.sampling, temperature=self.temperature, num_beams=self.num_beams,
+                                       top_k=self.top_k, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                                       eos_token=self.eos_token, cut_at_newline=self.cut_at_newline)
+
     def validate(self) -> None:
         if self.train_mode not in TRAIN_MODES:
             raise ValueError(f"unknown train_mode {self.train_mode!r}: choose one of {TRAIN_MODES}")
-        if self.train_mode == "zo_fine_tuner" and not self.load_mlp_path:
+        if self.task_file is not None and not tasks.is_task_file(self.task_file):
+            raise ValueError(f"--task_file must be a .yaml, .yml or .json task spec, got {self.task_file!r}")
+        if self.trains and self.train_mode == "zo_fine_tuner" and not self.load_mlp_path:
             raise ValueError("train_mode zo_fine_tuner needs a PertNN bank: set LOAD_MLP_PATH / --load_mlp_path "
                              "(python -m zo.init_bank writes an untrained one)")
         if self.load_mlp_path and not Path(self.load_mlp_path).exists():
             raise FileNotFoundError(f"PertNN bank not found: {self.load_mlp_path}")
-        if self.task_name.lower() not in {t.lower() for t in tasks.TASK_NAMES}:
-            raise ValueError(f"unknown task {self.task_name!r}: choose one of {', '.join(tasks.TASK_NAMES)}")
+        if tasks.is_task_file(self.task_ref):
+            if not Path(self.task_ref).is_file():
+                raise FileNotFoundError(f"task spec not found: {self.task_ref}")
+        elif self.task_name.lower() not in {t.lower() for t in tasks.TASK_NAMES}:
+            raise ValueError(f"unknown task {self.task_name!r}: choose one of {', '.join(tasks.TASK_NAMES)}, "
+                             "or give a task spec file (--task_file, docs/adding_a_task.md)")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise FileNotFoundError(f"data folder does not exist: {self.data_dir}")
         if self.per_device_train_batch_size < 1 or self.max_steps < 0 or self.eval_steps < 0:
             raise ValueError("batch size must be >= 1 and steps / eval_steps >= 0")
-        if self.non_diff and self.task_name.lower() not in ("squad", "drop"):  # names are case-insensitive
+        if self.dev_loss not in ("per_example", "batch_mean"):
+            raise ValueError(f"dev_loss must be 'per_example' (upstream) or 'batch_mean', got {self.dev_loss!r}")
+        if self.save_steps is not None and self.save_steps < 0:
+            raise ValueError("save_steps (the evaluation period, as upstream) must be >= 0")
+        if (self.non_diff and not tasks.is_task_file(self.task_ref)
+                and self.task_name.lower() not in ("squad", "drop")):  # names are case-insensitive
             raise ValueError("--non_diff (-F1 objective) is for the generation tasks SQuAD and DROP")
+        self.generation_options().validate()
         if self.effective_dim_rule not in (None, *EFFECTIVE_DIM_RULES):
             raise ValueError(f"effective_dim_rule must be one of {EFFECTIVE_DIM_RULES}, got {self.effective_dim_rule!r}")
         if self.report_to not in REPORT_TO:
@@ -104,9 +149,11 @@ class FineTuneConfig:
     def default_output_dir(self) -> str:
         model = sanitize_component(Path(resolve_model_path(self.model_name)).name)
         bank = sanitize_component(self.load_mlp_path) if self.load_mlp_path else "nobank"
-        tag = (f"{self.train_mode}-{self.task_name}-{self.max_steps}-{self.per_device_train_batch_size}-"
+        task = Path(self.task_ref).stem if tasks.is_task_file(self.task_ref) else self.task_name
+        mode = self.train_mode if self.trains else "eval"
+        tag = (f"{mode}-{task}-{self.max_steps}-{self.per_device_train_batch_size}-"
                f"{self.learning_rate}-{self.zo_eps}-{self.train_set_seed}-{bank}")
-        return str(Path("result") / f"{self.task_name}-{model}-{sanitize_component(tag, 160)}")
+        return str(Path("result") / f"{sanitize_component(task)}-{model}-{sanitize_component(tag, 160)}")
 
 
 def _mean_loss(model, loss_fn, batches) -> float:
@@ -127,19 +174,21 @@ def fine_tune(config: FineTuneConfig) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
 
-    task = tasks.get_task(config.task_name, config.data_dir)
+    task = tasks.get_task(config.task_ref, config.data_dir)
     splits = tasks.sample_splits(task, config.num_train, config.num_dev, config.num_eval, config.train_set_seed,
                                  upstream_split=config.upstream_split)
     as_classification = (task.train_as_classification if config.train_as_classification is None
                          else config.train_as_classification)
+    if config.non_diff and not task.is_generation:
+        raise ValueError(f"--non_diff (-F1 objective) needs a generation task; {task.name} is classification")
     dtype = resolve_dtype(config.load_float16, config.load_bfloat16)
-    model, tokenizer = load_model(model_path, dtype)
+    model, tokenizer = load_model(model_path, dtype, native_opt_bos=config.native_opt_bos)
     blocks = parameter_blocks(model)
 
-    if config.train_mode == "mezo":
+    sigma, bank_note = None, None
+    if config.trains and config.train_mode == "mezo":
         sigma = ConstantSigma(blocks)
-        bank_note = None
-    else:
+    elif config.trains:
         bank = load_bank(config.load_mlp_path)
         if Path(config.load_mlp_path).suffix in (".pth", ".pt", ".bin"):
             log.info("converted the authors' pickled bank %s through the safe loader (%d blocks)",
@@ -147,7 +196,81 @@ def fine_tune(config: FineTuneConfig) -> dict:
         sigma = LearnedSigma(bank, blocks, config.per_device_train_batch_size, config.need_normalization,
                              config.effective_dim_rule)
         bank_note = bank.metadata.get("base_model")
+    if config.trains and config.save_steps is not None and config.save_steps != config.eval_steps:
+        log.warning("--save_steps %d is the evaluation period, as upstream (which ignores --eval_steps %d)",
+                    config.save_steps, config.eval_steps)
+    if config.trains and not splits.dev:
+        log.warning("no dev set (DEV=0): the final state is evaluated; upstream would select on the test set")
 
+    generation = config.generation_options()
+    resolved = asdict(config)
+    resolved.update({"output_dir": str(output_dir), "model_name": model_path, "dtype": str(dtype),
+                     "task_name": task.name, "train_as_classification": as_classification,
+                     "perturbation": "inplace" if config.non_diff else config.perturbation,
+                     "eval_period": config.eval_period, "num_blocks": len(blocks),
+                     "split_sizes": {"train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)},
+                     "split_notes": splits.notes, "eval_note": task.eval_note, "bank_base_model": bank_note,
+                     "effective_dim_rule": getattr(sigma, "effective_dim_rule", None)})
+    # Every input is checked (data, model, bank): only now touch the run folder, so that bad input
+    # never deletes an earlier run's results or leaves an empty folder behind; a finished run is kept.
+    run = RunDir(output_dir)
+    start_state = run.start(resolved, resume=config.resume, overwrite=config.overwrite, ignore_keys=RUNTIME_KEYS)
+    if start_state.finished is not None:
+        return start_state.finished
+    run.write_config(resolved)
+    log.info("task %s: %d train / %d dev / %d test; %s on %s; output %s", task.name, len(splits.train),
+             len(splits.dev), len(splits.test), config.train_mode if config.trains else "evaluation only",
+             model_path, output_dir)
+
+    reporter = make_reporter(config.report_to, resolved, name=output_dir.name)
+    start = time.perf_counter()
+    if config.trains:
+        with GracefulStop() as stop:
+            result = _train(config, task, splits, model, tokenizer, blocks, sigma, as_classification, generation,
+                            run, start_state.checkpoint, stop, reporter)
+    else:
+        result = LoopResult(steps_done=0, status="evaluated without training (eval_only)")
+
+    metrics: dict = {"task": task.name, "model": model_path,
+                     "train_mode": config.train_mode if config.trains else "none",
+                     "steps": result.steps_done, "status": result.status,
+                     "best_step": result.best_step, "best_dev_loss": result.best_dev_loss,
+                     "final_train_loss": result.final_train_loss, "train_seconds": round(result.seconds, 2)}
+    if task.eval_note:
+        metrics["eval_note"] = task.eval_note
+    if result.status == INTERRUPTED:  # the checkpoint is written; evaluation waits for the resumed run
+        metrics["signal"] = stop.requested
+        run.write_metrics(metrics)
+        reporter.finish()
+        return metrics
+    if splits.dev:
+        metrics["dev"] = _evaluate(config, model, tokenizer, task, splits.dev, generation)
+        if result.best_dev_loss is not None:
+            metrics["dev"]["loss"] = result.best_dev_loss
+    if splits.test:
+        metrics["test"] = _evaluate(config, model, tokenizer, task, splits.test, generation)
+    metrics["total_seconds"] = round(time.perf_counter() - start, 2)
+    run.write_metrics(metrics)
+    run.remove_checkpoints()
+    reporter.log({split: metrics[split] for split in ("dev", "test") if split in metrics}, result.steps_done)
+    reporter.finish()
+    log.info("metrics: %s", {k: metrics[k] for k in ("dev", "test") if k in metrics})
+    if not math.isfinite(result.final_train_loss or 0.0):
+        log.warning("the final training loss is not finite")
+    return metrics
+
+
+def _evaluate(config: FineTuneConfig, model, tokenizer, task, samples, generation) -> dict:
+    progress = config.progress and sys.stderr.isatty()  # no carriage-return spam in a log file
+    if task.is_generation:  # the generation options (sampling, beams, eos_token, newline cut) apply here
+        return tasks.evaluate_generation(model, tokenizer, task, samples, config.eval_batch_size, config.max_length,
+                                         generation, progress=progress)
+    return tasks.evaluate(model, tokenizer, task, samples, batch_size=config.eval_batch_size,
+                          max_length=config.max_length, max_new_tokens=config.max_new_tokens, progress=progress)
+
+
+def _train(config: FineTuneConfig, task, splits, model, tokenizer, blocks, sigma, as_classification, generation,
+           run: RunDir, checkpoint: dict | None, stop: GracefulStop, reporter) -> LoopResult:
     zo_config = ZOConfig(lr=config.learning_rate, eps=config.zo_eps, weight_decay=config.weight_decay,
                          perturbation="inplace" if config.non_diff else config.perturbation,
                          lr_schedule=config.lr_scheduler_type, warmup_steps=config.warmup_steps,
@@ -160,35 +283,17 @@ def fine_tune(config: FineTuneConfig) -> dict:
     if config.non_diff:
         def loss_fn(batch):
             return tasks.negative_f1_objective(model, tokenizer, batch, task, max_length=config.max_length,
-                                               max_new_tokens=config.max_new_tokens)
+                                               options=generation)
     else:
         def loss_fn(batch):
             return tasks.batch_loss(model, batch)
 
     dev_loss_fn = None
     if splits.dev and not config.non_diff:
-        dev_batches = tasks.TrainBatches(splits.dev, task, tokenizer, config.eval_batch_size, seed=0,
+        dev_batch_size = 1 if config.dev_loss == "per_example" else config.eval_batch_size
+        dev_batches = tasks.TrainBatches(splits.dev, task, tokenizer, dev_batch_size, seed=0,
                                          as_classification=as_classification, max_length=config.max_length)
         dev_loss_fn = lambda: _mean_loss(model, loss_fn, dev_batches.epoch(shuffle=False))  # noqa: E731
-
-    resolved = asdict(config)
-    resolved.update({"output_dir": str(output_dir), "model_name": model_path, "dtype": str(dtype),
-                     "train_as_classification": as_classification, "perturbation": zo_config.perturbation,
-                     "num_blocks": len(blocks), "split_sizes": {"train": len(splits.train), "dev": len(splits.dev),
-                                                                "test": len(splits.test)},
-                     "split_notes": splits.notes, "eval_note": task.eval_note, "bank_base_model": bank_note,
-                     "effective_dim_rule": getattr(sigma, "effective_dim_rule", None)})
-    # Every input is checked (data, model, bank): only now touch the run folder, so that bad input
-    # never deletes an earlier run's results or leaves an empty folder behind; a finished run is kept.
-    run = RunDir(output_dir)
-    start_state = run.start(resolved, resume=config.resume, overwrite=config.overwrite, ignore_keys=RUNTIME_KEYS)
-    if start_state.finished is not None:
-        return start_state.finished
-    run.write_config(resolved)
-    log.info("task %s: %d train / %d dev / %d test; %s on %s; output %s", task.name, len(splits.train),
-             len(splits.dev), len(splits.test), config.train_mode, model_path, output_dir)
-
-    reporter = make_reporter(config.report_to, resolved, name=output_dir.name)
 
     def log_extra() -> dict:
         if isinstance(sigma, LearnedSigma):
@@ -196,38 +301,7 @@ def fine_tune(config: FineTuneConfig) -> dict:
                     "sigma_max": float(sigma.last_sigma.max()), "c": sigma.last_c}
         return {}
 
-    start = time.perf_counter()
     checkpoints = CheckpointPolicy(config.checkpoint_steps, config.checkpoint_minutes, config.checkpoint_kind)
-    with GracefulStop() as stop:
-        result = train_zo(optimizer, encoder, loss_fn, config.max_steps, run, config.eval_steps, dev_loss_fn,
-                          progress=config.progress, log_extra=log_extra, checkpoints=checkpoints,
-                          resume=start_state.checkpoint, stop=stop, reporter=reporter)
-
-    metrics: dict = {"task": task.name, "model": model_path, "train_mode": config.train_mode,
-                     "steps": result.steps_done, "status": result.status,
-                     "best_step": result.best_step, "best_dev_loss": result.best_dev_loss,
-                     "final_train_loss": result.final_train_loss, "train_seconds": round(result.seconds, 2)}
-    if task.eval_note:
-        metrics["eval_note"] = task.eval_note
-    if result.status == INTERRUPTED:  # the checkpoint is written; evaluation waits for the resumed run
-        metrics["signal"] = stop.requested
-        run.write_metrics(metrics)
-        reporter.finish()
-        return metrics
-    eval_kwargs = dict(batch_size=config.eval_batch_size, max_length=config.max_length,
-                       max_new_tokens=config.max_new_tokens, progress=config.progress and sys.stderr.isatty())
-    if splits.dev:
-        metrics["dev"] = tasks.evaluate(model, tokenizer, task, splits.dev, **eval_kwargs)
-        if result.best_dev_loss is not None:
-            metrics["dev"]["loss"] = result.best_dev_loss
-    if splits.test:
-        metrics["test"] = tasks.evaluate(model, tokenizer, task, splits.test, **eval_kwargs)
-    metrics["total_seconds"] = round(time.perf_counter() - start, 2)
-    run.write_metrics(metrics)
-    run.remove_checkpoints()
-    reporter.log({split: metrics[split] for split in ("dev", "test") if split in metrics}, result.steps_done)
-    reporter.finish()
-    log.info("metrics: %s", {k: metrics[k] for k in ("dev", "test") if k in metrics})
-    if not math.isfinite(result.final_train_loss or 0.0):
-        log.warning("the final training loss is not finite")
-    return metrics
+    return train_zo(optimizer, encoder, loss_fn, config.max_steps, run, config.eval_period, dev_loss_fn,
+                    progress=config.progress, log_extra=log_extra, checkpoints=checkpoints, resume=checkpoint,
+                    stop=stop, reporter=reporter)

@@ -57,6 +57,9 @@ class L2LConfig:
     multi_task_name: list[str] = field(default_factory=lambda: ["SST2", "Copa", "WSC"])
     shuffle: bool = False
     skip_copa_every_4th: bool = False  # upstream quirk (spec §3.9), off by default
+    # Multi-task, as upstream: every epoch resets each task's loss history to (0, 0) and restarts its loader.
+    # True: history persists and each task's batches run on across epochs.
+    persistent_task_state: bool = False
     num_train_epochs: int = 20
     max_steps: int = 0  # > 0: stop after this many meta steps (for smoke runs)
     per_device_train_batch_size: int = 8
@@ -68,7 +71,9 @@ class L2LConfig:
     need_normalization: bool = True
     effective_dim_rule: str = DEFAULT_EFFECTIVE_DIM_RULE  # tied_full (fair to a tied embedding) | upstream
     grad_through_c: bool = False
-    trajectory_optimizer: str = "adam"  # "adam" (the design we follow) or "sgd" (upstream, momentum 0.8)
+    # "adam" (the design we follow) or "sgd" (upstream, momentum 0.8). Upstream's LR_LLM values (1e-2, 5e-2,
+    # 1e-1) are for SGD; under Adam they step ~10^3x too far (warned at start).
+    trajectory_optimizer: str = "adam"
     momentum: float = 0.8
     max_grad_norm: float = 1.0
     dropout: bool = True  # first-order steps in train mode, as upstream
@@ -103,12 +108,12 @@ class L2LConfig:
 
     def validate(self) -> None:
         known = {t.lower(): t for t in tasks.TASK_NAMES}
-        unknown = [t for t in self.task_list() if t.lower() not in known]
+        unknown = [t for t in self.task_list() if t.lower() not in known and not tasks.is_task_file(t)]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}: choose from {', '.join(tasks.TASK_NAMES)}")
         if not self.task_list():
             raise ValueError("no task to meta-train on")
-        canonical = [known[t.lower()] for t in self.task_list()]
+        canonical = [known.get(t.lower(), t) for t in self.task_list()]
         if len(set(canonical)) != len(canonical):
             raise ValueError(f"a task is listed twice in {self.task_list()}: each task has one state and one loader")
         if self.epochs_per_restart <= 0:
@@ -151,9 +156,29 @@ def sigma_by_type(blocks, sigma: torch.Tensor) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in groups.items()}
 
 
+ADAM_LR_WARNING = 1e-3  # upstream's SGD lr_llm values start here; Adam's per-coordinate step is ~lr itself
+
+
+def warn_copied_values(config: L2LConfig) -> list[str]:
+    """Loud warnings for values copied from the authors' scripts that mean something else here."""
+    warnings = []
+    if config.trajectory_optimizer == "adam" and config.lr_llm >= ADAM_LR_WARNING:
+        warnings.append(
+            f"LR_LLM={config.lr_llm:g} with TRAJECTORY_OPTIMIZER=adam: upstream's LR_LLM values (1e-2, 5e-2, 1e-1) are "
+            "for SGD with momentum 0.8 and clipping to norm 1; under Adam this value steps ~10^3x too far per "
+            "coordinate. Use TRAJECTORY_OPTIMIZER=sgd (--trajectory_optimizer sgd) to copy upstream's LR_LLM, or "
+            "keep Adam with an LR_LLM around 1e-5 (the default).")
+    for message in warnings:
+        log.warning("%s", message)
+    log.info("NEED_NORMALIZATION=%s (the default here is True; upstream's l2l.sh default is False, but its README "
+             "run and all four released banks used True)", config.need_normalization)
+    return warnings
+
+
 def meta_train(config: L2LConfig) -> dict:
     """Meta-train and save the bank; returns a summary (also written to <output_dir>/summary.json)."""
     config.validate()
+    warn_copied_values(config)
     model_path = resolve_model_path(config.model_name)  # a bad model path fails before any data is read
     output_dir = Path(config.output_dir or config.default_output_dir())
     save_path = Path(config.save_mlp_path or output_dir / "bank.safetensors")
@@ -257,6 +282,10 @@ def meta_train(config: L2LConfig) -> dict:
                 trajectory.reset()  # fresh optimizer and schedule; bank, sigma and history persist
                 resets += 1
                 train_log.event("reset", step=step, epoch=epoch)
+            if config.multi_task_training and not config.persistent_task_state and epoch > 0 and not inside:
+                for name in task_names:  # upstream: history (0, 0) and a fresh loader per task each epoch
+                    learner.state_for(name).history = (0.0, 0.0)
+                    feeds[name] = batchers[name].restart()
             for outer in range(cursor["outer"] if epoch == cursor["epoch"] else 0, len(plan)):
                 if inside and outer == cursor["outer"]:
                     order, first = cursor["order"], cursor["next"]
