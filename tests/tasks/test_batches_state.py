@@ -25,3 +25,18 @@ def test_resumed_stream_continues_exactly(taken):
     resumed.load_state_dict(state)
     tail = list(itertools.islice(resumed.forever(), 14 - taken))
     assert head + tail == reference
+
+
+@pytest.mark.parametrize("taken", [2, 4])  # inside an epoch, and at its end
+def test_restart_after_a_restored_position_matches_a_live_restart(taken):
+    # a loader restarted (a new epoch, as L2L does each epoch) right after a resume draws what a live one draws
+    live = _batches()
+    stream = live.forever()
+    for _ in range(taken):
+        next(stream)
+    state = live.state_dict()
+    expected = list(itertools.islice(live.restart(), 6))
+    resumed = _batches(seed=99)
+    resumed.load_state_dict(state)
+    resumed.forever()  # the resumed run's feed, replaced before it yields anything
+    assert list(itertools.islice(resumed.restart(), 6)) == expected
