@@ -7,10 +7,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zo.cli import add_dataclass_arguments, run_main, setup_logging, strip_ignored
+from zo.cli import add_dataclass_arguments, parse_with_config, run_main, setup_logging, strip_ignored
 from zo.recipes.meta_train import L2LConfig, meta_train
 
 HELP = {
+    "resume": "continue the run in output_dir from its last checkpoint (RESUME=1)",
+    "overwrite": "replace a run already in output_dir (OVERWRITE=1); without it such a folder is refused",
+    "checkpoint_steps": "checkpoint every this many meta steps (CHECKPOINT_STEPS; 0: by time only)",
+    "checkpoint_minutes": "checkpoint every this many minutes (0: by steps only)",
     "model_name": "local model folder or hub id; unset: the embedded SmolLM2-135M",
     "multi_task_name": "space-separated task list for --multi_task_training",
     "lr_llm": "lr of the first-order trajectory",
@@ -31,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num_epochs", "--epoch", dest="num_train_epochs", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--train_mode", default="l2l", help=argparse.SUPPRESS)
     parser.add_argument("--learning_rate", type=float, default=None, help=argparse.SUPPRESS)
-    args = vars(parser.parse_args(strip_ignored(sys.argv[1:] if argv is None else argv)))
+    args = parse_with_config(parser, L2LConfig, strip_ignored(sys.argv[1:] if argv is None else argv))
     if args.pop("train_mode") != "l2l":
         parser.error("run_l2l.py only does --train_mode l2l")
     learning_rate = args.pop("learning_rate")

@@ -7,11 +7,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zo.cli import IGNORED_UPSTREAM_FLAGS, add_dataclass_arguments, run_main, setup_logging, strip_ignored
+from zo.cli import (IGNORED_UPSTREAM_FLAGS, add_dataclass_arguments, parse_with_config, run_main, setup_logging,
+                    strip_ignored)
 from zo.methods import TRAIN_MODES, check_options
 from zo.recipes.finetune import FineTuneConfig, fine_tune
 
 HELP = {
+    "resume": "continue the run in output_dir from its last checkpoint (RESUME=1)",
+    "overwrite": "replace a run already in output_dir (OVERWRITE=1); without it such a folder is refused",
+    "checkpoint_steps": "checkpoint every this many steps (CHECKPOINT_STEPS; 0: by time only)",
+    "checkpoint_minutes": "checkpoint every this many minutes (0: by steps only)",
+    "checkpoint_kind": "full | replay (weights every 1000 steps, (seed, projected grad) records between)",
+    "report_to": "none | wandb (every step and the final metrics; WANDB_MODE=offline works offline)",
     "model_name": "local model folder or hub id; unset: the embedded SmolLM2-135M",
     "train_mode": " | ".join(TRAIN_MODES) + " | none (evaluation only); docs/methods.md",
     "load_mlp_path": "PertNN bank (.safetensors, or an authors' .pth converted safely)",
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--trainer", choices=("zo", "none"), default="zo", help="zo | none (evaluation only)")
     ignored = {k: v for k, v in IGNORED_UPSTREAM_FLAGS.items() if k not in ("--trainer", "--save_steps")}
     argv = strip_ignored(sys.argv[1:] if argv is None else argv, ignored)
-    args = vars(parser.parse_args(argv))
+    args = parse_with_config(parser, FineTuneConfig, argv)
     if args.pop("trainer") == "none":
         args["eval_only"] = True
     if args["train_mode"] != "none":  # another method's flag on the command line is refused, even at its default

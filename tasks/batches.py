@@ -40,6 +40,12 @@ class TrainBatches:
         self.for_generation_objective = for_generation_objective
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
         self.epochs_started = 0
+        # Where the shuffled stream stands, for state_dict: the generator before this epoch's permutation
+        # and the batches handed out since; `_skip` makes the next epoch resume at a saved position.
+        self._epoch_generator_state: torch.Tensor | None = None
+        self._position = 0
+        self._skip = 0
+        self._skip_pending = False  # a restored position not reached yet
         self.encoded: list[EncodedExample] | None = None
         if not for_generation_objective:
             self.encoded = [encode_train_example(s, task.template, tokenizer, self.as_classification, max_length,
@@ -60,13 +66,43 @@ class TrainBatches:
     def epoch(self, shuffle: bool = True) -> Iterator:
         """One pass over the samples; shuffled with the next permutation of the seeded generator."""
         n = len(self.samples)
-        if shuffle:
+        if not shuffle:
+            for start in range(0, len(self) * self.batch_size, self.batch_size):
+                yield self._batch(list(range(n))[start:start + self.batch_size])
+            return
+        self.epochs_started += 1
+        self._epoch_generator_state = self.generator.get_state()
+        order = torch.randperm(n, generator=self.generator).tolist()
+        self._position, self._skip, self._skip_pending = self._skip, 0, False
+        for index in range(self._position, len(self)):
+            self._position = index + 1  # counted when handed out: a checkpoint after this batch resumes after it
+            yield self._batch(order[index * self.batch_size:(index + 1) * self.batch_size])
+
+    def state_dict(self) -> dict:
+        """The shuffled stream's position: resuming from it yields the same batches as going on."""
+        if self._epoch_generator_state is None:  # no shuffled epoch started yet
+            return {"generator": self.generator.get_state(), "epochs_started": self.epochs_started, "position": 0,
+                    "in_epoch": False}
+        return {"generator": self._epoch_generator_state.clone(), "epochs_started": self.epochs_started,
+                "position": self._position, "in_epoch": True}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a position; takes effect at the next shuffled epoch (call before iterating)."""
+        self.generator.set_state(state["generator"])
+        in_epoch = state["in_epoch"]
+        self.epochs_started = state["epochs_started"] - (1 if in_epoch else 0)
+        self._skip = state["position"] if in_epoch else 0
+        self._skip_pending = in_epoch
+        self._epoch_generator_state = None
+
+    def restart(self) -> Iterator:
+        """A new shuffled epoch from here, as a fresh loader. A position restored by load_state_dict and not
+        reached yet is passed over: its permutation is drawn, so the generator stands where it would."""
+        if self._skip_pending:
+            torch.randperm(len(self.samples), generator=self.generator)
             self.epochs_started += 1
-            order = torch.randperm(n, generator=self.generator).tolist()
-        else:
-            order = list(range(n))
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield self._batch(order[start:start + self.batch_size])
+            self._skip, self._skip_pending = 0, False
+        return self.forever()
 
     def forever(self) -> Iterator:
         """Shuffled epochs, one after the other, without end."""

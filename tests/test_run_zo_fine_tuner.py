@@ -137,3 +137,23 @@ def test_init_bank_cli_with_model(tiny_llama_bank, tiny_llama_dir):
     assert bank.block_names == [b.name for b in parameter_blocks(model)]
     assert bank.metadata["base_model"] == tiny_llama_dir.name
     assert bank.metadata["trained"] == "false" and json.loads(bank.metadata["init_seed"]) == 3
+
+
+def test_launcher_config_file_env_overrides_and_refusal(tmp_path, tiny_llama_dir):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model_name: {tiny_llama_dir}\ntask_name: SST2\ntrain_mode: mezo\nmax_steps: 2\n"
+                      "eval_steps: 0\nnum_train: 8\nnum_dev: 2\nnum_eval: 2\nper_device_train_batch_size: 2\n"
+                      "threads: 1\nlearning_rate: 1e-3\n")
+    out = tmp_path / "run"
+    # STEPS is set by the caller: it overrides the file; LR, BS, TRAIN... are not: the file's values hold
+    run_script("zo_fine_tuner.sh", {"CONFIG": str(config), "STEPS": "3", "OUTPUT_DIR": str(out)})
+    resolved = read_json(out / "config.json")
+    assert resolved["max_steps"] == 3 and resolved["learning_rate"] == 1e-3 and resolved["num_train"] == 8
+    assert resolved["per_device_train_batch_size"] == 2 and resolved["model_name"] == str(tiny_llama_dir)
+    assert resolved["load_mlp_path"] is None  # the launcher's default bank is not added to a config file's run
+    assert read_json(out / "metrics.json")["steps"] == 3
+    metrics_before = (out / "metrics.json").read_text()
+    proc = run_script("zo_fine_tuner.sh", {"CONFIG": str(config), "STEPS": "3", "OUTPUT_DIR": str(out)},
+                      check=False)
+    assert proc.returncode == 2 and "finished run" in proc.stderr and "OVERWRITE=1" in proc.stderr
+    assert (out / "metrics.json").read_text() == metrics_before

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import logging
 import sys
 import typing
+from pathlib import Path
 
 
 def str2bool(text: str | bool) -> bool:
@@ -43,6 +45,74 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, help_text: dic
         else:
             parser.add_argument(f"--{field.name}", type=none_or(base) if optional else base,
                                 default=field.default, help=help_)
+
+
+def _check_value(key: str, value, kind, where: str):
+    """`value` as the field type `kind` (int, float, bool, str, list[str], optional); ValueError naming the key."""
+    args = typing.get_args(kind)
+    if value is None and type(None) in args:
+        return None
+    base = next((a for a in args if a is not type(None)), kind) if args and typing.get_origin(kind) is not list else kind
+    if typing.get_origin(base) is list:
+        item = typing.get_args(base)[0]
+        if isinstance(value, str):
+            value = value.split()
+        if isinstance(value, list) and all(isinstance(v, item) for v in value):
+            return value
+    elif base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif base is str:
+        if isinstance(value, str):
+            return value
+    name = getattr(base, "__name__", str(base))
+    raise ValueError(f"{where}: {key} must be {name}{' or null' if type(None) in args else ''}, got {value!r}")
+
+
+def load_yaml_config(path: str | Path, cls) -> dict:
+    """The settings of a YAML file for dataclass `cls`; one ValueError naming the key for an unknown key or a
+    wrong type."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of setting: value, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), list(hints), n=1)
+            raise ValueError(f"{path}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        values[key] = _check_value(key, value, hints[key], str(path))
+    return values
+
+
+def parse_with_config(parser: argparse.ArgumentParser, cls, argv: list[str]) -> dict:
+    """Parse `argv` on top of an optional `--config FILE.yaml`: the file sets defaults, flags override them."""
+    parser.add_argument("--config", default=None, help="YAML file of settings (configs/); flags override it")
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**load_yaml_config(known.config, cls))
+    args = vars(parser.parse_args(argv))
+    args.pop("config")
+    return args
 
 
 # Upstream flags that cannot change a result here (HF Trainer bookkeeping, logging, caching, device placement):
@@ -140,9 +210,12 @@ def setup_logging() -> None:
 
 
 def run_main(main) -> None:
-    """Run an entry point: one clear line for bad input instead of a traceback."""
+    """Run an entry point: one clear line for bad input instead of a traceback; an interrupted run
+    (SIGINT / SIGTERM, checkpoint written) exits with 128 + the signal number."""
     try:
-        main()
+        result = main()
     except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as err:  # UpstreamFlagError too
         logging.getLogger("zo").error("%s: %s", type(err).__name__, err)
         sys.exit(2)
+    if isinstance(result, dict) and result.get("status") == "interrupted":
+        sys.exit(128 + int(result.get("signal") or 2))

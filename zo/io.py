@@ -1,4 +1,4 @@
-"""Run folders: config.json, train_log.jsonl, metrics.json, written so a crash never leaves half a file."""
+"""Atomic file writes and JSON helpers (the run folder itself is zo.run.folder)."""
 from __future__ import annotations
 
 import contextlib
@@ -51,20 +51,6 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
-
-
-class JsonlLog:
-    """Append-only JSON-lines log, flushed per record so a crash loses at most the line being written."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._handle = self.path.open("a", buffering=1)
-
-    def write(self, record: dict) -> None:
-        self._handle.write(json.dumps(_jsonable(record)) + "\n")
-
-    def close(self) -> None:
-        self._handle.close()
 
 
 def sanitize_component(text: str, max_len: int = 80) -> str:

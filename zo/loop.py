@@ -1,33 +1,66 @@
-"""The ZO training loop: steps, periodic dev loss, best-state selection, logging, NaN handling.
+"""The ZO training loop: steps, periodic dev loss, best-state selection, checkpoints, resume, signals.
 
-It knows nothing about tasks or the command line: it gets an iterator of batches, a loss function
-and an optional dev-loss function. Every step is appended to train_log.jsonl as it happens; the best
-state (lowest dev loss) is the only weight file kept, written atomically.
+It knows nothing about tasks or the command line: it gets an optimizer (state_dict / load_state_dict,
+step(loss_fn) -> record, .model), the training batches (a TrainBatches-like object with forever() and
+state_dict(), or a plain iterator), a loss function and an optional dev-loss function. Every file goes
+through the run folder (zo.run.folder): step and dev lines, the best state, checkpoints.
+
+A checkpoint holds everything the rest of the run depends on: weights, the optimizer's state (method
+state, sigma history, seed stream), the data position, the best dev loss so far and the dev history,
+the global RNGs, and the log's length. So a resumed run makes the same steps, bit for bit, as one
+that was never stopped. A cheap checkpoint ("replay") holds no weights: the last full checkpoint plus
+the (seed, projected grad) records since, re-applied with the optimizer's `replay`.
 """
 from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
-from zo.estimator import NonFiniteLossError, ZOOptimizer
-from zo.io import JsonlLog, atomic_path
+from zo.estimator import NonFiniteLossError
+from zo.io import atomic_path
+from zo.run.folder import BEST_STATE_FILE, RunDir, RunLog
+from zo.run.progress import Reporter, progress_bar
+from zo.run.rng import global_rng_state, set_global_rng_state
+from zo.run.signals import INTERRUPTED, GracefulStop
 
 log = logging.getLogger(__name__)
 
-BEST_STATE_FILE = "best_model.safetensors"
+__all__ = ["BEST_STATE_FILE", "CheckpointPolicy", "LoopResult", "load_weights", "save_weights", "train_zo"]
+CHECKPOINT_KINDS = ("full", "replay")
+TRAIN_LOSS_WINDOW = 10
+
+
+@dataclass
+class CheckpointPolicy:
+    steps: int = 0  # every this many steps (0: not by steps)
+    minutes: float = 0.0  # and every this many minutes (0: not by time)
+    kind: str = "full"  # "full" weights each time, or "replay": weights every `replay_limit` steps, records between
+    replay_limit: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.kind not in CHECKPOINT_KINDS:
+            raise ValueError(f"checkpoint kind must be one of {CHECKPOINT_KINDS}, got {self.kind!r}")
+        if self.steps < 0 or self.minutes < 0 or self.replay_limit < 1:
+            raise ValueError("checkpoint_steps and checkpoint_minutes must be >= 0, replay_limit >= 1")
+
+    def due(self, steps_done: int, last_time: float) -> bool:
+        """Time for a checkpoint after `steps_done` steps, the last one written at monotonic `last_time`?"""
+        by_steps = self.steps and steps_done % self.steps == 0
+        by_time = self.minutes and time.monotonic() - last_time >= 60 * self.minutes
+        return bool(by_steps or by_time)
 
 
 @dataclass
 class LoopResult:
     steps_done: int
-    status: str  # "completed" or "stopped: ..."
+    status: str  # "completed", "stopped: ..." or "interrupted"
     best_step: int | None = None
     best_dev_loss: float | None = None
     dev_losses: list[tuple[int, float]] = field(default_factory=list)
@@ -36,6 +69,8 @@ class LoopResult:
     best_train_eval_loss: float | None = None  # at best_step (the state evaluated on test)
     mean_perturbed_loss_last10: float | None = None  # mean L+ of the last 10 steps (inflated by the noise)
     seconds: float = 0.0
+    resumed_from: int | None = None
+    window: list[float] = field(default_factory=list)  # the last L+ values behind mean_perturbed_loss_last10
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
@@ -51,24 +86,95 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     load_model(model, str(path))
 
 
-def train_zo(optimizer: ZOOptimizer, batches: Iterator, loss_fn: Callable[[object], torch.Tensor],
-             steps: int, output_dir: Path, eval_steps: int = 0,
-             dev_loss_fn: Callable[[], float] | None = None, progress: bool = True,
-             log_extra: Callable[[], dict] | None = None,
+class _Checkpointer:
+    """Decides when to checkpoint and writes full or replay checkpoints through the run folder."""
+
+    def __init__(self, run: RunDir, policy: CheckpointPolicy, optimizer, data):
+        self.run, self.policy, self.optimizer, self.data = run, policy, optimizer, data
+        self.replay = policy.kind == "replay" and callable(getattr(optimizer, "replay", None))
+        if policy.kind == "replay" and not self.replay:
+            log.warning("%s has no replay: writing full checkpoints", type(optimizer).__name__)
+        self.base: str | None = None  # the full checkpoint the replay records start from
+        self.since_base: list[dict] = []
+        self.last_time = time.monotonic()
+
+    def due(self, steps_done: int) -> bool:
+        return self.policy.due(steps_done, self.last_time)
+
+    def record(self, record: dict) -> None:
+        if self.replay:
+            self.since_base.append(record)
+
+    def save(self, result: LoopResult, run_log: RunLog) -> None:
+        full = not self.replay or self.base is None or len(self.since_base) >= self.policy.replay_limit
+        state = {"kind": "finetune", "optimizer": self.optimizer.state_dict(),
+                 "model": self.optimizer.model.state_dict() if full else None,
+                 "replay": [] if full else list(self.since_base),
+                 "data": self.data.state_dict() if self.data is not None else None,
+                 "loop": {"steps_done": result.steps_done, "best_step": result.best_step,
+                          "best_dev_loss": result.best_dev_loss, "dev_losses": list(result.dev_losses),
+                          "window": list(result.window)},
+                 "rng": global_rng_state(), "log_offset": run_log.offset()}
+        name = self.run.save_checkpoint(state, result.steps_done, base=None if full else self.base)
+        if full:
+            self.base, self.since_base = name, []
+        self.last_time = time.monotonic()
+        log.info("checkpoint %s (%s)", name, "full" if full else f"replay of {len(state['replay'])} steps")
+
+    def restore(self, state: dict, result: LoopResult) -> None:
+        """Put the model, optimizer, data and RNGs where the checkpoint left them."""
+        if state.get("base"):
+            base = state["base_state"]
+            self.optimizer.model.load_state_dict(base["model"])
+            self.optimizer.load_state_dict(base["optimizer"])
+            for record in state["replay"]:
+                self.optimizer.replay(record)
+            self.base, self.since_base = state["base"], list(state["replay"])
+        else:
+            self.optimizer.model.load_state_dict(state["model"])
+            self.base, self.since_base = f"step-{state['step']:08d}", []
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.data is not None:
+            self.data.load_state_dict(state["data"])
+        set_global_rng_state(state["rng"])
+        loop = state["loop"]
+        result.steps_done, result.best_step, result.best_dev_loss = loop["steps_done"], loop["best_step"], loop["best_dev_loss"]
+        result.dev_losses = [tuple(x) for x in loop["dev_losses"]]
+        result.window = list(loop["window"])
+        result.train_eval_losses = [tuple(x) for x in loop.get("train_eval_losses", [])]
+        result.best_train_eval_loss = loop.get("best_train_eval_loss")
+        result.mean_perturbed_loss_last10 = sum(result.window) / len(result.window) if result.window else None
+        result.resumed_from = result.steps_done
+
+
+def train_zo(optimizer, batches, loss_fn: Callable[[object], torch.Tensor], steps: int, run: RunDir | Path,
+             eval_steps: int = 0, dev_loss_fn: Callable[[], float] | None = None, progress: bool = True,
+             log_extra: Callable[[], dict] | None = None, checkpoints: CheckpointPolicy | None = None,
+             resume: dict | None = None, stop: GracefulStop | None = None,
+             reporter: Reporter | None = None,
              train_eval_fn: Callable[[], float] | None = None) -> LoopResult:
-    """Run `steps` ZO steps; evaluate the dev loss every `eval_steps` and at the end; keep the best state.
+    """Run ZO steps up to `steps` in total; dev loss every `eval_steps` and at the end; keep the best state.
 
-    `train_eval_fn` (the loss on a fixed train subset) is evaluated at the same moments, on the same state.
-
+    `resume`: a checkpoint from `RunDir.start` (its log is truncated to it). `stop`: a first SIGINT /
+    SIGTERM ends the run after the current step with a checkpoint and status "interrupted".
+    `train_eval_fn` (the loss on a fixed train subset) is evaluated with the dev loss, on the same state.
     On return the model holds the best state by dev loss (or the last good state without a dev set).
     """
-    output_dir = Path(output_dir)
-    train_log = JsonlLog(output_dir / "train_log.jsonl")
-    best_path = output_dir / BEST_STATE_FILE
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    data = batches if hasattr(batches, "forever") else None
+    reporter = reporter or Reporter()
+    checkpointer = _Checkpointer(run, checkpoints or CheckpointPolicy(), optimizer, data)
     result = LoopResult(steps_done=0, status="completed")
+    if resume is not None:
+        checkpointer.restore(resume, result)
+    iterator: Iterator = data.forever() if data is not None else batches
+    train_log = run.open_log(truncate_to=resume["log_offset"] if resume is not None else None)
+    run.report_invalid_checkpoints(train_log)
+    if resume is not None:
+        train_log.event("resumed", step=result.steps_done)
+        log.info("resumed from step %d", result.steps_done)
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc="ZO steps", disable=not progress, dynamic_ncols=True)
-    window: list[float] = []
+    bar = progress_bar(steps, "ZO steps", progress, initial=result.steps_done)
 
     def evaluate_dev(step: int) -> None:
         line: dict = {"step": step}
@@ -79,21 +185,22 @@ def train_zo(optimizer: ZOOptimizer, batches: Iterator, loss_fn: Callable[[objec
                 result.best_train_eval_loss = line["train_eval_loss"]
         if dev_loss_fn is None:
             if train_eval_fn is not None:
-                train_log.write({**line, "seconds": round(time.perf_counter() - start, 3)})
+                train_log.dev({**line, "seconds": round(time.perf_counter() - start, 3)})
             return
         loss = float(dev_loss_fn())
         result.dev_losses.append((step, loss))
-        train_log.write({**line, "dev_loss": loss, "seconds": round(time.perf_counter() - start, 3)})
+        train_log.dev({**line, "dev_loss": loss, "seconds": round(time.perf_counter() - start, 3)})
+        reporter.log({"dev_loss": loss, **{k: v for k, v in line.items() if k != "step"}}, step)
         if math.isfinite(loss) and (result.best_dev_loss is None or loss < result.best_dev_loss):
             result.best_dev_loss, result.best_step = loss, step
             result.best_train_eval_loss = line.get("train_eval_loss")
-            save_weights(optimizer.model, best_path)
+            save_weights(optimizer.model, run.best_weights_path)
         log.info("step %d: dev loss %.4f (best %.4f at step %s)", step, loss, result.best_dev_loss or float("nan"),
                  result.best_step)
 
     try:
-        for step in range(steps):
-            batch = next(batches)
+        for step in range(result.steps_done, steps):
+            batch = next(iterator)
             step_start = time.perf_counter()
             try:
                 record = optimizer.step(lambda: loss_fn(batch))
@@ -102,18 +209,28 @@ def train_zo(optimizer: ZOOptimizer, batches: Iterator, loss_fn: Callable[[objec
                 log.error("%s; keeping the last good state", err)
                 break
             record_dict = record.to_dict()
+            checkpointer.record(dict(record_dict))
             record_dict["seconds"] = round(time.perf_counter() - step_start, 4)
             if log_extra is not None:
                 record_dict.update(log_extra())
-            train_log.write(record_dict)
-            window.append(record.loss_plus)
+            train_log.step(record_dict)
+            reporter.log(record_dict, step)
+            result.window = (result.window + [record.loss_plus])[-TRAIN_LOSS_WINDOW:]
             result.steps_done = step + 1
-            result.mean_perturbed_loss_last10 = sum(window[-10:]) / len(window[-10:])
+            result.mean_perturbed_loss_last10 = sum(result.window) / len(result.window)
             bar.update(1)
             grad = record.projected_grad  # None for first-order and multi-probe methods
             bar.set_postfix(loss=f"{result.mean_perturbed_loss_last10:.4f}", g="-" if grad is None else f"{grad:+.2e}")
             if eval_steps and (step + 1) % eval_steps == 0 and step + 1 < steps:
                 evaluate_dev(step + 1)
+            if stop is not None and stop.requested is not None:
+                result.status = INTERRUPTED
+                train_log.event("interrupted", step=result.steps_done, signal=signal.Signals(stop.requested).name)
+                checkpointer.save(result, train_log)
+                log.warning("interrupted after step %d: checkpoint written; resume with --resume", result.steps_done)
+                return result
+            if step + 1 < steps and checkpointer.due(step + 1):
+                checkpointer.save(result, train_log)
         last_eval = (result.dev_losses or result.train_eval_losses or [(None, None)])[-1][0]
         if result.steps_done and last_eval != result.steps_done:
             evaluate_dev(result.steps_done)
@@ -124,5 +241,5 @@ def train_zo(optimizer: ZOOptimizer, batches: Iterator, loss_fn: Callable[[objec
 
     if result.best_step is not None and result.best_step != result.steps_done:
         log.info("restoring the best state (step %d, dev loss %.4f)", result.best_step, result.best_dev_loss)
-        load_weights(optimizer.model, best_path)
+        load_weights(optimizer.model, run.best_weights_path)
     return result

@@ -268,17 +268,20 @@ def load_bank(path: str | Path) -> PertNNBank:
         from zo.convert_bank import read_upstream_bank
 
         return read_upstream_bank(path)
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
-        if meta.get("format") != BANK_FORMAT:
-            raise ValueError(f"{path} is not a PertNN bank (metadata format={meta.get('format')!r})")
-        if meta.get("input_layout") != ",".join(INPUT_LAYOUT):
-            raise ValueError(f"{path}: unsupported PertNN input layout {meta.get('input_layout')!r}")
-        names = json.loads(meta["block_names"])
-        states = {name: {k: handle.get_tensor(f"{name}.{k}") for k in ("0.weight", "0.bias", "2.weight", "2.bias")}
-                  for name in names}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            if meta.get("format") != BANK_FORMAT:
+                raise ValueError(f"{path} is not a PertNN bank (metadata format={meta.get('format')!r})")
+            if meta.get("input_layout") != ",".join(INPUT_LAYOUT):
+                raise ValueError(f"{path}: unsupported PertNN input layout {meta.get('input_layout')!r}")
+            names = json.loads(meta["block_names"])
+            states = {name: {k: handle.get_tensor(f"{name}.{k}") for k in ("0.weight", "0.bias", "2.weight", "2.bias")}
+                      for name in names}
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as err:  # a truncated or corrupt file
+        raise ValueError(f"cannot read the PertNN bank {path} (truncated or corrupt?): {err}") from err
     return PertNNBank.from_block_state_dicts(states, meta)
 
 

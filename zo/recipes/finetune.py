@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -19,16 +20,22 @@ import tasks
 from zo.blocks import EFFECTIVE_DIM_RULES, parameter_blocks
 from zo import distributed
 from zo.estimator import ZOConfig
-from zo.io import sanitize_component, write_json
-from zo.loop import BEST_STATE_FILE, LoopResult, train_zo
+from zo.io import sanitize_component
+from zo.loop import CheckpointPolicy, LoopResult, train_zo
 from zo.methods import MethodContext, MethodOptions, build_method, check_options, method_config
 from zo.models import load_model, resolve_device, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
+from zo.run.folder import RunDir
+from zo.run.progress import REPORT_TO, Reporter, make_reporter
+from zo.run.signals import INTERRUPTED, GracefulStop
 from zo.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+# Settings that may change between a run and its resume (they do not change what is computed).
+RUNTIME_KEYS = ("output_dir", "progress", "threads", "report_to", "resume", "overwrite", "checkpoint_steps",
+                "checkpoint_minutes", "checkpoint_kind")
 
 
 @dataclass
@@ -88,7 +95,12 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     native_opt_bos: bool = False  # OPT: keep the tokenizer's BOS (id 2) instead of upstream's id 0
     threads: int | None = None
     progress: bool = True
-    report_to: str = "none"
+    report_to: str = "none"  # "wandb": every step and the final metrics (WANDB_MODE=offline works offline)
+    resume: bool = False  # continue the run in output_dir from its last checkpoint
+    overwrite: bool = False  # replace a run already in output_dir (otherwise: refused)
+    checkpoint_steps: int = 0  # checkpoint every this many steps (0: not by steps)
+    checkpoint_minutes: float = 30.0  # ... and every this many minutes (0: not by time)
+    checkpoint_kind: str = "full"  # "replay": full weights only every 1000 steps, (seed, g) records between
 
     @property
     def task_ref(self) -> str:
@@ -149,8 +161,11 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
         if self.device_map is not None and self.device_map not in DEVICE_MAPS:
             raise ValueError(f"device_map must be one of {DEVICE_MAPS}, got {self.device_map!r}")
         tasks.encoding.check_option_scoring(self.option_scoring)
-        if self.report_to not in ("none", "wandb"):
-            raise ValueError("report_to must be 'none' or 'wandb'")
+        if self.report_to not in REPORT_TO:
+            raise ValueError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
+        CheckpointPolicy(self.checkpoint_steps, self.checkpoint_minutes, self.checkpoint_kind)  # validates
 
     def default_output_dir(self) -> str:
         model = sanitize_component(Path(resolve_model_path(self.model_name)).name)
@@ -234,12 +249,6 @@ def fine_tune(config: FineTuneConfig) -> dict:
     if config.trains and not splits.dev:
         log.warning("no dev set (DEV=0): the final state is evaluated; upstream would select on the test set")
 
-    # Every input is checked (data, model, bank): only now touch the run folder, so that bad input
-    # never deletes an earlier run's results or leaves an empty folder behind.
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.json", "train_log.jsonl", BEST_STATE_FILE):
-        (output_dir / stale).unlink(missing_ok=True)
-
     generation = config.generation_options()
     resolved = asdict(config)
     resolved.update({"output_dir": str(output_dir), "model_name": model_path, "dtype": str(dtype),
@@ -253,17 +262,23 @@ def fine_tune(config: FineTuneConfig) -> dict:
                      "world_size": group.world_size,
                      "global_batch_size": config.per_device_train_batch_size * group.world_size,
                      **(optimizer.describe() if optimizer is not None else {})})
-    if group.is_main:
-        write_json(output_dir / "config.json", resolved)
+    # Every input is checked (data, model, bank): only now touch the run folder, so that bad input
+    # never deletes an earlier run's results or leaves an empty folder behind; a finished run is kept.
+    run = RunDir(output_dir)
+    start_state = run.start(resolved, resume=config.resume, overwrite=config.overwrite, ignore_keys=RUNTIME_KEYS)
+    if start_state.finished is not None:
+        return start_state.finished
+    run.write_config(resolved)
     log.info("task %s: %d train / %d dev / %d test; %s on %s; output %s", task.name, len(splits.train),
              len(splits.dev), len(splits.test), config.train_mode if config.trains else "evaluation only",
              model_path, output_dir)
 
-    wandb_run = _maybe_wandb(config, resolved) if group.is_main else None
+    reporter = make_reporter(config.report_to, resolved, name=output_dir.name) if group.is_main else Reporter()
     start = time.perf_counter()
     if config.trains:
-        result = _train(config, task, splits, model, tokenizer, optimizer, as_classification, generation,
-                        output_dir, group, device)
+        with GracefulStop() as stop:
+            result = _train(config, task, splits, model, tokenizer, optimizer, as_classification, generation,
+                            run, start_state.checkpoint, stop, reporter, group, device)
         if not group.is_main:  # rank 0 evaluates; the others only had to take the steps with it
             scratch.cleanup()
             distributed.destroy(group)
@@ -282,6 +297,11 @@ def fine_tune(config: FineTuneConfig) -> dict:
                      "train_seconds": round(result.seconds, 2)}
     if task.eval_note:
         metrics["eval_note"] = task.eval_note
+    if result.status == INTERRUPTED:  # the checkpoint is written; evaluation waits for the resumed run
+        metrics["signal"] = stop.requested
+        run.write_metrics(metrics)
+        reporter.finish()
+        return metrics
     if splits.dev:
         metrics["dev"] = _evaluate(config, model, tokenizer, task, splits.dev, generation)
         if result.best_dev_loss is not None:
@@ -289,10 +309,10 @@ def fine_tune(config: FineTuneConfig) -> dict:
     if splits.test:
         metrics["test"] = _evaluate(config, model, tokenizer, task, splits.test, generation)
     metrics["total_seconds"] = round(time.perf_counter() - start, 2)
-    write_json(output_dir / "metrics.json", metrics)
-    if wandb_run is not None:
-        wandb_run.log({f"{split}/{k}": v for split in ("dev", "test") for k, v in metrics.get(split, {}).items()})
-        wandb_run.finish()
+    run.write_metrics(metrics)
+    run.remove_checkpoints()
+    reporter.log({split: metrics[split] for split in ("dev", "test") if split in metrics}, result.steps_done)
+    reporter.finish()
     log.info("metrics: %s", {k: metrics[k] for k in ("dev", "test") if k in metrics})
     if not math.isfinite(result.mean_perturbed_loss_last10 or 0.0):
         log.warning("the final training loss is not finite")
@@ -301,16 +321,18 @@ def fine_tune(config: FineTuneConfig) -> dict:
 
 
 def _evaluate(config: FineTuneConfig, model, tokenizer, task, samples, generation) -> dict:
+    progress = config.progress and sys.stderr.isatty()  # no carriage-return spam in a log file
     if task.is_generation:  # the generation options (sampling, beams, eos_token, newline cut) apply here
         return tasks.evaluate_generation(model, tokenizer, task, samples, config.eval_batch_size, config.max_length,
-                                         generation, progress=config.progress)
+                                         generation, progress=progress)
     return tasks.evaluate(model, tokenizer, task, samples, batch_size=config.eval_batch_size,
                           max_length=config.max_length, max_new_tokens=config.max_new_tokens,
-                          progress=config.progress, option_scoring=config.option_scoring)
+                          progress=progress, option_scoring=config.option_scoring)
 
 
 def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as_classification, generation,
-           output_dir: Path, group: distributed.ProcessGroup = distributed.ProcessGroup(),
+           run: RunDir, checkpoint: dict | None, stop: GracefulStop, reporter: Reporter,
+           group: distributed.ProcessGroup = distributed.ProcessGroup(),
            device: torch.device = torch.device("cpu")) -> LoopResult:
 
     batches_cls = _rank_share(group) if group.enabled else tasks.TrainBatches
@@ -351,8 +373,10 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
         train_eval_fn = lambda: _mean_loss(model, lambda b: tasks.batch_loss(model, b),  # noqa: E731
                                            subset_batches.epoch(shuffle=False))
 
-    return train_zo(optimizer, encoder.forever(), train_loss_fn, config.max_steps, output_dir, config.eval_period,
-                    dev_loss_fn, progress=config.progress and group.is_main, log_extra=optimizer.log_extra,
+    checkpoints = CheckpointPolicy(config.checkpoint_steps, config.checkpoint_minutes, config.checkpoint_kind)
+    return train_zo(optimizer, encoder, train_loss_fn, config.max_steps, run, config.eval_period, dev_loss_fn,
+                    progress=config.progress and group.is_main, log_extra=optimizer.log_extra,
+                    checkpoints=checkpoints, resume=checkpoint, stop=stop, reporter=reporter,
                     train_eval_fn=train_eval_fn)
 
 
@@ -365,13 +389,3 @@ def _rank_share(group: distributed.ProcessGroup) -> type:
             return super()._batch(mine), counted
 
     return RankShare
-
-
-def _maybe_wandb(config: FineTuneConfig, resolved: dict):
-    if config.report_to != "wandb":
-        return None
-    try:
-        import wandb
-    except ImportError as err:
-        raise ImportError("--report_to wandb needs `pip install wandb`") from err
-    return wandb.init(project="zo-fine-tuner", config=resolved)

@@ -10,22 +10,27 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 import tasks
 from zo.blocks import DEFAULT_EFFECTIVE_DIM_RULE, GRANULARITIES, block_type, parameter_blocks
-from zo.io import JsonlLog, sanitize_component, write_json
+from zo.io import sanitize_component
 from zo.l2l import MetaConfig, MetaLearner, TrajectoryOptimizer
-from zo.loop import load_weights, save_weights
+from zo.loop import CheckpointPolicy, load_weights, save_weights
 from zo.models import load_model, resolve_device, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
 from zo.pertnn import check_bank_granularity, fresh_bank, load_bank
+from zo.run.folder import RunDir
+from zo.run.l2l_state import learner_state, load_learner_state
+from zo.run.progress import REPORT_TO, make_reporter, progress_bar
+from zo.run.rng import global_rng_state, set_global_rng_state
+from zo.run.signals import INTERRUPTED, GracefulStop
 from zo.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,15 @@ log = logging.getLogger(__name__)
 
 class _MaxStepsReached(Exception):
     pass
+
+
+class _Interrupted(Exception):
+    pass
+
+
+# Settings that may change between a run and its resume (they do not change what is computed).
+RUNTIME_KEYS = ("output_dir", "progress", "threads", "report_to", "resume", "overwrite", "checkpoint_steps",
+                "checkpoint_minutes", "save_every_steps")
 
 
 @dataclass
@@ -83,6 +97,11 @@ class L2LConfig:
     max_length: int = 2048
     threads: int | None = None
     progress: bool = True
+    report_to: str = "none"  # "wandb": every meta step (WANDB_MODE=offline works offline)
+    resume: bool = False  # continue the run in output_dir from its last checkpoint
+    overwrite: bool = False  # replace a run already in output_dir (otherwise: refused)
+    checkpoint_steps: int = 0  # full checkpoint (theta, bank, optimizers, RNGs) every this many meta steps
+    checkpoint_minutes: float = 30.0  # ... and every this many minutes (0: not by time)
 
     def task_list(self) -> list[str]:
         names = self.multi_task_name if self.multi_task_training else [self.task_name]
@@ -114,6 +133,11 @@ class L2LConfig:
             raise ValueError(f"bank_granularity must be one of {GRANULARITIES}, got {self.bank_granularity!r}")
         if self.trajectory_optimizer not in ("adam", "sgd"):
             raise ValueError("trajectory_optimizer must be 'adam' or 'sgd'")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other")
+        if self.report_to not in REPORT_TO:
+            raise ValueError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}")
+        CheckpointPolicy(self.checkpoint_steps, self.checkpoint_minutes)  # validates
 
     def default_output_dir(self) -> str:
         model = sanitize_component(Path(resolve_model_path(self.model_name)).name)
@@ -175,16 +199,12 @@ def meta_train(config: L2LConfig) -> dict:
     model, tokenizer = load_model(model_path, resolve_dtype(config.load_float16, config.load_bfloat16),
                                   device=resolve_device(config.device))
     blocks = parameter_blocks(model)
-    feeds, loaders = {}, {}
-    for name, task in task_objs.items():
-        splits = task_splits[name]
-        loaders[task.name] = tasks.TrainBatches(splits.train, task, tokenizer, config.per_device_train_batch_size,
-                                                seed=config.seed, as_classification=task.train_as_classification,
-                                                max_length=config.max_length)
-        feeds[task.name] = loaders[task.name].forever()
-        feeds[task.name + ":size"] = len(splits.train)
-    task_names = [task.name for task in task_objs.values()]
-    steps_per_epoch = max(math.ceil(feeds[t + ":size"] / config.per_device_train_batch_size) for t in task_names)
+    batchers = {task.name: tasks.TrainBatches(task_splits[name].train, task, tokenizer,
+                                              config.per_device_train_batch_size, seed=config.seed,
+                                              as_classification=task.train_as_classification,
+                                              max_length=config.max_length) for name, task in task_objs.items()}
+    task_names = list(batchers)
+    steps_per_epoch = max(len(b) for b in batchers.values())
     plan = visit_plan(task_names, steps_per_epoch, config.skip_copa_every_4th)
     # Without resets the trajectory is one run long: its lr decays linearly to 0 over all epochs.
     period_epochs = config.epochs_per_restart if config.reset else config.num_train_epochs
@@ -203,31 +223,57 @@ def meta_train(config: L2LConfig) -> dict:
     trajectory = TrajectoryOptimizer(model, config.lr_llm, period_steps, config.trajectory_optimizer,
                                      config.momentum, config.max_grad_norm, config.dropout)
 
-    # Every input is checked: only now touch the run folder (bad input never deletes an earlier log).
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "train_log.jsonl").unlink(missing_ok=True)
-
-    # theta_0 is re-read from disk at each reset: never a second in-memory copy of the model.
-    pretrained_path = output_dir / "pretrained_state.safetensors"
-    save_weights(model, pretrained_path)
     model_label = Path(model_path).name if Path(model_path).is_dir() else model_path
     resolved = asdict(config)
     resolved.update({"output_dir": str(output_dir), "save_mlp_path": str(save_path), "model_name": model_path,
                      "tasks": task_names, "steps_per_epoch": steps_per_epoch, "restart_period_steps": period_steps,
                      "num_blocks": len(blocks)})
-    write_json(output_dir / "config.json", resolved)
+    # Every input is checked: only now touch the run folder (bad input never deletes an earlier log).
+    run = RunDir(output_dir, metrics_name="summary.json")
+    start_state = run.start(resolved, resume=config.resume, overwrite=config.overwrite, ignore_keys=RUNTIME_KEYS)
+    if start_state.finished is not None:
+        return start_state.finished
+    run.write_config(resolved)
+    # theta_0 is re-read from disk at each reset: never a second in-memory copy of the model.
+    pretrained_path = output_dir / "pretrained_state.safetensors"
+    save_weights(model, pretrained_path)
     log.info("L2L on %s for %s: %d outer steps/epoch, %s; %s-wise bank -> %s", task_names, model_label,
              steps_per_epoch, f"reset every {period_steps} first-order steps" if config.reset
              else f"no reset, one lr horizon of {period_steps} steps", config.bank_granularity, save_path)
 
-    train_log = JsonlLog(output_dir / "train_log.jsonl")
     order_rng = random.Random(config.seed)
     loss_fn = tasks.batch_loss
     total_visits = config.num_train_epochs * sum(len(v) for v in plan)
     if config.max_steps:
         total_visits = min(total_visits, config.max_steps)
-    bar = tqdm(total=total_visits, desc="L2L meta steps", disable=not config.progress, dynamic_ncols=True)
     step, start, resets, window = 0, time.perf_counter(), 0, defaultdict(list)
+    # The next visit: epoch, outer step, that outer step's task order (None: not drawn yet), index in it.
+    cursor = {"epoch": 0, "outer": 0, "order": None, "next": 0}
+    checkpoint = start_state.checkpoint
+    if checkpoint is not None:
+        load_learner_state(learner, trajectory, checkpoint)
+        for name, state in checkpoint["feeds"].items():
+            batchers[name].load_state_dict(state)
+        order_rng.setstate(checkpoint["order_rng"])
+        set_global_rng_state(checkpoint["rng"])
+        step, resets, cursor = checkpoint["step"], checkpoint["resets"], checkpoint["cursor"]
+        window.update(checkpoint["window"])
+    feeds = {name: b.forever() for name, b in batchers.items()}
+    train_log = run.open_log(truncate_to=checkpoint["log_offset"] if checkpoint is not None else None)
+    run.report_invalid_checkpoints(train_log)
+    if checkpoint is not None:
+        train_log.event("resumed", step=step)
+        log.info("resumed from step %d", step)
+    policy, last_checkpoint = CheckpointPolicy(config.checkpoint_steps, config.checkpoint_minutes), time.monotonic()
+
+    def save_checkpoint(position: dict) -> None:
+        run.save_checkpoint({"kind": "l2l", **learner_state(learner, trajectory),
+                             "feeds": {name: b.state_dict() for name, b in batchers.items()},
+                             "order_rng": order_rng.getstate(), "rng": global_rng_state(), "cursor": position,
+                             "resets": resets, "window": dict(window), "log_offset": train_log.offset()}, step)
+
+    bar = progress_bar(total_visits, "L2L meta steps", config.progress, initial=step)
+    reporter = make_reporter(config.report_to, resolved, name=output_dir.name)
 
     def save_bank(final: bool) -> None:
         learner.bank.save(save_path, {
@@ -235,27 +281,33 @@ def meta_train(config: L2LConfig) -> dict:
             "effective_dim_rule": config.effective_dim_rule, "granularity": config.bank_granularity,
             "reset": config.reset, "need_normalization": config.need_normalization,
             "epochs_done": epoch if not final else config.num_train_epochs, "complete": final,
-            "hyperparameters": {k: v for k, v in resolved.items() if k not in ("output_dir",)},
+            "hyperparameters": {k: v for k, v in resolved.items() if k not in RUNTIME_KEYS},
         })
 
-    epoch = 0
+    epoch = cursor["epoch"]
     status = "completed"
+    stop = GracefulStop().install()
     try:
-        for epoch in range(config.num_train_epochs):
-            if config.reset and epoch > 0 and epoch % config.epochs_per_restart == 0:
+        for epoch in range(cursor["epoch"], config.num_train_epochs):
+            inside = epoch == cursor["epoch"] and cursor["order"] is not None  # resumed inside this epoch
+            if config.reset and epoch > 0 and epoch % config.epochs_per_restart == 0 and not inside:
                 load_weights(model, pretrained_path)  # theta back to the pretrained weights
                 trajectory.reset()  # fresh optimizer and schedule; bank, sigma and history persist
                 resets += 1
-                train_log.write({"step": step, "event": "reset", "epoch": epoch})
-            if config.multi_task_training and not config.persistent_task_state and epoch > 0:
+                train_log.event("reset", step=step, epoch=epoch)
+            if config.multi_task_training and not config.persistent_task_state and epoch > 0 and not inside:
                 for name in task_names:  # upstream: history (0, 0) and a fresh loader per task each epoch
                     learner.state_for(name).history = (0.0, 0.0)
-                    feeds[name] = loaders[name].forever()
-            for visits in plan:
-                order = list(visits)
-                if config.shuffle:
-                    order_rng.shuffle(order)
-                for task_name in order:
+                    feeds[name] = batchers[name].restart()
+            for outer in range(cursor["outer"] if epoch == cursor["epoch"] else 0, len(plan)):
+                if inside and outer == cursor["outer"]:
+                    order, first = cursor["order"], cursor["next"]
+                else:
+                    order, first = list(plan[outer]), 0
+                    if config.shuffle:
+                        order_rng.shuffle(order)
+                for index in range(first, len(order)):
+                    task_name = order[index]
                     if config.max_steps and step >= config.max_steps:
                         raise _MaxStepsReached
                     batch = next(feeds[task_name])
@@ -276,11 +328,27 @@ def meta_train(config: L2LConfig) -> dict:
                                      sum(v[0] for v in values) / len(values),
                                      sum(v[1] for v in values) / len(values), len(values))
                         window.clear()
-                    train_log.write(record)
+                    train_log.step(record)
+                    reporter.log(record, step)
                     bar.update(1)
                     bar.set_postfix(task=task_name, Lp=f"{meta.loss_plus:.3f}", meta=f"{meta.meta_loss:.3f}")
                     if config.save_every_steps and step % config.save_every_steps == 0:
                         save_bank(final=False)
+                    position = {"epoch": epoch, "outer": outer, "order": order, "next": index + 1}
+                    if stop.requested is not None:
+                        train_log.event("interrupted", step=step, signal=signal.Signals(stop.requested).name)
+                        save_checkpoint(position)
+                        save_bank(final=False)
+                        raise _Interrupted
+                    if policy.due(step, last_checkpoint):
+                        save_checkpoint(position)
+                        last_checkpoint = time.monotonic()
+    except _Interrupted:
+        summary = {"bank": str(save_path), "tasks": task_names, "steps": step, "resets": resets,
+                   "status": INTERRUPTED, "signal": stop.requested}
+        run.write_metrics(summary)
+        log.warning("interrupted after step %d: checkpoint written; resume with --resume", step)
+        return summary
     except _MaxStepsReached:
         status = f"stopped at max_steps={config.max_steps}"
     except KeyboardInterrupt:
@@ -289,12 +357,15 @@ def meta_train(config: L2LConfig) -> dict:
         save_bank(final=False)
         raise
     finally:
+        stop.restore()
+        reporter.finish()
         bar.close()
         train_log.close()
         pretrained_path.unlink(missing_ok=True)
     save_bank(final=True)
     summary = {"bank": str(save_path), "tasks": task_names, "steps": step, "resets": resets, "status": status,
                "seconds": round(time.perf_counter() - start, 1)}
-    write_json(output_dir / "summary.json", summary)
+    run.write_metrics(summary)
+    run.remove_checkpoints()
     log.info("saved the bank to %s after %d meta steps (%d resets)", save_path, step, resets)
     return summary

@@ -105,7 +105,7 @@ def test_reset_restarts_from_pretrained_and_bank_round_trips(tmp_path, tiny_llam
     assert read_json(out / "summary.json") == summary
 
     log = read_jsonl(out / "train_log.jsonl")
-    assert [r for r in log if "event" in r] == [{"step": 2, "event": "reset", "epoch": 1}]
+    assert [r for r in log if r["kind"] == "event"] == [{"kind": "event", "step": 2, "event": "reset", "epoch": 1}]
     steps = [r for r in log if "event" not in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and [r["epoch"] for r in steps] == [0, 0, 1, 1]
     assert steps[2]["lr_llm"] == steps[0]["lr_llm"] > steps[1]["lr_llm"]  # the schedule restarted

@@ -1,0 +1,154 @@
+"""Kill a run (SIGKILL inside a step, or in the middle of a checkpoint write), resume it, and end with the
+same weights, metrics and log as a run that was never stopped. Also SIGTERM, refusals and a corrupt checkpoint."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import run_l2l
+import run_zo_fine_tuner
+from conftest import REPO_ROOT, SHARED_DATA
+from run_helpers import QUIET_ENV, read_json, read_jsonl, requires_shared_data, run_cmd, temp_leftovers
+from zo.run.folder import RunFolderError
+
+pytestmark = requires_shared_data
+
+KILL_AT = REPO_ROOT / "tests" / "zo" / "run" / "kill_at.py"
+TIMING = {"seconds", "train_seconds", "total_seconds"}
+# Kill points are random; the seed is printed with any failure so it can be replayed (KILL_SEED=...).
+KILL_SEED = int(os.environ.get("KILL_SEED", time.time_ns() % 10**6))
+
+
+def _ft_args(model_dir, out, *extra):
+    return ["--model_name", str(model_dir), "--task_name", "SST2", "--data_dir", str(SHARED_DATA),
+            "--output_dir", str(out), "--max_steps", "8", "--eval_steps", "3", "--num_train", "8", "--num_dev", "2",
+            "--num_eval", "2", "--per_device_train_batch_size", "2", "--threads", "1", "--learning_rate", "1e-2",
+            "--zo_eps", "1e-2", "--checkpoint_steps", "2", "--progress", "False", *extra]
+
+
+def _run(entry, args, kill=("loss", 0)):
+    return run_cmd([sys.executable, str(KILL_AT), kill[0], str(kill[1]), entry, *args], check=False)
+
+
+def _tensors(path):
+    """Every tensor of a safetensors file, as raw bytes (bit-for-bit comparison)."""
+    from safetensors.torch import load_file
+
+    return {k: v.numpy().tobytes() for k, v in load_file(path).items()}
+
+
+def _outcome(out, weights="best_model.safetensors", metrics="metrics.json"):
+    log = read_jsonl(out / "train_log.jsonl")
+    return {"weights": _tensors(out / weights),
+            "metrics": {k: v for k, v in read_json(out / metrics).items() if k not in TIMING | {"bank"}},
+            "log": [{k: v for k, v in r.items() if k not in TIMING} for r in log if r["kind"] != "event"]}
+
+
+def _kill_and_resume(entry, args, kills, note):
+    """Run with the first kill, resume with each following one (a run may finish first), then to the end."""
+    proc = _run(entry, args, kills[0])
+    assert proc.returncode == -signal.SIGKILL, (note, proc.stderr[-2000:])
+    for kill in [*kills[1:], ("loss", 0)]:
+        proc = _run(entry, [*args, "--resume"], kill)
+        assert proc.returncode in (0, -signal.SIGKILL), (note, proc.stderr[-2000:])
+        if proc.returncode == 0:
+            return proc
+    raise AssertionError(f"{note}: the last resume did not finish")
+
+
+def _assert_same(resumed, reference, note):
+    assert resumed["log"] == reference["log"], note  # every step and dev line exactly once, same values
+    assert resumed["metrics"] == reference["metrics"], note
+    assert resumed["weights"] == reference["weights"], note  # bit for bit
+
+
+@pytest.mark.parametrize("train_mode, kind", [("mezo", "full"), ("zo_fine_tuner", "replay")])
+def test_fine_tuning_killed_anywhere_resumes_bit_exactly(tmp_path, tiny_llama_dir, tiny_llama_bank, train_mode,
+                                                         kind):
+    mode = ["--train_mode", train_mode, "--checkpoint_kind", kind]
+    if train_mode == "zo_fine_tuner":
+        mode += ["--load_mlp_path", str(tiny_llama_bank[0])]
+    reference_dir = tmp_path / "reference"
+    run_zo_fine_tuner.main(_ft_args(tiny_llama_dir, reference_dir, *mode))  # in-process: same code, faster
+    reference = _outcome(reference_dir)
+
+    # 8 steps = 16 loss calls + 3 dev losses; checkpoints at steps 2, 4, 6 (the 3rd write is a replay one)
+    rng = random.Random(KILL_SEED)
+    kills = [("loss", rng.randint(2, 10)), ("save", rng.randint(1, 2))]
+    note = f"KILL_SEED={KILL_SEED} kills={kills}"
+    out = tmp_path / "killed"
+    _kill_and_resume("run_zo_fine_tuner", _ft_args(tiny_llama_dir, out, *mode), kills, note)
+    _assert_same(_outcome(out), reference, note)
+    events = [r for r in read_jsonl(out / "train_log.jsonl") if r["kind"] == "event"]
+    assert events and all(r["event"] in ("resumed", "checkpoint_invalid") for r in events), events
+    assert not (out / "checkpoints").exists() and not temp_leftovers(out)  # a finished run drops its checkpoints
+
+
+def test_sigterm_checkpoints_then_resume_finishes_the_same(tmp_path, tiny_llama_dir):
+    reference_dir = tmp_path / "reference"
+    run_zo_fine_tuner.main(_ft_args(tiny_llama_dir, reference_dir, "--train_mode", "mezo"))
+    out = tmp_path / "run"
+    env = {**os.environ, **QUIET_ENV}
+    # slow steps (sleep in the loss), so that SIGTERM lands in the middle of the run
+    cmd = [sys.executable, "-c", "import sys, time, tasks; real = tasks.batch_loss; "
+           "tasks.batch_loss = lambda *a, **k: (time.sleep(0.3), real(*a, **k))[1]; "
+           f"sys.argv = ['run_zo_fine_tuner.py'] + {_ft_args(tiny_llama_dir, out, '--train_mode', 'mezo')!r}; "
+           "import runpy; runpy.run_path('run_zo_fine_tuner.py', run_name='__main__')"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and log.read_text().count('"kind": "step"') >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    metrics = read_json(out / "metrics.json")
+    assert metrics["status"] == "interrupted" and 2 <= metrics["steps"] < 8, metrics
+    lines = read_jsonl(log)
+    assert lines[-1] == {**lines[-1], "kind": "event", "event": "interrupted", "signal": "SIGTERM"}
+    assert [r["step"] for r in lines if r["kind"] == "step"] == list(range(metrics["steps"]))
+    checkpoints = sorted((out / "checkpoints").glob("step-*.json"))
+    assert checkpoints[-1].name == f"step-{metrics['steps']:08d}.json"
+    assert not temp_leftovers(out)
+
+    # no flag: refused (the folder holds a run); --resume: finishes exactly like the uninterrupted run
+    with pytest.raises(RunFolderError, match="interrupted.*--resume"):
+        run_zo_fine_tuner.main(_ft_args(tiny_llama_dir, out, "--train_mode", "mezo"))
+    proc = _run("run_zo_fine_tuner", _ft_args(tiny_llama_dir, out, "--train_mode", "mezo", "--resume"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from step {metrics['steps']}" in proc.stderr
+    _assert_same(_outcome(out), _outcome(reference_dir), "sigterm")
+
+
+def _l2l_args(model_dir, out, *extra):
+    # OPT has dropout: the first-order steps draw from the global torch RNG, which must resume too.
+    # 2 tasks x 2 outer steps = 4 meta steps per epoch, shuffled task order, a reset at epoch 2.
+    return ["--model_name", str(model_dir), "--multi_task_training", "--multi_task_name", "SST2", "Copa",
+            "--shuffle", "--data_dir", str(SHARED_DATA), "--output_dir", str(out), "--num_train_epochs", "3",
+            "--epochs_per_restart", "2", "--num_train", "4", "--num_dev", "2", "--num_eval", "2",
+            "--per_device_train_batch_size", "2", "--lr_mlp", "1e-2", "--lr_update", "1e-3", "--mlp_optimizer", "adam",
+            "--threads", "1", "--checkpoint_steps", "3", "--save_every_steps", "2", "--progress", "False",
+            "--save_mlp_path", str(out.parent / f"{out.name}.safetensors"), *extra]
+
+
+def test_l2l_killed_anywhere_resumes_bit_exactly(tmp_path, tiny_model_dir):
+    model_dir = tiny_model_dir("opt")
+    reference_dir = tmp_path / "reference"
+    run_l2l.main(_l2l_args(model_dir, reference_dir))
+    reference = _outcome(reference_dir, weights="../reference.safetensors", metrics="summary.json")
+    assert len([r for r in reference["log"] if r["kind"] == "step"]) == 12
+
+    # 12 meta steps x 4 loss calls (L+, L-, meta-loss, first-order); checkpoints at steps 3, 6, 9
+    rng = random.Random(KILL_SEED)
+    kills = [("loss", rng.randint(5, 30)), ("save", 1), ("loss", rng.randint(3, 20))]
+    note = f"KILL_SEED={KILL_SEED} kills={kills}"
+    out = tmp_path / "killed"
+    _kill_and_resume("run_l2l", _l2l_args(model_dir, out), kills, note)
+    resumed = _outcome(out, weights="../killed.safetensors", metrics="summary.json")
+    _assert_same(resumed, reference, note)
+    assert [r["event"] for r in read_jsonl(out / "train_log.jsonl") if r["kind"] == "event"].count("reset") == 1
+    assert not (out / "checkpoints").exists() and not temp_leftovers(out)
