@@ -113,6 +113,8 @@ class _Checkpointer:
                  "data": self.data.state_dict() if self.data is not None else None,
                  "loop": {"steps_done": result.steps_done, "best_step": result.best_step,
                           "best_dev_loss": result.best_dev_loss, "dev_losses": list(result.dev_losses),
+                          "train_eval_losses": list(result.train_eval_losses),
+                          "best_train_eval_loss": result.best_train_eval_loss,
                           "window": list(result.window)},
                  "rng": global_rng_state(), "log_offset": run_log.offset()}
         name = self.run.save_checkpoint(state, result.steps_done, base=None if full else self.base)

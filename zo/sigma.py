@@ -143,6 +143,7 @@ class LayerwiseLearnedSigma(LearnedSigma):
         check_bank_granularity(bank, self.granularity)
         self.grouping = SigmaGrouping(list(blocks), self.granularity)
         bank.check_blocks(self.grouping.names)
+        self.dtype = torch.float32  # the authors' fp16 PertNN semantics exist for block-wise banks only
         self.bank = bank.ordered_for(self.grouping.names).float().eval().requires_grad_(False)
         self.effective_dim_rule = effective_dim_rule or bank_effective_dim_rule(bank.metadata)
         self.bank_base_model = bank.metadata.get("base_model")
@@ -156,7 +157,7 @@ class LayerwiseLearnedSigma(LearnedSigma):
     def coefficients(self, stats: tuple[torch.Tensor, torch.Tensor] | None) -> list[float]:
         if stats is None:
             raise ValueError("LayerwiseLearnedSigma needs block statistics")
-        mean, var = self.grouping.pool(*stats)
+        mean, var = self.grouping.pool(stats[0].cpu(), stats[1].cpu())  # the bank lives on the host
         with torch.no_grad():
             group_sigma = self.bank(bank_features(mean, var, self.history[0], self.history[1], self.sigma_prev))
         self.sigma_prev = group_sigma
