@@ -1,11 +1,12 @@
 """The banks this project ships in learned_finetuner/: they load, fit their base model, and say how they were made."""
 import json
 
+import pytest
 import torch
 
 from conftest import REPO_ROOT
 from zo.blocks import parameter_blocks
-from zo.pertnn import load_bank
+from zo.pertnn import bank_effective_dim_rule, load_bank
 
 BANK_DIR = REPO_ROOT / "learned_finetuner"
 
@@ -23,16 +24,24 @@ def smollm2_block_names() -> list[str]:
     return [b.name for b in parameter_blocks(net)]
 
 
-def test_smollm2_bank_matches_the_model_and_its_config_file():
-    bank = load_bank(BANK_DIR / "smollm2-135m_copa.safetensors")
+# The default bank (fair rule for the tied embedding) and the first one, kept for the comparison.
+BANKS = {"smollm2-135m_copa": "tied_full", "smollm2-135m_copa_upstream-rule": "upstream"}
+
+
+@pytest.mark.parametrize("stem, rule", sorted(BANKS.items()))
+def test_smollm2_bank_matches_the_model_and_its_config_file(stem, rule):
+    bank = load_bank(BANK_DIR / f"{stem}.safetensors")
     names = smollm2_block_names()
     assert len(names) == 272 and "lm_head.weight" not in names
     bank.check_blocks(names)  # raises BankMismatchError on any missing or extra block
     assert bank.block_names == names
 
     meta = bank.metadata
-    assert meta["base_model"] == "SmolLM2-135M" and meta["complete"] == "true" and meta["trained"] == "true"
-    sidecar = json.loads((BANK_DIR / "smollm2-135m_copa.json").read_text())
+    assert meta["base_model"] == "SmolLM2-135M" and meta["trained"] == "true"
+    assert bank_effective_dim_rule(meta) == rule  # fine-tuning normalizes with the rule the bank was trained with
+    sidecar = json.loads((BANK_DIR / f"{stem}.json").read_text())
+    # a bank stopped before the end of its schedule says why, in the file and beside it
+    assert meta["complete"] == "true" or (sidecar["stop_reason"] and meta["stop_reason"] == sidecar["stop_reason"])
     assert sidecar["steps_done"] == int(meta["steps_done"]) and sidecar["num_blocks"] == len(names)
     hyper = json.loads(meta["hyperparameters"])
     assert {k: v for k, v in sidecar["hyperparameters"].items() if k != "model_name"} == \

@@ -69,7 +69,7 @@ def test_smollm2_bank_yaml_matches_the_script():
     values = load_yaml_config(REPO_ROOT / "configs" / "smollm2_bank.yaml", L2LConfig)
     for env, key in (("EPOCH=${EPOCH:-", "num_train_epochs"), ("EPOCHS_PER_RESTART=", "epochs_per_restart"),
                      ("BS=", "per_device_train_batch_size"), ("LR_LLM=", "lr_llm"), ("LR_MLP=", "lr_mlp"),
-                     ("LR_UPDATE=", "lr_update"), ("ZO_EPS=", "zo_eps")):
+                     ("LR_UPDATE=", "lr_update"), ("ZO_EPS=", "zo_eps"), ("MAX_STEPS=${MAX_STEPS:-", "max_steps")):
         value = script.split(env, 1)[1].split()[0].rstrip("}")
         assert float(value) == float(values[key]), (key, value, values[key])
     assert "--mlp_optimizer adam" in script and values["mlp_optimizer"] == "adam"
