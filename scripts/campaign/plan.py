@@ -64,7 +64,7 @@ def unavailable_reason(settings: Settings, method: Method) -> str | None:
         from zo.recipes.finetune import FineTuneConfig
         FineTuneConfig(task_name="SST2", train_mode=method.train_mode).validate()
     except Exception as err:  # noqa: BLE001 - any refusal means "not runnable here", reported, not crashed on
-        return f"train mode {method.train_mode!r}: {err}"
+        return f"train mode {method.train_mode!r}: {str(err).splitlines()[0]}"  # one line in the plan
     return None
 
 
