@@ -151,6 +151,7 @@ class MetaLearner:
 
         theta_prime: dict[str, torch.Tensor] = {}
         dots = torch.zeros(len(self.blocks), dtype=torch.float64)
+        device_dots: dict[int, torch.Tensor] = {}  # <grad, z> per block, on the block's device until the end
         hooks = []
         with torch.no_grad():
             for block in self.blocks:
@@ -159,7 +160,7 @@ class MetaLearner:
                 theta_prime[block.name] = tp.requires_grad_(True)
         for block in self.blocks:
             hooks.append(theta_prime[block.name].register_post_accumulate_grad_hook(
-                self._dot_with_noise_hook(seed, block.index, dots)))
+                self._dot_with_noise_hook(seed, block.index, device_dots)))
         try:
             meta_loss = loss_fn(FunctionalModel(self.model, theta_prime), batch)
             meta_loss.backward()
@@ -167,6 +168,8 @@ class MetaLearner:
             for hook in hooks:
                 hook.remove()
         del theta_prime
+        for index, value in device_dots.items():  # after the backward: no host sync inside it
+            dots[index] += value.cpu()
 
         self.bank_optimizer.zero_grad(set_to_none=True)
         k.backward((a * dots).to(k.dtype))
@@ -176,12 +179,12 @@ class MetaLearner:
         state.history = (loss_plus, loss_minus)
         return MetaStepResult(seed, loss_plus, loss_minus, float(meta_loss.detach()), sigma.detach(), c)
 
-    def _dot_with_noise_hook(self, seed: int, index: int, dots: torch.Tensor):
+    def _dot_with_noise_hook(self, seed: int, index: int, dots: dict[int, torch.Tensor]):
         def hook(leaf: torch.Tensor) -> None:
-            total = torch.zeros((), dtype=torch.float64)
+            total = torch.zeros((), dtype=torch.float64, device=leaf.device)  # on the block's device (GPU too)
             for _chunk, rows, z in self.noise.iter_chunks(seed, index, leaf.grad):
                 total += (rows.double() * z.double()).sum()
-            dots[index] += total
+            dots[index] = dots[index] + total if index in dots else total
             leaf.grad = None  # drop it now: only the dot product is needed
         return hook
 
