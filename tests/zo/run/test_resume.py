@@ -76,9 +76,11 @@ def test_fine_tuning_killed_anywhere_resumes_bit_exactly(tmp_path, tiny_llama_di
     run_zo_fine_tuner.main(_ft_args(tiny_llama_dir, reference_dir, *mode))  # in-process: same code, faster
     reference = _outcome(reference_dir)
 
-    # 8 steps = 16 loss calls + 3 dev losses; checkpoints at steps 2, 4, 6 (the 3rd write is a replay one)
+    # 8 steps = 16 loss calls + the dev and train-subset losses; checkpoints at steps 2, 4, 6 (the 3rd write is
+    # a replay one). The first kill lands after the step-2 checkpoint (loss calls 1-4 are steps 0 and 1), so
+    # the run must say it resumed; a kill before any checkpoint would restart it from scratch, without event.
     rng = random.Random(KILL_SEED)
-    kills = [("loss", rng.randint(2, 10)), ("save", rng.randint(1, 2))]
+    kills = [("loss", rng.randint(5, 10)), ("save", rng.randint(1, 2))]
     note = f"KILL_SEED={KILL_SEED} kills={kills}"
     out = tmp_path / "killed"
     _kill_and_resume("run_zo_fine_tuner", _ft_args(tiny_llama_dir, out, *mode), kills, note)
