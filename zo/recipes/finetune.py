@@ -60,6 +60,8 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     learning_rate: float = 1e-6
     zo_eps: float = 1e-3
     weight_decay: float = 0.0
+    weight_decay_rule: str = "mezo"  # zo.estimator.WEIGHT_DECAY_RULES: MeZO's name rule, or ndim (1-D exempt)
+    warmup_rule: str = "hf"  # zo.estimator.WARMUP_RULES: hf k/W (lr 0 at the first update), or shifted (k+1)/W
     lr_scheduler_type: str = "constant"
     warmup_steps: int = 0
     max_steps: int = 20000
@@ -141,6 +143,7 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
             raise FileNotFoundError(f"data folder does not exist: {self.data_dir}")
         if self.per_device_train_batch_size < 1 or self.max_steps < 0 or self.eval_steps < 0:
             raise ValueError("batch size must be >= 1 and steps / eval_steps >= 0")
+        ZOConfig(weight_decay_rule=self.weight_decay_rule, warmup_rule=self.warmup_rule)  # validates both rules
         if self.train_loss_subset < 0:
             raise ValueError("train_loss_subset must be >= 0 (0: off)")
         if self.dev_loss not in ("per_example", "batch_mean"):
@@ -235,7 +238,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
         zo_config = ZOConfig(lr=config.learning_rate, eps=config.zo_eps, weight_decay=config.weight_decay,
                              perturbation="inplace" if config.non_diff else config.perturbation,
                              lr_schedule=config.lr_scheduler_type, warmup_steps=config.warmup_steps,
-                             total_steps=config.max_steps)
+                             total_steps=config.max_steps, weight_decay_rule=config.weight_decay_rule,
+                             warmup_rule=config.warmup_rule)
         optimizer = build_method(config.train_mode, MethodContext(
             model, blocks, zo_config, seed=config.seed, noise=NoiseSource(config.threads),
             batch_size=config.per_device_train_batch_size * group.world_size,  # the global batch (data parallel)
