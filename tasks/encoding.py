@@ -123,19 +123,31 @@ def encode_candidates(sample: Sample, tokenizer, template: Template, max_length:
     return [EncodedOption(left_truncate(list(ids), budget, prepends_special_token(tokenizer)), 0)]
 
 
+def whole_sequence(option: EncodedOption) -> EncodedOption:
+    """The row with every token after the first counted as the option: LM cross-entropy over prompt and option
+    (MeZO's only_train_option False: the model's own loss with labels = input_ids)."""
+    return EncodedOption(option.input_ids, max(len(option.input_ids) - 1, 0), option.follows_prompt)
+
+
 def encode_train_example(sample: Sample, template: Template, tokenizer, as_classification: bool,
-                         max_length: int = 2048, max_new_tokens: int = 50) -> EncodedExample:
+                         max_length: int = 2048, max_new_tokens: int = 50,
+                         only_train_option: bool = True) -> EncodedExample:
     """Classification: every candidate plus the correct index. Otherwise only the correct option's row
-    (the loss is then LM cross-entropy on its tokens)."""
+    (the loss is then LM cross-entropy on its tokens, or on the whole sequence without `only_train_option`)."""
+    if as_classification and not only_train_option:
+        raise ValueError("only_train_option False is LM training on the whole sequence: it needs "
+                         "train_as_classification False (as MeZO, whose classification loss needs option_len)")
     if sample.candidates is None:
         if as_classification:
             raise ValueError("generation tasks have no candidates: train them with as_classification=False")
-        return EncodedExample(encode_candidates(sample, tokenizer, template, max_length, with_gold=True,
-                                                max_new_tokens=max_new_tokens))
-    if as_classification:
+        option = encode_candidates(sample, tokenizer, template, max_length, with_gold=True,
+                                   max_new_tokens=max_new_tokens)[0]
+    elif as_classification:
         return EncodedExample(encode_candidates(sample, tokenizer, template, max_length), correct_index(sample))
-    option = _encode(tokenizer, template.encode(sample), template.verbalize(sample, gold_target(sample)), max_length)
-    return EncodedExample([option])
+    else:
+        option = _encode(tokenizer, template.encode(sample), template.verbalize(sample, gold_target(sample)),
+                         max_length)
+    return EncodedExample([option if only_train_option else whole_sequence(option)])
 
 
 def pad_id(tokenizer) -> int:

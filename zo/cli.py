@@ -148,8 +148,6 @@ REFUSED_UPSTREAM_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
                          ("None",)),
     "--sfc": ("sfc calibration is not implemented yet; evaluation scores by mean option log-prob", ("False",)),
     "--icl_sfc": ("icl_sfc calibration is not implemented yet", ("False",)),
-    "--only_train_option": ("only the option tokens are trained here (upstream's default True); loss on the whole "
-                            "sequence is not implemented yet", ("True",)),
     "--gradient_accumulation_steps": ("gradient accumulation is not implemented; use a larger "
                                       "--per_device_train_batch_size (upstream updated once per micro-batch)", ("1",)),
     "--result_file": ("metrics go to <output_dir>/metrics.json; use --output_dir", ()),

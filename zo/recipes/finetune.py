@@ -81,6 +81,7 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     train_loss_subset: int = 64
     train_as_classification: bool | None = None  # None: the task's upstream default
     non_diff: bool = False
+    only_train_option: bool = True  # False: LM loss on the whole sequence, prompt + option (MeZO's flag)
     perturbation: str = "virtual"
     max_length: int = 2048
     eval_batch_size: int = 8
@@ -226,6 +227,9 @@ def fine_tune(config: FineTuneConfig) -> dict:
                                  upstream_split=config.upstream_split)
     as_classification = (task.train_as_classification if config.train_as_classification is None
                          else config.train_as_classification)
+    if not config.only_train_option and as_classification:
+        raise ValueError("--only_train_option False trains on the whole sequence with the LM loss: add "
+                         "--train_as_classification False (as MeZO, whose classification loss needs the option)")
     if config.non_diff and not task.is_generation:
         raise ValueError(f"--non_diff (-F1 objective) needs a generation task; {task.name} is classification")
     dtype = resolve_dtype(config.load_float16, config.load_bfloat16)
@@ -343,7 +347,8 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
     encoder = batches_cls(splits.train, task, tokenizer, config.per_device_train_batch_size * group.world_size,
                                  seed=config.seed, as_classification=as_classification,
                                  max_length=config.max_length, for_generation_objective=config.non_diff,
-                                 option_scoring=config.option_scoring)
+                                 option_scoring=config.option_scoring,
+                                 only_train_option=config.only_train_option)
     if config.non_diff:
         def loss_fn(batch):
             return tasks.negative_f1_objective(model, tokenizer, batch, task, max_length=config.max_length,
@@ -365,7 +370,8 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
         dev_batch_size = 1 if config.dev_loss == "per_example" else config.eval_batch_size
         dev_batches = tasks.TrainBatches(splits.dev, task, tokenizer, dev_batch_size, seed=0,
                                          as_classification=as_classification, max_length=config.max_length,
-                                         option_scoring=config.option_scoring)
+                                         option_scoring=config.option_scoring,
+                                         only_train_option=config.only_train_option)
         dev_loss_fn = lambda: _mean_loss(model, loss_fn, dev_batches.epoch(shuffle=False))  # noqa: E731
     train_eval_fn = None
     if config.train_loss_subset and splits.train:
@@ -373,7 +379,8 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
         subset = tasks.sampling.seeded_subset(splits.train, config.train_set_seed, config.train_loss_subset)
         subset_batches = tasks.TrainBatches(subset, task, tokenizer, config.eval_batch_size, seed=0,
                                             as_classification=as_classification, max_length=config.max_length,
-                                            option_scoring=config.option_scoring)
+                                            option_scoring=config.option_scoring,
+                                            only_train_option=config.only_train_option)
         train_eval_fn = lambda: _mean_loss(model, lambda b: tasks.batch_loss(model, b),  # noqa: E731
                                            subset_batches.epoch(shuffle=False))
 
