@@ -72,6 +72,9 @@ def left_truncate(ids: list[int], max_length: int, keep_first: bool) -> list[int
     return ids[len(ids) - max_length:]
 
 
+DEMONSTRATION_SEPARATOR = "\n\n"  # MeZO's task.train_sep
+
+
 def _clean(text: str) -> str:
     # Upstream's "(demos + sep + x).lstrip().strip(' ')" with no demonstrations.
     return text.lstrip().strip(" ")
@@ -109,16 +112,34 @@ def gold_target(sample: Sample) -> Any:
     return sample.correct
 
 
+def demonstration_text(demonstrations: Sequence[Sample], template: Template) -> str:
+    """MeZO's in-context demonstrations: each example verbalized with its gold answer, stripped, joined by
+    the task separator (a blank line)."""
+    return DEMONSTRATION_SEPARATOR.join(template.verbalize(s, gold_target(s)).strip()
+                                        for s in demonstrations).strip()
+
+
+def with_demonstrations(demonstrations: str, text: str) -> str:
+    """`text` after the demonstrations (upstream strips the example's own spaces before joining)."""
+    return demonstrations + DEMONSTRATION_SEPARATOR + text.strip(" ") if demonstrations else text
+
+
 def encode_candidates(sample: Sample, tokenizer, template: Template, max_length: int = 2048,
-                      with_gold: bool = False, max_new_tokens: int = 50) -> list[EncodedOption]:
+                      with_gold: bool = False, max_new_tokens: int = 50,
+                      demonstrations: str = "") -> list[EncodedOption]:
     """Classification: one row per candidate. Generation (no candidates): the gold verbalization when
-    `with_gold` (training), else the bare prompt with option_len 0; the budget is max_length - max_new_tokens."""
-    prompt = template.encode(sample)
+    `with_gold` (training), else the bare prompt with option_len 0; the budget is max_length - max_new_tokens.
+    `demonstrations` (demonstration_text) go before the example, as in-context examples."""
+    def put_after_demos(text: str) -> str:
+        return with_demonstrations(demonstrations, text)
+
+    prompt = put_after_demos(template.encode(sample))
     if sample.candidates is not None:
-        return [_encode(tokenizer, prompt, template.verbalize(sample, c), max_length) for c in sample.candidates]
+        return [_encode(tokenizer, prompt, put_after_demos(template.verbalize(sample, c)), max_length)
+                for c in sample.candidates]
     budget = max_length - max_new_tokens
     if with_gold:
-        return [_encode(tokenizer, prompt, template.verbalize(sample, sample.correct), budget)]
+        return [_encode(tokenizer, prompt, put_after_demos(template.verbalize(sample, sample.correct)), budget)]
     ids = tokenizer(_clean(prompt))["input_ids"]
     return [EncodedOption(left_truncate(list(ids), budget, prepends_special_token(tokenizer)), 0)]
 

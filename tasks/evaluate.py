@@ -72,11 +72,14 @@ def _shared_prompt_scores(model, tokenizer, examples: list[EncodedExample], leng
 
 
 def classify(model, tokenizer, task: Task, samples: list[Sample], batch_size: int = 8, max_length: int = 2048,
-             progress: bool = False, option_scoring: str = "auto") -> list[str]:
+             progress: bool = False, option_scoring: str = "auto", demonstrations: list[str] | None = None
+             ) -> list[str]:
     """The argmax candidate of each sample by mean option log-prob. `batch_size` counts rows (sequences) per
     forward pass. Samples whose options can share their prompt (see tasks.encoding.example_prompt_length) are
     scored in that layout, the others one row per option; the scores are the same either way."""
-    examples = [EncodedExample(encode_candidates(s, tokenizer, task.template, max_length)) for s in samples]
+    demos = demonstrations or [""] * len(samples)  # one in-context demonstration text per sample
+    examples = [EncodedExample(encode_candidates(s, tokenizer, task.template, max_length, demonstrations=d))
+                for s, d in zip(samples, demos)]
     lengths = [example_prompt_length(e.options, option_scoring) for e in examples]
     shared = [i for i, n in enumerate(lengths) if n is not None]
     per_row = [i for i, n in enumerate(lengths) if n is None]
@@ -93,10 +96,12 @@ def classify(model, tokenizer, task: Task, samples: list[Sample], batch_size: in
 
 
 def generate(model, tokenizer, task: Task, samples: list[Sample], batch_size: int = 8, max_length: int = 2048,
-             max_new_tokens: int = 50, progress: bool = False) -> list[str]:
+             max_new_tokens: int = 50, progress: bool = False, demonstrations: list[str] | None = None
+             ) -> list[str]:
     """Greedy answers for generation samples, in sample order."""
-    prompts = [encode_candidates(s, tokenizer, task.template, max_length, max_new_tokens=max_new_tokens)[0].input_ids
-               for s in samples]
+    demos = demonstrations or [""] * len(samples)
+    prompts = [encode_candidates(s, tokenizer, task.template, max_length, max_new_tokens=max_new_tokens,
+                                 demonstrations=d)[0].input_ids for s, d in zip(samples, demos)]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(samples)
     for chunk in tqdm(_chunks(order, batch_size), desc=f"{task.name} generation", disable=not progress):
@@ -107,16 +112,20 @@ def generate(model, tokenizer, task: Task, samples: list[Sample], batch_size: in
 
 
 def evaluate(model, tokenizer, task: Task, samples: list[Sample], batch_size: int = 8, max_length: int = 2048,
-             max_new_tokens: int = 50, progress: bool = True, option_scoring: str = "auto") -> dict:
+             max_new_tokens: int = 50, progress: bool = True, option_scoring: str = "auto",
+             demonstrations: list[str] | None = None) -> dict:
     """{"accuracy": x} or {"f1": x}, plus "num_examples". `batch_size` = sequences per forward pass;
-    `option_scoring` (tasks.encoding.OPTION_SCORINGS) only changes how candidates are batched, not the scores."""
+    `option_scoring` (tasks.encoding.OPTION_SCORINGS) only changes how candidates are batched, not the scores;
+    `demonstrations`: one in-context demonstration text per sample (tasks.encoding.demonstration_text)."""
     if not samples:
         return {task.metric_name: 0.0, "num_examples": 0}
     with eval_mode(model):
         if task.is_generation:
-            preds = generate(model, tokenizer, task, samples, batch_size, max_length, max_new_tokens, progress)
+            preds = generate(model, tokenizer, task, samples, batch_size, max_length, max_new_tokens, progress,
+                             demonstrations)
             value = mean_f1(preds, [s.correct for s in samples])
         else:
-            preds = classify(model, tokenizer, task, samples, batch_size, max_length, progress, option_scoring)
+            preds = classify(model, tokenizer, task, samples, batch_size, max_length, progress, option_scoring,
+                             demonstrations)
             value = accuracy(preds, [s.correct for s in samples])
     return {task.metric_name: value, "num_examples": len(samples)}

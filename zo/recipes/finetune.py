@@ -45,6 +45,8 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     model_name: str | None = None  # None: the embedded SmolLM2 folder
     train_mode: str = "zo_fine_tuner"
     eval_only: bool = False  # zero-shot dev + test evaluation, no training (same as train_mode none)
+    # in-context demonstrations per test example in evaluation-only runs, drawn as MeZO's ICL mode (0: zero-shot)
+    num_demos: int = 0
     load_mlp_path: str | None = None
     need_normalization: bool = True
     effective_dim_rule: str | None = None  # None: the rule the bank records (upstream for the authors' banks)
@@ -145,6 +147,14 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
         if self.per_device_train_batch_size < 1 or self.max_steps < 0 or self.eval_steps < 0:
             raise ValueError("batch size must be >= 1 and steps / eval_steps >= 0")
         ZOConfig(weight_decay_rule=self.weight_decay_rule, warmup_rule=self.warmup_rule)  # validates both rules
+        if self.num_demos < 0:
+            raise ValueError("num_demos must be >= 0 (0: zero-shot)")
+        if self.num_demos and self.trains:
+            raise ValueError("--num_demos is for evaluation only (--train_mode none), as MeZO: no in-context "
+                             "demonstrations once the model is trained")
+        if self.num_demos and self.num_dev:
+            raise ValueError("--num_demos draws demonstrations from the whole train pool, which holds the dev set: "
+                             "set --num_dev 0 (DEV=0), as MeZO's in-context mode")
         if self.train_loss_subset < 0:
             raise ValueError("train_loss_subset must be >= 0 (0: off)")
         if self.dev_loss not in ("per_example", "batch_mean"):
@@ -315,7 +325,10 @@ def fine_tune(config: FineTuneConfig) -> dict:
         if result.best_dev_loss is not None:
             metrics["dev"]["loss"] = result.best_dev_loss
     if splits.test:
-        metrics["test"] = _evaluate(config, model, tokenizer, task, splits.test, generation)
+        metrics["test"] = _evaluate(config, model, tokenizer, task, splits.test, generation,
+                                    _test_demonstrations(config, task, splits.test))
+        if config.num_demos:
+            metrics["test"]["num_demos"] = config.num_demos
     metrics["total_seconds"] = round(time.perf_counter() - start, 2)
     run.write_metrics(metrics)
     run.remove_checkpoints()
@@ -328,14 +341,24 @@ def fine_tune(config: FineTuneConfig) -> dict:
     return metrics
 
 
-def _evaluate(config: FineTuneConfig, model, tokenizer, task, samples, generation) -> dict:
+def _test_demonstrations(config: FineTuneConfig, task, samples) -> list[str] | None:
+    """With --num_demos: one demonstration text per test example (MeZO's one train set per eval example)."""
+    if not config.num_demos:
+        return None
+    sets = tasks.sampling.demonstration_sets(task.load_split("train"), len(samples), config.num_demos)
+    return [tasks.encoding.demonstration_text(demos, task.template) for demos in sets]
+
+
+def _evaluate(config: FineTuneConfig, model, tokenizer, task, samples, generation,
+              demonstrations: list[str] | None = None) -> dict:
     progress = config.progress and sys.stderr.isatty()  # no carriage-return spam in a log file
     if task.is_generation:  # the generation options (sampling, beams, eos_token, newline cut) apply here
         return tasks.evaluate_generation(model, tokenizer, task, samples, config.eval_batch_size, config.max_length,
-                                         generation, progress=progress)
+                                         generation, progress=progress, demonstrations=demonstrations)
     return tasks.evaluate(model, tokenizer, task, samples, batch_size=config.eval_batch_size,
                           max_length=config.max_length, max_new_tokens=config.max_new_tokens,
-                          progress=progress, option_scoring=config.option_scoring)
+                          progress=progress, option_scoring=config.option_scoring,
+                          demonstrations=demonstrations)
 
 
 def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as_classification, generation,
