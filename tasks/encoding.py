@@ -126,13 +126,20 @@ def with_demonstrations(demonstrations: str, text: str) -> str:
 
 def encode_candidates(sample: Sample, tokenizer, template: Template, max_length: int = 2048,
                       with_gold: bool = False, max_new_tokens: int = 50,
-                      demonstrations: str = "") -> list[EncodedOption]:
+                      demonstrations: str = "", content_free: bool = False) -> list[EncodedOption]:
     """Classification: one row per candidate. Generation (no candidates): the gold verbalization when
     `with_gold` (training), else the bare prompt with option_len 0; the budget is max_length - max_new_tokens.
-    `demonstrations` (demonstration_text) go before the example, as in-context examples."""
+    `demonstrations` (demonstration_text) go before the example, as in-context examples. `content_free`: the
+    template's content-free prompt (sfc calibration) instead of the example's."""
     def put_after_demos(text: str) -> str:
         return with_demonstrations(demonstrations, text)
 
+    if content_free:
+        if sample.candidates is None:
+            raise ValueError("sfc / icl_sfc calibration is for classification tasks (MeZO: no SFC for generation)")
+        prompt = put_after_demos(template.encode_sfc(sample))
+        return [_encode(tokenizer, prompt, put_after_demos(template.verbalize_sfc(sample, c)), max_length)
+                for c in sample.candidates]
     prompt = put_after_demos(template.encode(sample))
     if sample.candidates is not None:
         return [_encode(tokenizer, prompt, put_after_demos(template.verbalize(sample, c)), max_length)

@@ -146,8 +146,6 @@ REFUSED_UPSTREAM_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
                     ("False",)),
     "--num_train_sets": ("several train sets in one run are not implemented yet; run once per --train_set_seed",
                          ("None",)),
-    "--sfc": ("sfc calibration is not implemented yet; evaluation scores by mean option log-prob", ("False",)),
-    "--icl_sfc": ("icl_sfc calibration is not implemented yet", ("False",)),
     "--gradient_accumulation_steps": ("gradient accumulation is not implemented; use a larger "
                                       "--per_device_train_batch_size (upstream updated once per micro-batch)", ("1",)),
     "--result_file": ("metrics go to <output_dir>/metrics.json; use --output_dir", ()),

@@ -47,6 +47,9 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     eval_only: bool = False  # zero-shot dev + test evaluation, no training (same as train_mode none)
     # in-context demonstrations per test example in evaluation-only runs, drawn as MeZO's ICL mode (0: zero-shot)
     num_demos: int = 0
+    # MeZO's calibration of classification scores: option log-prob minus its log-prob after a content-free prompt
+    sfc: bool = False  # content-free prompt without demonstrations
+    icl_sfc: bool = False  # content-free prompt after the same demonstrations
     load_mlp_path: str | None = None
     need_normalization: bool = True
     effective_dim_rule: str | None = None  # None: the rule the bank records (upstream for the authors' banks)
@@ -152,6 +155,9 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
         if self.num_demos and self.trains:
             raise ValueError("--num_demos is for evaluation only (--train_mode none), as MeZO: no in-context "
                              "demonstrations once the model is trained")
+        if self.sfc and self.icl_sfc:
+            raise ValueError("--sfc and --icl_sfc exclude each other (icl_sfc: the content-free prompt keeps the "
+                             "demonstrations)")
         if self.num_demos and self.num_dev:
             raise ValueError("--num_demos draws demonstrations from the whole train pool, which holds the dev set: "
                              "set --num_dev 0 (DEV=0), as MeZO's in-context mode")
@@ -240,6 +246,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
     if not config.only_train_option and as_classification:
         raise ValueError("--only_train_option False trains on the whole sequence with the LM loss: add "
                          "--train_as_classification False (as MeZO, whose classification loss needs the option)")
+    if (config.sfc or config.icl_sfc) and task.is_generation:
+        raise ValueError(f"--sfc / --icl_sfc calibrate classification scores; {task.name} is a generation task")
     if config.non_diff and not task.is_generation:
         raise ValueError(f"--non_diff (-F1 objective) needs a generation task; {task.name} is classification")
     dtype = resolve_dtype(config.load_float16, config.load_bfloat16)
@@ -358,7 +366,11 @@ def _evaluate(config: FineTuneConfig, model, tokenizer, task, samples, generatio
     return tasks.evaluate(model, tokenizer, task, samples, batch_size=config.eval_batch_size,
                           max_length=config.max_length, max_new_tokens=config.max_new_tokens,
                           progress=progress, option_scoring=config.option_scoring,
-                          demonstrations=demonstrations)
+                          demonstrations=demonstrations, calibration=_calibration(config))
+
+
+def _calibration(config: FineTuneConfig) -> str | None:
+    return "sfc" if config.sfc else "icl_sfc" if config.icl_sfc else None
 
 
 def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as_classification, generation,

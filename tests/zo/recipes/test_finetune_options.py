@@ -81,7 +81,6 @@ def test_save_steps_is_the_evaluation_period_as_upstream(tmp_path, tiny_llama_di
     (["--lora"], "--lora True: LoRA is not implemented"),
     (["--gradient_accumulation_steps", "4"], "use a larger --per_device_train_batch_size"),
     (["--load_int8", "True"], "use --load_float16 True"),
-    (["--sfc"], "sfc calibration is not implemented"),
     (["--num_train_sets", "3"], "run once per --train_set_seed"),
     (["--result_file", "x.json"], "use --output_dir"),
     (["--fp16"], "with --load_float16 True"),
