@@ -21,7 +21,7 @@ from zo.blocks import EFFECTIVE_DIM_RULES, parameter_blocks
 from zo import distributed
 from zo.estimator import ZOConfig
 from zo.io import sanitize_component
-from zo.loop import CheckpointPolicy, LoopResult, train_zo
+from zo.loop import AccumulatedBatches, CheckpointPolicy, LoopResult, accumulated_loss, train_zo
 from zo.methods import MethodContext, MethodOptions, build_method, check_options, method_config
 from zo.models import load_model, resolve_device, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
@@ -58,6 +58,8 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     data_dir: str | None = None  # local data root; None: the HF hub
     output_dir: str | None = None
     per_device_train_batch_size: int = 16
+    # one ZO update per this many micro-batches: L+ and L- are the means over them at one perturbation seed
+    gradient_accumulation_steps: int = 1
     load_int8: bool = False  # refused: int8 weights cannot take ZO updates
     upstream_fp16_semantics: bool = False  # with load_float16: fp16 log-softmax, PertNN and history (docs/gpu.md)
     device: str = "auto"  # auto (CUDA if available, else CPU) | cpu | cuda | cuda:K | mps
@@ -147,6 +149,8 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
                              "or give a task spec file (--task_file, docs/adding_a_task.md)")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise FileNotFoundError(f"data folder does not exist: {self.data_dir}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError("gradient_accumulation_steps must be >= 1")
         if self.per_device_train_batch_size < 1 or self.max_steps < 0 or self.eval_steps < 0:
             raise ValueError("batch size must be >= 1 and steps / eval_steps >= 0")
         ZOConfig(weight_decay_rule=self.weight_decay_rule, warmup_rule=self.warmup_rule)  # validates both rules
@@ -419,6 +423,9 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
         train_eval_fn = lambda: _mean_loss(model, lambda b: tasks.batch_loss(model, b),  # noqa: E731
                                            subset_batches.epoch(shuffle=False))
 
+    if config.gradient_accumulation_steps > 1:
+        encoder = AccumulatedBatches(encoder, config.gradient_accumulation_steps)
+        train_loss_fn = accumulated_loss(train_loss_fn)
     checkpoints = CheckpointPolicy(config.checkpoint_steps, config.checkpoint_minutes, config.checkpoint_kind)
     return train_zo(optimizer, encoder, train_loss_fn, config.max_steps, run, config.eval_period, dev_loss_fn,
                     progress=config.progress and group.is_main, log_extra=optimizer.log_extra,
