@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zo.cli import (IGNORED_UPSTREAM_FLAGS, add_dataclass_arguments, parse_with_config, run_main, setup_logging,
-                    strip_ignored)
+from zo.cli import (IGNORED_UPSTREAM_FLAGS, REFUSED_UPSTREAM_FLAGS, add_dataclass_arguments, parse_with_config,
+                    run_main, setup_logging, strip_ignored)
 from zo.methods import TRAIN_MODES, check_options
 from zo.recipes.finetune import FineTuneConfig, fine_tune
 
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     # Upstream's --trainer: zo trains, none evaluates only (MeZO); --save_steps is the evaluation period here.
     parser.add_argument("--trainer", choices=("zo", "none"), default="zo", help="zo | none (evaluation only)")
     ignored = {k: v for k, v in IGNORED_UPSTREAM_FLAGS.items() if k not in ("--trainer", "--save_steps")}
-    argv = strip_ignored(sys.argv[1:] if argv is None else argv, ignored)
+    refused = {k: v for k, v in REFUSED_UPSTREAM_FLAGS.items() if k != "--gradient_accumulation_steps"}
+    argv = strip_ignored(sys.argv[1:] if argv is None else argv, ignored, refused)
     args = parse_with_config(parser, FineTuneConfig, argv)
     if args.pop("trainer") == "none":
         args["eval_only"] = True

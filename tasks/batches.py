@@ -24,7 +24,7 @@ class TrainBatches:
                  as_classification: bool | None = None, max_length: int = 2048, max_new_tokens: int = 50,
                  for_generation_objective: bool = False, drop_last: bool = False,
                  pad_to_multiple_of: int | None = 8, generator: torch.Generator | None = None,
-                 option_scoring: str = "auto"):
+                 option_scoring: str = "auto", only_train_option: bool = True):
         check_option_scoring(option_scoring)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -49,7 +49,7 @@ class TrainBatches:
         self.encoded: list[EncodedExample] | None = None
         if not for_generation_objective:
             self.encoded = [encode_train_example(s, task.template, tokenizer, self.as_classification, max_length,
-                                                 max_new_tokens) for s in self.samples]
+                                                 max_new_tokens, only_train_option) for s in self.samples]
 
     def __len__(self) -> int:
         """Batches per epoch."""

@@ -72,6 +72,9 @@ def left_truncate(ids: list[int], max_length: int, keep_first: bool) -> list[int
     return ids[len(ids) - max_length:]
 
 
+DEMONSTRATION_SEPARATOR = "\n\n"  # MeZO's task.train_sep
+
+
 def _clean(text: str) -> str:
     # Upstream's "(demos + sep + x).lstrip().strip(' ')" with no demonstrations.
     return text.lstrip().strip(" ")
@@ -109,33 +112,70 @@ def gold_target(sample: Sample) -> Any:
     return sample.correct
 
 
+def demonstration_text(demonstrations: Sequence[Sample], template: Template) -> str:
+    """MeZO's in-context demonstrations: each example verbalized with its gold answer, stripped, joined by
+    the task separator (a blank line)."""
+    return DEMONSTRATION_SEPARATOR.join(template.verbalize(s, gold_target(s)).strip()
+                                        for s in demonstrations).strip()
+
+
+def with_demonstrations(demonstrations: str, text: str) -> str:
+    """`text` after the demonstrations (upstream strips the example's own spaces before joining)."""
+    return demonstrations + DEMONSTRATION_SEPARATOR + text.strip(" ") if demonstrations else text
+
+
 def encode_candidates(sample: Sample, tokenizer, template: Template, max_length: int = 2048,
-                      with_gold: bool = False, max_new_tokens: int = 50) -> list[EncodedOption]:
+                      with_gold: bool = False, max_new_tokens: int = 50,
+                      demonstrations: str = "", content_free: bool = False) -> list[EncodedOption]:
     """Classification: one row per candidate. Generation (no candidates): the gold verbalization when
-    `with_gold` (training), else the bare prompt with option_len 0; the budget is max_length - max_new_tokens."""
-    prompt = template.encode(sample)
+    `with_gold` (training), else the bare prompt with option_len 0; the budget is max_length - max_new_tokens.
+    `demonstrations` (demonstration_text) go before the example, as in-context examples. `content_free`: the
+    template's content-free prompt (sfc calibration) instead of the example's."""
+    def put_after_demos(text: str) -> str:
+        return with_demonstrations(demonstrations, text)
+
+    if content_free:
+        if sample.candidates is None:
+            raise ValueError("sfc / icl_sfc calibration is for classification tasks (MeZO: no SFC for generation)")
+        prompt = put_after_demos(template.encode_sfc(sample))
+        return [_encode(tokenizer, prompt, put_after_demos(template.verbalize_sfc(sample, c)), max_length)
+                for c in sample.candidates]
+    prompt = put_after_demos(template.encode(sample))
     if sample.candidates is not None:
-        return [_encode(tokenizer, prompt, template.verbalize(sample, c), max_length) for c in sample.candidates]
+        return [_encode(tokenizer, prompt, put_after_demos(template.verbalize(sample, c)), max_length)
+                for c in sample.candidates]
     budget = max_length - max_new_tokens
     if with_gold:
-        return [_encode(tokenizer, prompt, template.verbalize(sample, sample.correct), budget)]
+        return [_encode(tokenizer, prompt, put_after_demos(template.verbalize(sample, sample.correct)), budget)]
     ids = tokenizer(_clean(prompt))["input_ids"]
     return [EncodedOption(left_truncate(list(ids), budget, prepends_special_token(tokenizer)), 0)]
 
 
+def whole_sequence(option: EncodedOption) -> EncodedOption:
+    """The row with every token after the first counted as the option: LM cross-entropy over prompt and option
+    (MeZO's only_train_option False: the model's own loss with labels = input_ids)."""
+    return EncodedOption(option.input_ids, max(len(option.input_ids) - 1, 0), option.follows_prompt)
+
+
 def encode_train_example(sample: Sample, template: Template, tokenizer, as_classification: bool,
-                         max_length: int = 2048, max_new_tokens: int = 50) -> EncodedExample:
+                         max_length: int = 2048, max_new_tokens: int = 50,
+                         only_train_option: bool = True) -> EncodedExample:
     """Classification: every candidate plus the correct index. Otherwise only the correct option's row
-    (the loss is then LM cross-entropy on its tokens)."""
+    (the loss is then LM cross-entropy on its tokens, or on the whole sequence without `only_train_option`)."""
+    if as_classification and not only_train_option:
+        raise ValueError("only_train_option False is LM training on the whole sequence: it needs "
+                         "train_as_classification False (as MeZO, whose classification loss needs option_len)")
     if sample.candidates is None:
         if as_classification:
             raise ValueError("generation tasks have no candidates: train them with as_classification=False")
-        return EncodedExample(encode_candidates(sample, tokenizer, template, max_length, with_gold=True,
-                                                max_new_tokens=max_new_tokens))
-    if as_classification:
+        option = encode_candidates(sample, tokenizer, template, max_length, with_gold=True,
+                                   max_new_tokens=max_new_tokens)[0]
+    elif as_classification:
         return EncodedExample(encode_candidates(sample, tokenizer, template, max_length), correct_index(sample))
-    option = _encode(tokenizer, template.encode(sample), template.verbalize(sample, gold_target(sample)), max_length)
-    return EncodedExample([option])
+    else:
+        option = _encode(tokenizer, template.encode(sample), template.verbalize(sample, gold_target(sample)),
+                         max_length)
+    return EncodedExample([option if only_train_option else whole_sequence(option)])
 
 
 def pad_id(tokenizer) -> int:

@@ -107,15 +107,19 @@ def greedy_answers(model, tokenizer, prompts: Sequence[Sequence[int]], max_lengt
     return generate_answers(model, tokenizer, prompts, max_length, GenerationOptions(max_new_tokens=max_new_tokens))
 
 
-def prompt_ids(samples, tokenizer, template, max_length: int, max_new_tokens: int) -> list[list[int]]:
-    return [encode_candidates(s, tokenizer, template, max_length, max_new_tokens=max_new_tokens)[0].input_ids
-            for s in samples]
+def prompt_ids(samples, tokenizer, template, max_length: int, max_new_tokens: int,
+               demonstrations: list[str] | None = None) -> list[list[int]]:
+    demos = demonstrations or [""] * len(samples)
+    return [encode_candidates(s, tokenizer, template, max_length, max_new_tokens=max_new_tokens,
+                              demonstrations=d)[0].input_ids for s, d in zip(samples, demos)]
 
 
 def answer_samples(model, tokenizer, task, samples, batch_size: int = 8, max_length: int = 2048,
-                   options: GenerationOptions = GREEDY, progress: bool = False, raw: bool = False) -> list[str]:
-    """Answers to generation samples in sample order (length-sorted batches); `raw`: before cut / strip."""
-    prompts = prompt_ids(samples, tokenizer, task.template, max_length, options.max_new_tokens)
+                   options: GenerationOptions = GREEDY, progress: bool = False, raw: bool = False,
+                   demonstrations: list[str] | None = None) -> list[str]:
+    """Answers to generation samples in sample order (length-sorted batches); `raw`: before cut / strip;
+    `demonstrations`: one in-context demonstration text per sample."""
+    prompts = prompt_ids(samples, tokenizer, task.template, max_length, options.max_new_tokens, demonstrations)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers = [""] * len(samples)
     produce = raw_answers if raw else generate_answers
@@ -127,14 +131,16 @@ def answer_samples(model, tokenizer, task, samples, batch_size: int = 8, max_len
 
 
 def evaluate_generation(model, tokenizer, task, samples, batch_size: int = 8, max_length: int = 2048,
-                        options: GenerationOptions = GREEDY, progress: bool = False) -> dict:
+                        options: GenerationOptions = GREEDY, progress: bool = False,
+                        demonstrations: list[str] | None = None) -> dict:
     """{"f1": mean SQuAD F1, "num_examples": n} with the given generation options (model in eval mode)."""
     if not samples:
         return {"f1": 0.0, "num_examples": 0}
     was_training = model.training
     model.eval()
     try:
-        preds = answer_samples(model, tokenizer, task, samples, batch_size, max_length, options, progress)
+        preds = answer_samples(model, tokenizer, task, samples, batch_size, max_length, options, progress,
+                               demonstrations=demonstrations)
     finally:
         model.train(was_training)
     return {"f1": mean_f1(preds, [s.correct for s in samples]), "num_examples": len(samples)}

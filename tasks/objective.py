@@ -114,15 +114,16 @@ def shared_prompt_logprobs(model, batch: dict, logits_dtype: torch.dtype = torch
     return logprobs, mask
 
 
-def option_scores(model, batch: dict, logits_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Per-option mean log-probability of the option tokens (options with no token score 0)."""
+def option_scores(model, batch: dict, logits_dtype: torch.dtype = torch.float32, reduce: str = "mean"
+                  ) -> torch.Tensor:
+    """Per-option mean (or, `reduce="sum"`, summed) log-probability of the option tokens (no token: 0)."""
     if "continuation_ids" in batch:
         logprobs, mask = shared_prompt_logprobs(model, batch, logits_dtype)
     else:
         logprobs, mask = option_token_logprobs(model, batch["input_ids"], batch["attention_mask"],
                                                batch["option_len"], logits_dtype)
-    counts = mask.sum(-1).clamp(min=1)
-    return (logprobs * mask).sum(-1) / counts
+    total = (logprobs * mask).sum(-1)
+    return total if reduce == "sum" else total / mask.sum(-1).clamp(min=1)
 
 
 def batch_loss(model, batch: dict, logits_dtype: torch.dtype = torch.float32) -> torch.Tensor:

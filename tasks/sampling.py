@@ -29,6 +29,12 @@ def seeded_subset(pool: list[Sample], seed: int, num: int) -> list[Sample]:
     return [pool[i] for i in order]
 
 
+def demonstration_sets(train_pool: list[Sample], num_examples: int, num_demos: int) -> list[list[Sample]]:
+    """MeZO's in-context mode (no train-set seed): one demonstration set per evaluated example, the i-th being
+    the first `num_demos` of a permutation of the whole train pool seeded with i."""
+    return [seeded_subset(train_pool, i, num_demos) for i in range(num_examples)]
+
+
 def sample_splits(task: Task, num_train: int, num_dev: int | None, num_eval: int | None, seed: int,
                   upstream_split: bool = False) -> Splits:
     """Upstream: draw num_train + num_dev from the train pool, the LAST num_dev being dev; test = the first

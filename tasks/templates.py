@@ -24,6 +24,25 @@ class Template:
         """The option text of a candidate (label index -> label word; strings pass through)."""
         return self.verbalizer[candidate] if isinstance(candidate, int) else str(candidate)
 
+    # Content-free prompt for sfc / icl_sfc calibration (MeZO's encode_sfc / verbalize_sfc): the sample's
+    # content removed, the option kept; an option's calibrated score is its log-prob minus this one's.
+    def encode_sfc(self, sample: Sample) -> str:
+        raise ValueError(f"{type(self).__name__} has no content-free prompt: --sfc / --icl_sfc calibrate the "
+                         "classification tasks only")
+
+    def verbalize_sfc(self, sample: Sample, candidate: Any) -> str:
+        return self.encode_sfc(sample)  # raises for templates without a content-free prompt
+
+
+class LabelWordSfc:
+    """MeZO's content-free prompt of the label-word tasks: nothing, then the label word."""
+
+    def encode_sfc(self, sample: Sample) -> str:
+        return ""
+
+    def verbalize_sfc(self, sample: Sample, candidate: Any) -> str:
+        return self.word(candidate)
+
 
 class SST2Template(Template):
     verbalizer = {0: "terrible", 1: "great"}
@@ -33,6 +52,12 @@ class SST2Template(Template):
 
     def verbalize(self, sample: Sample, candidate: Any) -> str:
         return f"{self.encode(sample)} {self.word(candidate)}"
+
+    def encode_sfc(self, sample: Sample) -> str:
+        return " It was"
+
+    def verbalize_sfc(self, sample: Sample, candidate: Any) -> str:
+        return f" It was {self.word(candidate)}"
 
 
 class CopaTemplate(Template):
@@ -60,8 +85,14 @@ class CopaTemplate(Template):
     def verbalize(self, sample: Sample, candidate: Any) -> str:
         return self.encode(sample) + self.lower_first_word(str(candidate))
 
+    def encode_sfc(self, sample: Sample) -> str:
+        return "so" if sample.data["question"] == "effect" else "because"
 
-class BoolQTemplate(Template):
+    def verbalize_sfc(self, sample: Sample, candidate: Any) -> str:
+        return f"{self.encode_sfc(sample)} {self.lower_first_word(str(candidate))}"
+
+
+class BoolQTemplate(LabelWordSfc, Template):
     """Upstream's BoolQTemplateV3: passage, capitalized question with '?', newline, Yes/No."""
 
     verbalizer = {0: "No", 1: "Yes"}
@@ -77,7 +108,7 @@ class BoolQTemplate(Template):
         return self.encode(sample) + self.word(candidate)
 
 
-class MultiRCTemplate(Template):
+class MultiRCTemplate(LabelWordSfc, Template):
     verbalizer = {0: "No", 1: "Yes"}
 
     def encode(self, sample: Sample) -> str:
@@ -89,7 +120,7 @@ class MultiRCTemplate(Template):
         return self.encode(sample) + self.word(candidate)
 
 
-class CBTemplate(Template):
+class CBTemplate(LabelWordSfc, Template):
     verbalizer = {0: "Yes", 1: "No", 2: "Maybe"}
 
     def encode(self, sample: Sample) -> str:
@@ -100,7 +131,7 @@ class CBTemplate(Template):
         return self.encode(sample) + self.word(candidate)
 
 
-class WICTemplate(Template):
+class WICTemplate(LabelWordSfc, Template):
     verbalizer = {0: "No", 1: "Yes"}
 
     def encode(self, sample: Sample) -> str:
@@ -112,7 +143,7 @@ class WICTemplate(Template):
         return self.encode(sample) + self.word(candidate)
 
 
-class WSCTemplate(Template):
+class WSCTemplate(LabelWordSfc, Template):
     verbalizer = {0: "No", 1: "Yes"}
 
     def encode(self, sample: Sample) -> str:
@@ -135,11 +166,17 @@ class ReCoRDTemplate(Template):
         return f"{self.passage(sample)}\n-"
 
     def verbalize(self, sample: Sample, candidate: Any) -> str:
+        return f"{self.passage(sample)}\n{self.verbalize_sfc(sample, candidate)}"
+
+    def encode_sfc(self, sample: Sample) -> str:
+        return "-"
+
+    def verbalize_sfc(self, sample: Sample, candidate: Any) -> str:
         entity = candidate[0] if isinstance(candidate, list) else str(candidate)
-        return f"{self.passage(sample)}\n- {sample.data['query'].replace('@placeholder', entity)}"
+        return f"- {sample.data['query'].replace('@placeholder', entity)}"
 
 
-class RTETemplate(Template):
+class RTETemplate(LabelWordSfc, Template):
     verbalizer = {0: "Yes", 1: "No"}
 
     def encode(self, sample: Sample) -> str:

@@ -146,12 +146,10 @@ REFUSED_UPSTREAM_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
                     ("False",)),
     "--num_train_sets": ("several train sets in one run are not implemented yet; run once per --train_set_seed",
                          ("None",)),
-    "--sfc": ("sfc calibration is not implemented yet; evaluation scores by mean option log-prob", ("False",)),
-    "--icl_sfc": ("icl_sfc calibration is not implemented yet", ("False",)),
-    "--only_train_option": ("only the option tokens are trained here (upstream's default True); loss on the whole "
-                            "sequence is not implemented yet", ("True",)),
-    "--gradient_accumulation_steps": ("gradient accumulation is not implemented; use a larger "
-                                      "--per_device_train_batch_size (upstream updated once per micro-batch)", ("1",)),
+    # fine-tuning implements it (run_zo_fine_tuner.py removes it from this table); L2L does not yet
+    "--gradient_accumulation_steps": ("gradient accumulation is not implemented for L2L; use a larger "
+                                      "--per_device_train_batch_size (upstream ran a meta step per micro-batch)",
+                                      ("1",)),
     "--result_file": ("metrics go to <output_dir>/metrics.json; use --output_dir", ()),
     "--no_eval": ("evaluation always runs; use --num_eval 0 and --num_dev 0 to skip it", ("False",)),
     "--fp16": ("HF mixed precision is not used; load the model in half precision with --load_float16 True",

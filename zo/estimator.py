@@ -27,6 +27,21 @@ from zo.stats import BlockStatsCollector, block_stats
 
 PERTURBATION_MODES = ("virtual", "inplace")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+# mezo: MeZO's name rule (names with bias / layer_norm / layernorm are not decayed, so Llama's model.norm.weight
+# is); ndim: every 1-D tensor is exempt (this codebase's rule before, HF's usual AdamW grouping).
+WEIGHT_DECAY_RULES = ("mezo", "ndim")
+# hf: HF's warm-up factor k/W (lr 0 at the first update, as MeZO's Trainer); shifted: (k+1)/W.
+WARMUP_RULES = ("hf", "shifted")
+MEZO_NO_DECAY_NAMES = ("bias", "layer_norm", "layernorm")
+
+
+def is_decayed(name: str, param: torch.Tensor, rule: str = "mezo") -> bool:
+    """Whether weight decay applies to the parameter `name` under `rule` (WEIGHT_DECAY_RULES)."""
+    if rule == "mezo":
+        return not any(part in name for part in MEZO_NO_DECAY_NAMES)
+    if rule == "ndim":
+        return param.dim() >= 2
+    raise ValueError(f"weight_decay_rule must be one of {WEIGHT_DECAY_RULES}, got {rule!r}")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -42,8 +57,14 @@ class ZOConfig:
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     total_steps: int = 0
+    weight_decay_rule: str = "mezo"
+    warmup_rule: str = "hf"
 
     def __post_init__(self) -> None:
+        if self.weight_decay_rule not in WEIGHT_DECAY_RULES:
+            raise ValueError(f"weight_decay_rule must be one of {WEIGHT_DECAY_RULES}, got {self.weight_decay_rule!r}")
+        if self.warmup_rule not in WARMUP_RULES:
+            raise ValueError(f"warmup_rule must be one of {WARMUP_RULES}, got {self.warmup_rule!r}")
         if self.perturbation not in PERTURBATION_MODES:
             raise ValueError(f"perturbation must be one of {PERTURBATION_MODES}, got {self.perturbation!r}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -72,7 +93,8 @@ class StepRecord:
 def lr_at(config: ZOConfig, step: int) -> float:
     """Learning rate for 0-based `step`: optional linear warm-up, then constant, linear or cosine decay."""
     if config.warmup_steps > 0 and step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
+        done = step if config.warmup_rule == "hf" else step + 1
+        return config.lr * done / config.warmup_steps
     if config.lr_schedule == "constant":
         return config.lr
     span = max(1, config.total_steps - config.warmup_steps)
@@ -98,8 +120,7 @@ class ZOOptimizer:
         self.noise = noise or NoiseSource()
         self.seed_rng = np.random.Generator(np.random.PCG64(seed))
         self.step_count = 0
-        # MeZO's weight decay skips biases and norms: here every 1-D tensor.
-        self.decayed = [b.param.dim() >= 2 for b in self.blocks]
+        self.decayed = [is_decayed(b.name, b.param, config.weight_decay_rule) for b in self.blocks]
         self._stats: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- pieces shared by step and replay -----------------------------------------------------

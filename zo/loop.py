@@ -149,6 +149,35 @@ class _Checkpointer:
         result.resumed_from = result.steps_done
 
 
+class AccumulatedBatches:
+    """Gradient accumulation for ZO: each item is `steps` consecutive micro-batches of `batches`, so that one
+    update sees them all under one perturbation seed. Resumes through the wrapped batches' state (a checkpoint
+    falls between groups)."""
+
+    def __init__(self, batches, steps: int):
+        if steps < 1:
+            raise ValueError("gradient_accumulation_steps must be >= 1")
+        self.batches, self.steps = batches, steps
+
+    def forever(self) -> Iterator:
+        micro = self.batches.forever()
+        while True:
+            yield [next(micro) for _ in range(self.steps)]
+
+    def state_dict(self) -> dict:
+        return self.batches.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches.load_state_dict(state)
+
+
+def accumulated_loss(loss_fn: Callable[[object], torch.Tensor]) -> Callable[[list], torch.Tensor]:
+    """The loss of a group of micro-batches: the mean of their losses (L+ and L- each, at one perturbation)."""
+    def mean_loss(micro_batches: list) -> torch.Tensor:
+        return sum(loss_fn(b) for b in micro_batches) / len(micro_batches)
+    return mean_loss
+
+
 def train_zo(optimizer, batches, loss_fn: Callable[[object], torch.Tensor], steps: int, run: RunDir | Path,
              eval_steps: int = 0, dev_loss_fn: Callable[[], float] | None = None, progress: bool = True,
              log_extra: Callable[[], dict] | None = None, checkpoints: CheckpointPolicy | None = None,

@@ -146,9 +146,50 @@ def test_learning_rate_schedules():
     linear = ZOConfig(lr=1.0, lr_schedule="linear", total_steps=10)
     assert lr_at(linear, 0) == 1.0 and lr_at(linear, 5) == 0.5 and lr_at(linear, 10) == 0.0
     assert lr_at(ZOConfig(lr=1.0, lr_schedule="cosine", total_steps=10), 5) == pytest.approx(0.5)
-    assert lr_at(ZOConfig(lr=1.0, warmup_steps=4), 1) == 0.5
+    # HF's warm-up (MeZO's Trainer): k/W, so the first update has lr 0; the shifted rule is (k+1)/W
+    hf_warmup = ZOConfig(lr=1.0, warmup_steps=4)
+    assert [lr_at(hf_warmup, k) for k in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    shifted = ZOConfig(lr=1.0, warmup_steps=4, warmup_rule="shifted")
+    assert [lr_at(shifted, k) for k in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    hf_linear = ZOConfig(lr=1.0, warmup_steps=2, lr_schedule="linear", total_steps=6)
+    assert [lr_at(hf_linear, k) for k in range(7)] == [0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0]
+    with pytest.raises(ValueError, match="warmup_rule"):
+        ZOConfig(warmup_rule="k+1")
     with pytest.raises(ValueError):
         ZOConfig(perturbation="sideways")
+
+
+def test_weight_decay_rule_mezo_names_and_ndim_on_llama():
+    model = build_tiny_model("llama", 400)
+    blocks = parameter_blocks(model)
+    names = [b.name for b in blocks]
+    exempt = {rule: [b.name for b, d in zip(blocks, ZOOptimizer(model, ConstantSigma(blocks),
+                                                              ZOConfig(weight_decay_rule=rule)).decayed) if not d]
+              for rule in ("mezo", "ndim")}
+    # MeZO exempts names with bias / layer_norm / layernorm: the layer norms, but not the final model.norm
+    assert exempt["mezo"] == [n for n in names if "layernorm" in n]
+    assert "model.norm.weight" not in exempt["mezo"] and "model.norm.weight" in exempt["ndim"]
+    assert exempt["ndim"] == [b.name for b in blocks if b.param.dim() == 1]
+    with pytest.raises(ValueError, match="weight_decay_rule"):
+        ZOConfig(weight_decay_rule="all")
+
+
+@pytest.mark.parametrize("rule", ["mezo", "ndim"])
+def test_weight_decay_shrinks_model_norm_only_under_the_mezo_rule(rule):
+    lr, wd = 1e-2, 0.5
+    model = build_tiny_model("llama", 400)
+    blocks = parameter_blocks(model)
+    norm = next(b for b in blocks if b.name == "model.norm.weight")
+    before = norm.param.detach().clone()
+    opt, records = _run(model, ConstantSigma(blocks), ZOConfig(lr=lr, eps=1e-3, weight_decay=wd,
+                                                               weight_decay_rule=rule), _batches(1))
+    rec = records[0]
+    z = opt.noise.block_noise(rec.seed, norm.index, before.shape)
+    factor = 1.0 - lr * wd if rule == "mezo" else 1.0
+    expected = before * factor - lr * rec.projected_grad * z
+    assert torch.allclose(norm.param, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(norm.param, before * (1.0 - lr * wd if rule == "ndim" else 1.0)
+                              - lr * rec.projected_grad * z, rtol=0, atol=1e-4)
 
 
 def test_fused_block_stats_match_torch_var_mean():

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from zo.blocks import Block
-from zo.estimator import NonFiniteLossError, ZOConfig, lr_at
+from zo.estimator import NonFiniteLossError, ZOConfig, is_decayed, lr_at
 from zo.noise import NoiseSource
 from zo.perturb import VirtualPerturbation, add_noise_
 
@@ -95,8 +95,7 @@ class ZOMethod:
         self.noise = ctx.noise or NoiseSource()
         self.seed_rng = np.random.Generator(np.random.PCG64(ctx.seed))
         self.step_count = 0
-        # MeZO's weight decay skips biases and norms: every 1-D tensor.
-        self.decayed = [b.param.dim() >= 2 for b in self.blocks]
+        self.decayed = [is_decayed(b.name, b.param, self.config.weight_decay_rule) for b in self.blocks]
 
     def next_seed(self) -> int:
         return int(self.seed_rng.integers(0, 2**62))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zo.estimator import NonFiniteLossError, lr_at
+from zo.estimator import NonFiniteLossError, is_decayed, lr_at
 from zo.methods.base import MethodContext, MethodRecord, tensor_bytes
 from zo.methods.mezo_adam import AdamOptions
 
@@ -53,8 +53,9 @@ class FirstOrder:
         self.model = ctx.model
         self.config = ctx.zo
         self.params = [b.param for b in ctx.blocks]
-        decayed = [p for p in self.params if p.dim() >= 2]
-        plain = [p for p in self.params if p.dim() < 2]
+        rule = ctx.zo.weight_decay_rule
+        decayed = [b.param for b in ctx.blocks if is_decayed(b.name, b.param, rule)]
+        plain = [b.param for b in ctx.blocks if not is_decayed(b.name, b.param, rule)]
         groups = [{"params": decayed, "weight_decay": ctx.zo.weight_decay}, {"params": plain, "weight_decay": 0.0}]
         self.optimizer = make_optimizer([g for g in groups if g["params"]])
         self.max_grad_norm = max_grad_norm

@@ -7,7 +7,7 @@
 torch.optim.Adam's arithmetic (single-tensor path), applied chunk by chunk while z is regenerated, so
 no parameter-size gradient is ever made. Extra memory: m and v, two float32 parameter-size buffers
 (ZO-Bench keeps them in the model dtype, where fp16 underflows: eps 1e-8 rounds to 0). Weight decay is
-decoupled and skips 1-D tensors, as MeZO's (ZO-Bench ignores --weight_decay).
+decoupled and follows --weight_decay_rule (MeZO's name rule by default; ZO-Bench ignores --weight_decay).
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from zo.blocks import EFFECTIVE_DIM_RULES, parameter_blocks
 from zo import distributed
 from zo.estimator import ZOConfig
 from zo.io import sanitize_component
-from zo.loop import CheckpointPolicy, LoopResult, train_zo
+from zo.loop import AccumulatedBatches, CheckpointPolicy, LoopResult, accumulated_loss, train_zo
 from zo.methods import MethodContext, MethodOptions, build_method, check_options, method_config
 from zo.models import load_model, resolve_device, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
@@ -45,6 +45,11 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     model_name: str | None = None  # None: the embedded SmolLM2 folder
     train_mode: str = "zo_fine_tuner"
     eval_only: bool = False  # zero-shot dev + test evaluation, no training (same as train_mode none)
+    # in-context demonstrations per test example in evaluation-only runs, drawn as MeZO's ICL mode (0: zero-shot)
+    num_demos: int = 0
+    # MeZO's calibration of classification scores: option log-prob minus its log-prob after a content-free prompt
+    sfc: bool = False  # content-free prompt without demonstrations
+    icl_sfc: bool = False  # content-free prompt after the same demonstrations
     load_mlp_path: str | None = None
     need_normalization: bool = True
     effective_dim_rule: str | None = None  # None: the rule the bank records (upstream for the authors' banks)
@@ -53,6 +58,8 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     data_dir: str | None = None  # local data root; None: the HF hub
     output_dir: str | None = None
     per_device_train_batch_size: int = 16
+    # one ZO update per this many micro-batches: L+ and L- are the means over them at one perturbation seed
+    gradient_accumulation_steps: int = 1
     load_int8: bool = False  # refused: int8 weights cannot take ZO updates
     upstream_fp16_semantics: bool = False  # with load_float16: fp16 log-softmax, PertNN and history (docs/gpu.md)
     device: str = "auto"  # auto (CUDA if available, else CPU) | cpu | cuda | cuda:K | mps
@@ -60,6 +67,8 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     learning_rate: float = 1e-6
     zo_eps: float = 1e-3
     weight_decay: float = 0.0
+    weight_decay_rule: str = "mezo"  # zo.estimator.WEIGHT_DECAY_RULES: MeZO's name rule, or ndim (1-D exempt)
+    warmup_rule: str = "hf"  # zo.estimator.WARMUP_RULES: hf k/W (lr 0 at the first update), or shifted (k+1)/W
     lr_scheduler_type: str = "constant"
     warmup_steps: int = 0
     max_steps: int = 20000
@@ -79,6 +88,7 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     train_loss_subset: int = 64
     train_as_classification: bool | None = None  # None: the task's upstream default
     non_diff: bool = False
+    only_train_option: bool = True  # False: LM loss on the whole sequence, prompt + option (MeZO's flag)
     perturbation: str = "virtual"
     max_length: int = 2048
     eval_batch_size: int = 8
@@ -139,8 +149,22 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
                              "or give a task spec file (--task_file, docs/adding_a_task.md)")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise FileNotFoundError(f"data folder does not exist: {self.data_dir}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError("gradient_accumulation_steps must be >= 1")
         if self.per_device_train_batch_size < 1 or self.max_steps < 0 or self.eval_steps < 0:
             raise ValueError("batch size must be >= 1 and steps / eval_steps >= 0")
+        ZOConfig(weight_decay_rule=self.weight_decay_rule, warmup_rule=self.warmup_rule)  # validates both rules
+        if self.num_demos < 0:
+            raise ValueError("num_demos must be >= 0 (0: zero-shot)")
+        if self.num_demos and self.trains:
+            raise ValueError("--num_demos is for evaluation only (--train_mode none), as MeZO: no in-context "
+                             "demonstrations once the model is trained")
+        if self.sfc and self.icl_sfc:
+            raise ValueError("--sfc and --icl_sfc exclude each other (icl_sfc: the content-free prompt keeps the "
+                             "demonstrations)")
+        if self.num_demos and self.num_dev:
+            raise ValueError("--num_demos draws demonstrations from the whole train pool, which holds the dev set: "
+                             "set --num_dev 0 (DEV=0), as MeZO's in-context mode")
         if self.train_loss_subset < 0:
             raise ValueError("train_loss_subset must be >= 0 (0: off)")
         if self.dev_loss not in ("per_example", "batch_mean"):
@@ -223,6 +247,11 @@ def fine_tune(config: FineTuneConfig) -> dict:
                                  upstream_split=config.upstream_split)
     as_classification = (task.train_as_classification if config.train_as_classification is None
                          else config.train_as_classification)
+    if not config.only_train_option and as_classification:
+        raise ValueError("--only_train_option False trains on the whole sequence with the LM loss: add "
+                         "--train_as_classification False (as MeZO, whose classification loss needs the option)")
+    if (config.sfc or config.icl_sfc) and task.is_generation:
+        raise ValueError(f"--sfc / --icl_sfc calibrate classification scores; {task.name} is a generation task")
     if config.non_diff and not task.is_generation:
         raise ValueError(f"--non_diff (-F1 objective) needs a generation task; {task.name} is classification")
     dtype = resolve_dtype(config.load_float16, config.load_bfloat16)
@@ -235,7 +264,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
         zo_config = ZOConfig(lr=config.learning_rate, eps=config.zo_eps, weight_decay=config.weight_decay,
                              perturbation="inplace" if config.non_diff else config.perturbation,
                              lr_schedule=config.lr_scheduler_type, warmup_steps=config.warmup_steps,
-                             total_steps=config.max_steps)
+                             total_steps=config.max_steps, weight_decay_rule=config.weight_decay_rule,
+                             warmup_rule=config.warmup_rule)
         optimizer = build_method(config.train_mode, MethodContext(
             model, blocks, zo_config, seed=config.seed, noise=NoiseSource(config.threads),
             batch_size=config.per_device_train_batch_size * group.world_size,  # the global batch (data parallel)
@@ -307,7 +337,10 @@ def fine_tune(config: FineTuneConfig) -> dict:
         if result.best_dev_loss is not None:
             metrics["dev"]["loss"] = result.best_dev_loss
     if splits.test:
-        metrics["test"] = _evaluate(config, model, tokenizer, task, splits.test, generation)
+        metrics["test"] = _evaluate(config, model, tokenizer, task, splits.test, generation,
+                                    _test_demonstrations(config, task, splits.test))
+        if config.num_demos:
+            metrics["test"]["num_demos"] = config.num_demos
     metrics["total_seconds"] = round(time.perf_counter() - start, 2)
     run.write_metrics(metrics)
     run.remove_checkpoints()
@@ -320,14 +353,28 @@ def fine_tune(config: FineTuneConfig) -> dict:
     return metrics
 
 
-def _evaluate(config: FineTuneConfig, model, tokenizer, task, samples, generation) -> dict:
+def _test_demonstrations(config: FineTuneConfig, task, samples) -> list[str] | None:
+    """With --num_demos: one demonstration text per test example (MeZO's one train set per eval example)."""
+    if not config.num_demos:
+        return None
+    sets = tasks.sampling.demonstration_sets(task.load_split("train"), len(samples), config.num_demos)
+    return [tasks.encoding.demonstration_text(demos, task.template) for demos in sets]
+
+
+def _evaluate(config: FineTuneConfig, model, tokenizer, task, samples, generation,
+              demonstrations: list[str] | None = None) -> dict:
     progress = config.progress and sys.stderr.isatty()  # no carriage-return spam in a log file
     if task.is_generation:  # the generation options (sampling, beams, eos_token, newline cut) apply here
         return tasks.evaluate_generation(model, tokenizer, task, samples, config.eval_batch_size, config.max_length,
-                                         generation, progress=progress)
+                                         generation, progress=progress, demonstrations=demonstrations)
     return tasks.evaluate(model, tokenizer, task, samples, batch_size=config.eval_batch_size,
                           max_length=config.max_length, max_new_tokens=config.max_new_tokens,
-                          progress=progress, option_scoring=config.option_scoring)
+                          progress=progress, option_scoring=config.option_scoring,
+                          demonstrations=demonstrations, calibration=_calibration(config))
+
+
+def _calibration(config: FineTuneConfig) -> str | None:
+    return "sfc" if config.sfc else "icl_sfc" if config.icl_sfc else None
 
 
 def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as_classification, generation,
@@ -339,7 +386,8 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
     encoder = batches_cls(splits.train, task, tokenizer, config.per_device_train_batch_size * group.world_size,
                                  seed=config.seed, as_classification=as_classification,
                                  max_length=config.max_length, for_generation_objective=config.non_diff,
-                                 option_scoring=config.option_scoring)
+                                 option_scoring=config.option_scoring,
+                                 only_train_option=config.only_train_option)
     if config.non_diff:
         def loss_fn(batch):
             return tasks.negative_f1_objective(model, tokenizer, batch, task, max_length=config.max_length,
@@ -361,7 +409,8 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
         dev_batch_size = 1 if config.dev_loss == "per_example" else config.eval_batch_size
         dev_batches = tasks.TrainBatches(splits.dev, task, tokenizer, dev_batch_size, seed=0,
                                          as_classification=as_classification, max_length=config.max_length,
-                                         option_scoring=config.option_scoring)
+                                         option_scoring=config.option_scoring,
+                                         only_train_option=config.only_train_option)
         dev_loss_fn = lambda: _mean_loss(model, loss_fn, dev_batches.epoch(shuffle=False))  # noqa: E731
     train_eval_fn = None
     if config.train_loss_subset and splits.train:
@@ -369,10 +418,14 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
         subset = tasks.sampling.seeded_subset(splits.train, config.train_set_seed, config.train_loss_subset)
         subset_batches = tasks.TrainBatches(subset, task, tokenizer, config.eval_batch_size, seed=0,
                                             as_classification=as_classification, max_length=config.max_length,
-                                            option_scoring=config.option_scoring)
+                                            option_scoring=config.option_scoring,
+                                            only_train_option=config.only_train_option)
         train_eval_fn = lambda: _mean_loss(model, lambda b: tasks.batch_loss(model, b),  # noqa: E731
                                            subset_batches.epoch(shuffle=False))
 
+    if config.gradient_accumulation_steps > 1:
+        encoder = AccumulatedBatches(encoder, config.gradient_accumulation_steps)
+        train_loss_fn = accumulated_loss(train_loss_fn)
     checkpoints = CheckpointPolicy(config.checkpoint_steps, config.checkpoint_minutes, config.checkpoint_kind)
     return train_zo(optimizer, encoder, train_loss_fn, config.max_steps, run, config.eval_period, dev_loss_fn,
                     progress=config.progress and group.is_main, log_extra=optimizer.log_extra,

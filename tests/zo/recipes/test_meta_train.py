@@ -301,16 +301,18 @@ def test_gpt2_layer_norm_names_work_in_meta_and_zo_steps():
     assert TrajectoryOptimizer(model, lr=1e-3, period_steps=2).step(lm_loss, ids) > 0
     assert weights_differ(model, theta0)
 
-    # ZO Fine-tuner step with weight decay: 1-D tensors (ln_*, biases) are not decayed, 2-D ones are
-    for sigma in (LearnedSigma(learner.bank, blocks, 2), ConstantSigma(blocks)):
-        optimizer = ZOOptimizer(model, sigma, ZOConfig(lr=1e-3, eps=1e-3, weight_decay=0.1),
-                                noise=NoiseSource(1))
-        before = snapshot(model)
-        record = optimizer.step(lambda: lm_loss(model, ids))
-        assert torch.isfinite(torch.tensor([record.loss_plus, record.loss_minus])).all()
-        assert weights_differ(model, before)
-        assert [b.name for b, d in zip(optimizer.blocks, optimizer.decayed) if not d] == \
-            [b.name for b in blocks if b.param.dim() == 1]
+    # ZO Fine-tuner step with weight decay. MeZO's name rule exempts only biases (GPT-2's ln_* names contain no
+    # "layer_norm"), the ndim rule every 1-D tensor
+    for rule, exempt in (("mezo", [b.name for b in blocks if "bias" in b.name]),
+                         ("ndim", [b.name for b in blocks if b.param.dim() == 1])):
+        for sigma in (LearnedSigma(learner.bank, blocks, 2), ConstantSigma(blocks)):
+            optimizer = ZOOptimizer(model, sigma, ZOConfig(lr=1e-3, eps=1e-3, weight_decay=0.1,
+                                                           weight_decay_rule=rule), noise=NoiseSource(1))
+            before = snapshot(model)
+            record = optimizer.step(lambda: lm_loss(model, ids))
+            assert torch.isfinite(torch.tensor([record.loss_plus, record.loss_minus])).all()
+            assert weights_differ(model, before)
+            assert [b.name for b, d in zip(optimizer.blocks, optimizer.decayed) if not d] == exempt
 
 
 # ---- interrupts -----------------------------------------------------------------------------------------------------
