@@ -79,3 +79,16 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, tiny
             assert torch.equal(value, rank1[name]), f"{mode}: ranks diverged at {name}"
             # lr * sum_t |dg_t| * |k z| ~ 1e-3 * 3e-4 * 5: round-off of L, amplified by 1/2eps, then by lr
             torch.testing.assert_close(value, reference[name], rtol=0, atol=1e-5)
+
+
+def test_resume_is_refused_for_a_data_parallel_run(tmp_path, monkeypatch):
+    # Only rank 0 writes checkpoints, so the other ranks could not restore their state: refuse, before any work.
+    from zo import distributed
+    from zo.recipes.finetune import FineTuneConfig, fine_tune
+
+    monkeypatch.setattr(distributed, "launched_world_size", lambda: 2)
+    config = FineTuneConfig(task_name="SST2", train_mode="mezo", data_dir=str(SHARED_DATA), device="cpu",
+                            output_dir=str(tmp_path / "run"), resume=True)
+    with pytest.raises(ValueError, match="--resume is not supported for data-parallel runs"):
+        fine_tune(config)
+    assert not (tmp_path / "run").exists()

@@ -230,6 +230,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
     if distributed.launched_world_size() > 1:
         if config.device_map is not None or config.non_diff or not config.trains:
             raise ValueError("data-parallel runs support neither --device_map, --non_diff nor evaluation only")
+        if config.resume:  # only rank 0 keeps checkpoints: the other ranks could not restore their state
+            raise ValueError("--resume is not supported for data-parallel runs yet; rerun it from the start")
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     group = distributed.init_process_group(device)
