@@ -19,6 +19,22 @@ def lm_loss(model, ids):
     return model(input_ids=ids, labels=ids).loss
 
 
+def central_losses(model, blocks, directions, ids, eps):
+    """L(theta + eps u) and L(theta - eps u) of the plain reference: perturb in place, restore by copy.
+    On return the weights are exactly theta again; returns (L+, L-, the saved theta)."""
+    saved = [b.param.detach().clone() for b in blocks]
+    with torch.no_grad():
+        for b, u in zip(blocks, directions):
+            b.param.add_(u, alpha=eps)
+        loss_plus = lm_loss(model, ids).item()
+        for b, u, s in zip(blocks, directions, saved):
+            b.param.copy_(s).add_(u, alpha=-eps)
+        loss_minus = lm_loss(model, ids).item()
+        for b, s in zip(blocks, saved):
+            b.param.copy_(s)
+    return loss_plus, loss_minus, saved
+
+
 def make(model, mode, zo: ZOConfig | None = None, seed=5, threads=1, **options):
     ctx = MethodContext(model, parameter_blocks(model), zo or ZOConfig(lr=1e-3, eps=1e-3), seed=seed,
                         noise=NoiseSource(threads=threads), batch_size=3, **options.pop("ctx", {}))

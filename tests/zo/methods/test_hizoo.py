@@ -1,7 +1,7 @@
 import torch
 
 from conftest import build_tiny_model
-from method_helpers import batches, lm_loss, make, one_torch_thread, run  # noqa: F401
+from method_helpers import batches, central_losses, lm_loss, make, one_torch_thread, run  # noqa: F401
 from zo.blocks import parameter_blocks
 from zo.estimator import ZOConfig
 from zo.noise import NoiseSource
@@ -15,15 +15,10 @@ def reference_hizoo(model, seeds, lr, eps, alpha):
     out = []
     for seed, ids in zip(seeds, batches(len(seeds))):
         zs = [noise.block_noise(seed, b.index, b.param.shape) for b in blocks]
-        saved = [b.param.detach().clone() for b in blocks]
         with torch.no_grad():
             l0 = lm_loss(model, ids).item()
-            for b, z, d in zip(blocks, zs, curvature):
-                b.param.add_(z / d.sqrt(), alpha=eps)
-            lp = lm_loss(model, ids).item()
-            for b, z, d, s in zip(blocks, zs, curvature, saved):
-                b.param.copy_(s).add_(z / d.sqrt(), alpha=-eps)
-            lm = lm_loss(model, ids).item()
+        lp, lm, saved = central_losses(model, blocks, [z / d.sqrt() for z, d in zip(zs, curvature)], ids, eps)
+        with torch.no_grad():
             g = (lp - lm) / (2 * eps)
             rate = alpha * abs(lp + lm - 2 * l0) / (2 * eps ** 2)
             for b, z, d, s in zip(blocks, zs, curvature, saved):

@@ -1,7 +1,7 @@
 import torch
 
 from conftest import build_tiny_model
-from method_helpers import batches, lm_loss, make, one_torch_thread, run  # noqa: F401
+from method_helpers import batches, central_losses, make, one_torch_thread, run  # noqa: F401
 from zo.blocks import parameter_blocks
 from zo.estimator import ZOConfig
 from zo.noise import NoiseSource
@@ -15,16 +15,7 @@ def reference_mezo_adam(model, seeds, lr, eps, betas=(0.9, 0.999)):
     losses = []
     for seed, ids in zip(seeds, batches(len(seeds))):
         zs = [noise.block_noise(seed, b.index, b.param.shape) for b in blocks]
-        saved = [b.param.detach().clone() for b in blocks]
-        with torch.no_grad():
-            for b, z in zip(blocks, zs):
-                b.param.add_(z, alpha=eps)
-            lp = lm_loss(model, ids).item()
-            for b, z, s in zip(blocks, zs, saved):
-                b.param.copy_(s).add_(z, alpha=-eps)
-            lm = lm_loss(model, ids).item()
-            for b, s in zip(blocks, saved):
-                b.param.copy_(s)
+        lp, lm, _ = central_losses(model, blocks, zs, ids, eps)
         g = (lp - lm) / (2 * eps)
         for b, z in zip(blocks, zs):
             b.param.grad = g * z
