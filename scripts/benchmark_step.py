@@ -98,7 +98,7 @@ def build(args):
     task = tasks.get_task("SST2", args.data_dir)
     batch = scoring_batch(task, tokenizer, args.batch_size, "auto")
     blocks = parameter_blocks(model)
-    config = ZOConfig(lr=1e-7, eps=1e-3, perturbation=args.perturbation)
+    config = ZOConfig(lr=1e-7, eps=1e-3, perturbation=args.perturbation, pair_forwards=args.pair_forwards)
     noise = NoiseSource(args.threads)
     mezo = ZOOptimizer(model, ConstantSigma(blocks), config, seed=0, noise=noise, blocks=blocks)
     bank = PertNNBank([b.name for b in blocks], generator=torch.Generator().manual_seed(0))
@@ -166,6 +166,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--perturbation", default="virtual", choices=["virtual", "inplace"])
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--pair_forwards", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
+                        help="virtual: the + and - forwards as one paired forward (default False); the other "
+                             "setting is always timed too, as a comparison row")
     parser.add_argument("--skip_memory", action="store_true")
     parser.add_argument("--methods", nargs="+", default=list(TRAIN_MODES), choices=list(TRAIN_MODES),
                         help="registry methods to give a row (default: all)")
@@ -202,13 +205,23 @@ def main() -> None:
 
     measures = [forward] + [lambda m=methods[n]: m.step(loss) for n in names]
     measures += [old_forward, lambda: methods["mezo"].step(old_loss)]
+    # the other pairing setting (zo.paired_calls), same model, batch and noise
+    from dataclasses import replace
+
+    from zo.estimator import ZOOptimizer
+    from zo.sigma import ConstantSigma
+
+    mezo = methods["mezo"]
+    other_pairing = ZOOptimizer(model, ConstantSigma(mezo.blocks), replace(mezo.config, pair_forwards=not args.pair_forwards),
+                                seed=0, noise=mezo.noise, blocks=mezo.blocks)
+    measures += [lambda: other_pairing.step(loss)]
     if args.copa:
         copa = tasks.get_task("Copa", args.data_dir)
         copa_batches = [scoring_batch(copa, tokenizer, args.batch_size, s) for s in ("rows", "prompt_cache")]
         measures += [forward_of(model, b) for b in copa_batches]
     times = timed_round_robin(measures, args.repeats)
     t_fwd, step_time = times[0], dict(zip(names, times[1:1 + len(names)]))
-    t_old_fwd, t_old_mezo = times[1 + len(names):3 + len(names)]
+    t_old_fwd, t_old_mezo, t_other_pairing = times[1 + len(names):4 + len(names)]
     t_mezo, t_zoft = step_time["mezo"], step_time["zo_fine_tuner"]
     rows = [
         ("forward (one batch)", f"{t_fwd:.3f} s"),
@@ -222,14 +235,19 @@ def main() -> None:
         ("MeZO step speed-up, rows / auto", f"{t_old_mezo / t_mezo:.3f}"),
         ("MeZO / (2 x forward), rows scoring", f"{t_old_mezo / (2 * t_old_fwd):.3f}"),
     ]
+    if args.perturbation == "virtual":
+        t_paired, t_separate = (t_mezo, t_other_pairing) if args.pair_forwards else (t_other_pairing, t_mezo)
+        rows += [("MeZO step, paired forward / two forwards", f"{t_paired:.3f} s / {t_separate:.3f} s"),
+                 ("MeZO / (2 x forward), two forwards", f"{t_separate / (2 * t_fwd):.3f}"),
+                 ("MeZO / (2 x forward), paired", f"{t_paired / (2 * t_fwd):.3f}")]
     if args.copa:
-        t_copa_rows, t_copa_cache = times[3 + len(names):]
+        t_copa_rows, t_copa_cache = times[4 + len(names):]
         shapes = " / ".join(str(tuple(b["input_ids"].shape)) for b in copa_batches)
         rows += [(f"Copa forward, rows / prompt_cache {shapes}", f"{t_copa_rows:.3f} s / {t_copa_cache:.3f} s"),
                  ("Copa forward speed-up, rows / prompt_cache", f"{t_copa_rows / t_copa_cache:.3f}")]
     if not args.skip_memory:
         base = [sys.executable, __file__, "--data_dir", args.data_dir, "--batch_size", str(args.batch_size),
-                "--perturbation", args.perturbation] + (["--model", args.model] if args.model else [])
+                "--perturbation", args.perturbation, "--pair_forwards", str(args.pair_forwards)] + (["--model", args.model] if args.model else [])
         peaks = {}
         for child in ["inference"] + names:
             out = subprocess.run(base + ["--device", args.device, "--child", child], capture_output=True, text=True,
@@ -242,7 +260,7 @@ def main() -> None:
             (f"{what}, ZO-FT step / inference", f"{peaks['zo_fine_tuner'] / peaks['inference']:.3f}"),
         ]
     print(f"\nSmolLM2 benchmark: batch {args.batch_size} SST2 examples -> input {seq}, "
-          f"torch threads {torch.get_num_threads()}, perturbation {args.perturbation}, median of {args.repeats} interleaved rounds")
+          f"torch threads {torch.get_num_threads()}, perturbation {args.perturbation}, paired forwards {args.pair_forwards}, median of {args.repeats} interleaved rounds")
     print("| measure | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -74,6 +74,13 @@ def build_tiny_model(family: str = "llama", vocab_size: int = 400, tie: bool = T
     return model.eval()
 
 
+def causal_lm_loss(model, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy computed outside the model from its logits, as the task losses are: unlike
+    `labels=`, such a loss lets a ZO step run its + and - forwards as one paired forward (zo.paired_calls)."""
+    logits = model(input_ids=ids, use_cache=False).logits
+    return torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
+
+
 @pytest.fixture
 def tiny_llama(tiny_tokenizer):
     return build_tiny_model("llama", vocab_size=len(tiny_tokenizer))

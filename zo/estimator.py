@@ -3,8 +3,9 @@
     g = (L+ - L-) / (2 eps)            theta_b <- theta_b - lr * g * k_b * z_b
 
 with k_b = 1 for MeZO and k_b = c * sigma_b for ZO Fine-tuner (zo.sigma). No hidden x10 / x20
-constants (upstream's cancel, spec §2.5). Three noise sweeps per step: one per perturbed forward and
-one for the update (in-place mode: +eps, -2 eps, then restore fused with the update).
+constants (upstream's cancel, spec §2.5). Three noise sweeps per step: one per perturbed forward and one for the
+update (in-place mode: +eps, -2 eps, then the restore fused with the update). With `pair_forwards=True` the + and -
+forwards run as one forward of the doubled batch (zo.paired_calls), so z is drawn twice per step, not three times.
 
 Every step is recorded as (seed, L+, L-, g, lr); `replay` rebuilds the weights from those records
 alone, bit for bit, which doubles as a compact checkpoint of the whole trajectory.
@@ -21,7 +22,7 @@ from torch import nn
 
 from zo.blocks import Block, parameter_blocks
 from zo.noise import NoiseSource
-from zo.perturb import VirtualPerturbation, add_noise_
+from zo.perturb import TwoPointProbe, add_noise_
 from zo.sigma import SigmaPolicy
 from zo.stats import BlockStatsCollector, block_stats
 
@@ -59,6 +60,10 @@ class ZOConfig:
     total_steps: int = 0
     weight_decay_rule: str = "mezo"
     warmup_rule: str = "hf"
+    # virtual: run the + and - forwards as one forward of the doubled batch, drawing each z once for both
+    # (same losses; falls back to two forwards by itself where a loss function cannot be paired). Off by
+    # default: on the 2-core CPU it measured slower than two forwards (docs/benchmarks.md).
+    pair_forwards: bool = False
 
     def __post_init__(self) -> None:
         if self.weight_decay_rule not in WEIGHT_DECAY_RULES:
@@ -122,6 +127,7 @@ class ZOOptimizer:
         self.step_count = 0
         self.decayed = [is_decayed(b.name, b.param, config.weight_decay_rule) for b in self.blocks]
         self._stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.probe = TwoPointProbe(config.pair_forwards)
 
     # -- pieces shared by step and replay -----------------------------------------------------
     def _block_stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -146,12 +152,9 @@ class ZOOptimizer:
         with torch.no_grad():
             add_noise_(self.noise, seed, self.blocks, [factor * k for k in coefs])
 
-    def _virtual_loss(self, loss_fn: Callable[[], torch.Tensor], seed: int, coefs: list[float], factor: float) -> float:
-        ctx = VirtualPerturbation(self.model, self.blocks, self.noise, seed, [factor * k for k in coefs])
-        with ctx:
-            loss = float(loss_fn())
-        ctx.check_all_applied()
-        return loss
+    def _virtual_losses(self, loss_fn: Callable[[], torch.Tensor], seed: int, coefs: list[float]) -> tuple[float, float]:
+        scales = [self.config.eps * k for k in coefs]
+        return self.probe.losses(self.model, self.blocks, self.noise, seed, scales, loss_fn)
 
     # -- the step ------------------------------------------------------------------------------
     def step(self, loss_fn: Callable[[], torch.Tensor]) -> StepRecord:
@@ -163,8 +166,7 @@ class ZOOptimizer:
         eps = self.config.eps
         with torch.inference_mode():
             if self.config.perturbation == "virtual":
-                loss_plus = self._virtual_loss(loss_fn, seed, coefs, eps)
-                loss_minus = self._virtual_loss(loss_fn, seed, coefs, -eps)
+                loss_plus, loss_minus = self._virtual_losses(loss_fn, seed, coefs)
             else:
                 self._perturb_inplace(seed, coefs, eps)
                 loss_plus = float(loss_fn())

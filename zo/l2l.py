@@ -32,7 +32,7 @@ from torch.func import functional_call
 
 from zo.blocks import DEFAULT_EFFECTIVE_DIM_RULE, EFFECTIVE_DIM_RULES, Block, effective_dims
 from zo.noise import NoiseSource
-from zo.perturb import VirtualPerturbation, add_noise_
+from zo.perturb import TwoPointProbe, add_noise_
 from zo.pertnn import PertNNBank, SigmaGrouping, bank_features, bank_granularity
 from zo.sigma import normalization
 from zo.stats import block_stats
@@ -49,6 +49,7 @@ class MetaConfig:
     grad_through_c: bool = False
     mlp_optimizer: str = "sgd"  # "sgd" as upstream, or "adam"
     effective_dim_rule: str = DEFAULT_EFFECTIVE_DIM_RULE  # zo.blocks: how the normalization counts embeddings
+    pair_forwards: bool = False  # the ZO probe's + and - forwards as one doubled forward (zo.paired_calls)
 
     def __post_init__(self) -> None:
         if self.effective_dim_rule not in EFFECTIVE_DIM_RULES:
@@ -105,6 +106,7 @@ class MetaLearner:
         self.dims = effective_dims(self.blocks, batch_size, rule=config.effective_dim_rule)
         self.noise = noise or NoiseSource()
         self.seed_rng = np.random.Generator(np.random.PCG64(seed))
+        self.probe = TwoPointProbe(config.pair_forwards)
         params = list(self.bank.parameters())
         self.bank_optimizer = (torch.optim.SGD(params, lr=config.lr_mlp) if config.mlp_optimizer == "sgd"
                                else torch.optim.Adam(params, lr=config.lr_mlp))
@@ -138,13 +140,8 @@ class MetaLearner:
         eps = self.config.zo_eps
 
         with torch.inference_mode():
-            losses = []
-            for sign in (1.0, -1.0):
-                ctx = VirtualPerturbation(self.model, self.blocks, self.noise, seed, [sign * eps * v for v in k_values])
-                with ctx:
-                    losses.append(float(loss_fn(self.model, batch)))
-                ctx.check_all_applied()
-        loss_plus, loss_minus = losses
+            loss_plus, loss_minus = self.probe.losses(self.model, self.blocks, self.noise, seed,
+                                                      [eps * v for v in k_values], lambda: loss_fn(self.model, batch))
         if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
             raise FloatingPointError(f"non-finite perturbed loss in meta step: L+={loss_plus}, L-={loss_minus}")
         a = -self.config.lr_update * (loss_plus - loss_minus) / (2 * eps)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from conftest import build_tiny_model
+from conftest import build_tiny_model, causal_lm_loss
 from zo.blocks import parameter_blocks
 from zo.estimator import NonFiniteLossError, ZOConfig, ZOOptimizer, lr_at
 from zo.noise import NoiseSource
@@ -18,7 +18,7 @@ def _batches(n, vocab=400):
 
 def _run(model, sigma, config, batches, seed=5):
     opt = ZOOptimizer(model, sigma, config, seed=seed, noise=NoiseSource(threads=2))
-    records = [opt.step(lambda ids=ids: model(input_ids=ids, labels=ids).loss) for ids in batches]
+    records = [opt.step(lambda ids=ids: causal_lm_loss(model, ids)) for ids in batches]
     return opt, records
 
 
@@ -40,10 +40,10 @@ def reference_mezo(model, records, lr, eps, noise):
         with torch.no_grad():
             for b, z in zip(blocks, zs):
                 b.param.add_(z, alpha=eps)
-            lp = model(input_ids=ids, labels=ids).loss.item()
+            lp = causal_lm_loss(model, ids).item()
             for b, z, s in zip(blocks, zs, saved):
                 b.param.copy_(s).add_(z, alpha=-eps)
-            lm = model(input_ids=ids, labels=ids).loss.item()
+            lm = causal_lm_loss(model, ids).item()
             g = (lp - lm) / (2 * eps)
             for b, z, s in zip(blocks, zs, saved):
                 b.param.copy_(s).add_(z, alpha=-lr * g)
@@ -51,11 +51,13 @@ def reference_mezo(model, records, lr, eps, noise):
     return losses
 
 
-def test_mezo_matches_a_plain_reference_bit_for_bit():
-    config = ZOConfig(lr=1e-3, eps=1e-3)
+@pytest.mark.parametrize("pair_forwards", [False, True])
+def test_mezo_matches_a_plain_reference_bit_for_bit(pair_forwards):
+    config = ZOConfig(lr=1e-3, eps=1e-3, pair_forwards=pair_forwards)
     model = build_tiny_model("llama", 400)
     ref = build_tiny_model("llama", 400)
-    _, records = _run(model, ConstantSigma(parameter_blocks(model)), config, _batches(4))
+    opt, records = _run(model, ConstantSigma(parameter_blocks(model)), config, _batches(4))
+    assert opt.probe.paired is pair_forwards  # paired: the + and - forwards ran as one forward (no fallback)
     ref_losses = reference_mezo(ref, records, config.lr, config.eps, NoiseSource(threads=1))
     assert [(r.loss_plus, r.loss_minus) for r in records] == ref_losses
     for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
@@ -207,7 +209,7 @@ def test_fused_block_stats_match_torch_var_mean():
     # statistics gathered inside the update sweep equal a separate pass over the updated weights
     opt = ZOOptimizer(model, LearnedSigma(_constant_bank(model), blocks, 3), ZOConfig(lr=1e-2), noise=NoiseSource(2))
     ids = _batches(1)[0]
-    opt.step(lambda: model(input_ids=ids, labels=ids).loss)
+    opt.step(lambda: causal_lm_loss(model, ids))
     fused_mean, fused_var = opt._stats
     sep_mean, sep_var = block_stats(blocks)
     assert torch.equal(fused_mean, sep_mean) and torch.equal(fused_var, sep_var)

@@ -20,7 +20,7 @@ from torch import nn
 from zo.blocks import Block
 from zo.estimator import NonFiniteLossError, ZOConfig, is_decayed, lr_at
 from zo.noise import NoiseSource
-from zo.perturb import VirtualPerturbation, add_noise_
+from zo.perturb import TwoPointProbe, VirtualPerturbation, add_noise_
 
 LossFn = Callable[[], torch.Tensor]
 
@@ -96,6 +96,7 @@ class ZOMethod:
         self.seed_rng = np.random.Generator(np.random.PCG64(ctx.seed))
         self.step_count = 0
         self.decayed = [is_decayed(b.name, b.param, self.config.weight_decay_rule) for b in self.blocks]
+        self.probe = TwoPointProbe(self.config.pair_forwards)
 
     def next_seed(self) -> int:
         return int(self.seed_rng.integers(0, 2**62))
@@ -125,13 +126,15 @@ class ZOMethod:
             add_noise_(field, seed, self.blocks, [scale] * len(self.blocks))
 
     def two_point(self, loss_fn: LossFn, field, seed: int, eps: float) -> tuple[float, float]:
-        """(L(theta + eps d), L(theta - eps d)), theta as before on return (in place: up to round-off)."""
-        inplace = self.config.perturbation == "inplace"
+        """(L(theta + eps d), L(theta - eps d)), theta as before on return (in place: up to round-off).
+        Virtual: one paired forward where the loss function allows it (zo.paired_calls)."""
         with torch.inference_mode():
-            plus = self.perturbed_loss(loss_fn, field, seed, eps)
-            minus = self.perturbed_loss(loss_fn, field, seed, -2 * eps if inplace else -eps)
-            if inplace:
+            if self.config.perturbation == "inplace":
+                plus = self.perturbed_loss(loss_fn, field, seed, eps)
+                minus = self.perturbed_loss(loss_fn, field, seed, -2 * eps)
                 self.shift(field, seed, eps)
+            else:
+                plus, minus = self.probe.losses(self.model, self.blocks, field, seed, [eps] * len(self.blocks), loss_fn)
         check_finite(self.step_count, plus, minus)
         return plus, minus
 

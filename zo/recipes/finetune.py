@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 # Settings that may change between a run and its resume (they do not change what is computed).
-RUNTIME_KEYS = ("output_dir", "progress", "threads", "report_to", "resume", "overwrite", "checkpoint_steps",
-                "checkpoint_minutes", "checkpoint_kind")
+RUNTIME_KEYS = ("output_dir", "progress", "threads", "pair_forwards", "report_to", "resume", "overwrite",
+                "checkpoint_steps", "checkpoint_minutes", "checkpoint_kind")
 
 
 @dataclass
@@ -90,6 +90,9 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     non_diff: bool = False
     only_train_option: bool = True  # False: LM loss on the whole sequence, prompt + option (MeZO's flag)
     perturbation: str = "virtual"
+    # virtual: the + and - forwards as one forward of the doubled batch (each z drawn once for both; same losses;
+    # off by default: slower than two forwards on the 2-core CPU, docs/benchmarks.md)
+    pair_forwards: bool = False
     max_length: int = 2048
     eval_batch_size: int = 8
     option_scoring: str = "auto"  # tasks.encoding.OPTION_SCORINGS: batch layout of the options, same losses
@@ -267,7 +270,7 @@ def fine_tune(config: FineTuneConfig) -> dict:
                              perturbation="inplace" if config.non_diff else config.perturbation,
                              lr_schedule=config.lr_scheduler_type, warmup_steps=config.warmup_steps,
                              total_steps=config.max_steps, weight_decay_rule=config.weight_decay_rule,
-                             warmup_rule=config.warmup_rule)
+                             warmup_rule=config.warmup_rule, pair_forwards=config.pair_forwards)
         optimizer = build_method(config.train_mode, MethodContext(
             model, blocks, zo_config, seed=config.seed, noise=NoiseSource(config.threads),
             batch_size=config.per_device_train_batch_size * group.world_size,  # the global batch (data parallel)

@@ -45,8 +45,8 @@ class _Interrupted(Exception):
 
 
 # Settings that may change between a run and its resume (they do not change what is computed).
-RUNTIME_KEYS = ("output_dir", "progress", "threads", "report_to", "resume", "overwrite", "checkpoint_steps",
-                "checkpoint_minutes", "save_every_steps")
+RUNTIME_KEYS = ("output_dir", "progress", "threads", "pair_forwards", "report_to", "resume", "overwrite",
+                "checkpoint_steps", "checkpoint_minutes", "save_every_steps")
 
 
 @dataclass
@@ -70,6 +70,7 @@ class L2LConfig:
     reset: bool = True  # False (Table 2 ablation): no resets, one trajectory and one lr horizon over the whole run
     bank_granularity: str = "block"  # "layer" (Table 3 ablation): one PertNN and one sigma per transformer layer
     zo_eps: float = 1e-3
+    pair_forwards: bool = False  # the probe's + and - forwards as one doubled forward (same losses; docs/benchmarks.md)
     need_normalization: bool = True
     effective_dim_rule: str = DEFAULT_EFFECTIVE_DIM_RULE  # tied_full (fair to a tied embedding) | upstream
     grad_through_c: bool = False
@@ -217,7 +218,8 @@ def meta_train(config: L2LConfig) -> dict:
         bank = fresh_bank(blocks, config.bank_granularity, torch.Generator().manual_seed(config.seed))
     meta_config = MetaConfig(lr_mlp=config.lr_mlp, lr_update=config.lr_update, zo_eps=config.zo_eps,
                              need_normalization=config.need_normalization, grad_through_c=config.grad_through_c,
-                             mlp_optimizer=config.mlp_optimizer, effective_dim_rule=config.effective_dim_rule)
+                             mlp_optimizer=config.mlp_optimizer, effective_dim_rule=config.effective_dim_rule,
+                             pair_forwards=config.pair_forwards)
     learner = MetaLearner(model, bank, blocks, meta_config, config.per_device_train_batch_size, seed=config.seed,
                           noise=NoiseSource(config.threads))
     trajectory = TrajectoryOptimizer(model, config.lr_llm, period_steps, config.trajectory_optimizer,

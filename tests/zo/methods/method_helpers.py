@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import causal_lm_loss
 from zo.blocks import parameter_blocks
 from zo.estimator import ZOConfig
 from zo.methods import MethodContext, build_method
@@ -16,7 +17,7 @@ def batches(n, vocab=400):
 
 
 def lm_loss(model, ids):
-    return model(input_ids=ids, labels=ids).loss
+    return causal_lm_loss(model, ids)  # pairs: the methods' + and - forwards run as one doubled forward
 
 
 def central_losses(model, blocks, directions, ids, eps):
