@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Upstream's --trainer: zo trains, none evaluates only (MeZO); --save_steps is the evaluation period here.
     parser.add_argument("--trainer", choices=("zo", "none"), default="zo", help="zo | none (evaluation only)")
     ignored = {k: v for k, v in IGNORED_UPSTREAM_FLAGS.items() if k not in ("--trainer", "--save_steps")}
-    refused = {k: v for k, v in REFUSED_UPSTREAM_FLAGS.items() if k != "--gradient_accumulation_steps"}
-    argv = strip_ignored(sys.argv[1:] if argv is None else argv, ignored, refused)
+    argv = strip_ignored(sys.argv[1:] if argv is None else argv, ignored, REFUSED_UPSTREAM_FLAGS)
     args = parse_with_config(parser, FineTuneConfig, argv)
     if args.pop("trainer") == "none":
         args["eval_only"] = True

@@ -210,15 +210,6 @@ def _mean_loss(model, loss_fn, batches) -> float:
     return total / max(count, 1)
 
 
-def _loss_weight(batch: dict) -> int:
-    """What the single-process loss averages over: examples (option scoring) or option tokens (LM loss)."""
-    if "num_options" in batch:
-        return len(batch["num_options"])
-    seq_len = batch["input_ids"].shape[1]
-    width = max(int(batch["option_len"].max()), 1)
-    return int(batch["option_len"].clamp(max=min(width, seq_len - 1)).sum())
-
-
 def fine_tune(config: FineTuneConfig) -> dict:
     """Run the whole job; returns the metrics written to <output_dir>/metrics.json.
 
@@ -403,7 +394,7 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
     if group.enabled:  # the example-weighted loss of the global batch, on every rank
         def train_loss_fn(share):
             batch, counted = share
-            weight = _loss_weight(batch) if counted else 0
+            weight = tasks.loss_weight(batch) if counted else 0
             return distributed.weighted_mean_loss(lambda: loss_fn(batch), weight, group, device)
 
     dev_loss_fn = None

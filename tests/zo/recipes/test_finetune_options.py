@@ -89,12 +89,6 @@ def test_unimplemented_upstream_flags_are_refused_by_name(argv, fragment):
         run_zo_fine_tuner.main(["--task_name", "SST2", *argv])
 
 
-def test_l2l_refuses_gradient_accumulation_by_name():
-    import run_l2l
-    with pytest.raises(UpstreamFlagError, match="gradient accumulation is not implemented for L2L"):
-        run_l2l.main(["--task_name", "Copa", "--gradient_accumulation_steps", "4"])
-
-
 def test_upstream_defaults_and_bookkeeping_flags_are_accepted(monkeypatch):
     seen = {}
     monkeypatch.setattr(run_zo_fine_tuner, "fine_tune", lambda config: seen.setdefault("config", config))
