@@ -23,7 +23,11 @@ HELP = {
     "train_mode": " | ".join(TRAIN_MODES) + " | none (evaluation only); docs/methods.md",
     "load_mlp_path": "PertNN bank (.safetensors, or an authors' .pth converted safely)",
     "data_dir": "local data root (layouts of shared/data/README.md); unset: the HF hub",
-    "train_set_seed": "data sampling seed (upstream SEED)",
+    "train_set_seed": "data sampling seed (upstream SEED); with --num_train_sets N, set i uses this + i",
+    "num_train_sets": "N whole runs, set i sampled with train_set_seed + i, in <output_dir>/trainset<i>/; "
+                      "metrics.json: every set and the mean / sd over them (NUM_TRAIN_SETS)",
+    "shared_demonstrations": "with --num_demos: one demonstration set (drawn with train_set_seed) for every test "
+                             "example; --num_train_sets sets it",
     "seed": "process seed: ZO noise seeds and batch order",
     "perturbation": "virtual (exact restore, default) | inplace",
     "non_diff": "SQuAD/DROP: optimize -F1 of greedy generations",

@@ -144,8 +144,6 @@ REFUSED_UPSTREAM_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "--load_int8": ("int8 loading is not implemented; use --load_float16 True or --load_bfloat16 True", ("False",)),
     "--untie_emb": ("untying the embedding is not implemented (it changes the block list and the bank)",
                     ("False",)),
-    "--num_train_sets": ("several train sets in one run are not implemented yet; run once per --train_set_seed",
-                         ("None",)),
     "--result_file": ("metrics go to <output_dir>/metrics.json; use --output_dir", ()),
     "--no_eval": ("evaluation always runs; use --num_eval 0 and --num_dev 0 to skip it", ("False",)),
     "--fp16": ("HF mixed precision is not used; load the model in half precision with --load_float16 True",
@@ -156,7 +154,7 @@ REFUSED_UPSTREAM_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-# Refused by run_l2l.py only (fine-tuning implements it).
+# Refused by run_l2l.py only (fine-tuning implements them).
 L2L_REFUSED_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "--num_train_sets": ("L2L meta-trains one bank on one train set (upstream's run_l2l.py stops in the debugger "
                          "after the first); run once per --train_set_seed with its own --save_mlp_path",

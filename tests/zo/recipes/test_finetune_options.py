@@ -80,7 +80,6 @@ def test_save_steps_is_the_evaluation_period_as_upstream(tmp_path, tiny_llama_di
 @pytest.mark.parametrize("argv, fragment", [
     (["--lora"], "--lora True: LoRA is not implemented"),
     (["--load_int8", "True"], "use --load_float16 True"),
-    (["--num_train_sets", "3"], "run once per --train_set_seed"),
     (["--result_file", "x.json"], "use --output_dir"),
     (["--fp16"], "with --load_float16 True"),
 ])
