@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zo.cli import add_dataclass_arguments, parse_with_config, run_main, setup_logging, strip_ignored
+from zo.cli import (L2L_REFUSED_FLAGS, REFUSED_UPSTREAM_FLAGS, add_dataclass_arguments, parse_with_config, run_main,
+                    setup_logging, strip_ignored)
 from zo.recipes.meta_train import L2LConfig, meta_train
 
 HELP = {
@@ -25,6 +26,10 @@ HELP = {
     "bank_granularity": "block (one PertNN per tensor) | layer (one per transformer layer, Table 3 ablation)",
     "trajectory_optimizer": "adam | sgd (upstream: SGD momentum 0.8)",
     "save_mlp_path": "where the bank is written (.safetensors)",
+    "gradient_accumulation_steps": "K micro-batches of per_device_train_batch_size per step (GA)",
+    "l2l_accumulation": "batch: K micro-batches act as one batch of K x BS (one meta step, one first-order step) | "
+                        "upstream: the authors' meta step per micro-batch, first-order step every K-th on its "
+                        "gradient only",
 }
 
 
@@ -35,7 +40,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num_epochs", "--epoch", dest="num_train_epochs", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--train_mode", default="l2l", help=argparse.SUPPRESS)
     parser.add_argument("--learning_rate", type=float, default=None, help=argparse.SUPPRESS)
-    args = parse_with_config(parser, L2LConfig, strip_ignored(sys.argv[1:] if argv is None else argv))
+    refused = {**REFUSED_UPSTREAM_FLAGS, **L2L_REFUSED_FLAGS}
+    args = parse_with_config(parser, L2LConfig, strip_ignored(sys.argv[1:] if argv is None else argv,
+                                                              refused=refused))
     if args.pop("train_mode") != "l2l":
         parser.error("run_l2l.py only does --train_mode l2l")
     learning_rate = args.pop("learning_rate")

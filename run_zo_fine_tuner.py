@@ -23,7 +23,11 @@ HELP = {
     "train_mode": " | ".join(TRAIN_MODES) + " | none (evaluation only); docs/methods.md",
     "load_mlp_path": "PertNN bank (.safetensors, or an authors' .pth converted safely)",
     "data_dir": "local data root (layouts of shared/data/README.md); unset: the HF hub",
-    "train_set_seed": "data sampling seed (upstream SEED)",
+    "train_set_seed": "data sampling seed (upstream SEED); with --num_train_sets N, set i uses this + i",
+    "num_train_sets": "N whole runs, set i sampled with train_set_seed + i, in <output_dir>/trainset<i>/; "
+                      "metrics.json: every set and the mean / sd over them (NUM_TRAIN_SETS)",
+    "shared_demonstrations": "with --num_demos: one demonstration set (drawn with train_set_seed) for every test "
+                             "example; --num_train_sets sets it",
     "seed": "process seed: ZO noise seeds and batch order",
     "perturbation": "virtual (exact restore, default) | inplace",
     "non_diff": "SQuAD/DROP: optimize -F1 of greedy generations",
@@ -55,8 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Upstream's --trainer: zo trains, none evaluates only (MeZO); --save_steps is the evaluation period here.
     parser.add_argument("--trainer", choices=("zo", "none"), default="zo", help="zo | none (evaluation only)")
     ignored = {k: v for k, v in IGNORED_UPSTREAM_FLAGS.items() if k not in ("--trainer", "--save_steps")}
-    refused = {k: v for k, v in REFUSED_UPSTREAM_FLAGS.items() if k != "--gradient_accumulation_steps"}
-    argv = strip_ignored(sys.argv[1:] if argv is None else argv, ignored, refused)
+    argv = strip_ignored(sys.argv[1:] if argv is None else argv, ignored, REFUSED_UPSTREAM_FLAGS)
     args = parse_with_config(parser, FineTuneConfig, argv)
     if args.pop("trainer") == "none":
         args["eval_only"] = True

@@ -29,6 +29,8 @@ TRAIN=${TRAIN:-1000}
 DEV=${DEV:-50}
 EVAL=${EVAL:-1000}
 TRAJECTORY_OPTIMIZER=${TRAJECTORY_OPTIMIZER:-adam}  # adam | sgd (upstream: SGD momentum 0.8)
+GA=${GA:-}                                 # micro-batches per step; empty: upstream's case (MultiRC, ReCoRD, DROP) or 1
+L2L_ACCUMULATION=${L2L_ACCUMULATION:-batch}  # batch: GA micro-batches act as one batch | upstream: the authors' loop
 MAX_STEPS=${MAX_STEPS:-0}
 SAVE_MLP_PATH=${SAVE_MLP_PATH:-}           # empty: <output dir>/bank.safetensors
 DATA_DIR=${DATA_DIR:-}
@@ -44,11 +46,22 @@ if [ -z "$MODEL" ] && [ ! -f models/SmolLM2-135M/config.json ]; then
   bash scripts/setup.sh
 fi
 
-if [ "$MULTI_TASK_TRAINING" != "True" ]; then   # upstream applied this case even in multi-task mode
+if [ "$MULTI_TASK_TRAINING" != "True" ]; then   # upstream applied these cases even in multi-task mode
   case $TASK in
     CB|Copa) DEV=100 ;;
   esac
+  # Upstream's memory cases (80 GB A100): micro-batches of 2 (MultiRC, ReCoRD) or 1 (DROP), BS/micro of them per
+  # step. Under L2L_ACCUMULATION=batch this is the same training as one batch of BS, in less memory. (Upstream
+  # floors an odd BS/2; here an odd BS keeps one batch of BS.)
+  if [ -z "$GA" ]; then
+    case $TASK in
+      MultiRC|ReCoRD) if [ $((BS % 2)) = 0 ]; then GA=$((BS / 2)); BS=2; fi ;;
+      DROP) GA=$BS; BS=1 ;;
+    esac
+  fi
 fi
+GA=${GA:-1}
+if [ "$GA" != 1 ]; then echo "Gradient accumulation: $GA micro-batches of $BS ($L2L_ACCUMULATION)"; fi
 
 ARGS=()
 # flag VAR --name: without CONFIG every setting is passed; with CONFIG only those the caller set.
@@ -60,7 +73,7 @@ flag NEED_NORMALIZATION --need_normalization; flag LOAD_FLOAT_16 --load_float16
 flag MULTI_TASK_TRAINING --multi_task_training; flag SHUFFLE --shuffle; flag SEED --train_set_seed
 flag TRAIN --num_train; flag DEV --num_dev; flag EVAL --num_eval; flag TRAJECTORY_OPTIMIZER --trajectory_optimizer
 flag MAX_STEPS --max_steps; flag CHECKPOINT_STEPS --checkpoint_steps; flag RESET --reset
-flag GRANULARITY --bank_granularity
+flag GRANULARITY --bank_granularity; flag GA --gradient_accumulation_steps; flag L2L_ACCUMULATION --l2l_accumulation
 [ "$MULTI_TASK_TRAINING" = "True" ] && ARGS+=(--multi_task_name $MULTI_TASK_NAME)
 [ "$RESUME" = 1 ] && ARGS+=(--resume)
 [ "$OVERWRITE" = 1 ] && ARGS+=(--overwrite)

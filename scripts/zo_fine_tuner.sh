@@ -24,6 +24,7 @@ BS=${BS:-16}
 LR=${LR:-1e-6}
 EPS=${EPS:-1e-3}
 SEED=${SEED:-43}                        # data sampling seed (--train_set_seed)
+NUM_TRAIN_SETS=${NUM_TRAIN_SETS:-}      # N: N runs with data seeds SEED, SEED+1, ... in OUTPUT_DIR/trainset<i>, mean/sd in metrics.json
 TRAIN=${TRAIN:-1000}
 DEV=${DEV:-500}
 EVAL=${EVAL:-1000}
@@ -76,6 +77,7 @@ flag LR --learning_rate; flag EPS --zo_eps; flag SEED --train_set_seed; flag TRA
 flag EVAL --num_eval; flag STEPS --max_steps; flag EVAL_STEPS --eval_steps; flag PERTURBATION --perturbation
 flag CHECKPOINT_STEPS --checkpoint_steps; flag DEVICE --device
 [ -n "$DEVICE_MAP" ] && ARGS+=(--device_map "$DEVICE_MAP")
+[ -n "$NUM_TRAIN_SETS" ] && ARGS+=(--num_train_sets "$NUM_TRAIN_SETS")
 [ -n "$MODEL" ] && ARGS+=(--model_name "$MODEL")
 [ -n "$LOAD_MLP_PATH" ] && ARGS+=(--load_mlp_path "$LOAD_MLP_PATH")
 [ -n "$DATA_DIR" ] && ARGS+=(--data_dir "$DATA_DIR")
@@ -83,6 +85,6 @@ flag CHECKPOINT_STEPS --checkpoint_steps; flag DEVICE --device
 [ "$RESUME" = 1 ] && ARGS+=(--resume)
 [ "$OVERWRITE" = 1 ] && ARGS+=(--overwrite)
 
-echo "TASK=$TASK TRAIN_MODE=$TRAIN_MODE MODEL=${MODEL:-<embedded SmolLM2>} LR=$LR EPS=$EPS BS=$BS STEPS=$STEPS BANK=${LOAD_MLP_PATH:-none}"
+echo "TASK=$TASK TRAIN_MODE=$TRAIN_MODE MODEL=${MODEL:-<embedded SmolLM2>} LR=$LR EPS=$EPS BS=$BS STEPS=$STEPS BANK=${LOAD_MLP_PATH:-none}${NUM_TRAIN_SETS:+ TRAIN_SETS=$NUM_TRAIN_SETS}"
 # shellcheck disable=SC2086
 exec python run_zo_fine_tuner.py "${ARGS[@]}" $TASK_ARGS $EXTRA_ARGS "$@"

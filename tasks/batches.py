@@ -95,19 +95,39 @@ class TrainBatches:
         self._skip_pending = in_epoch
         self._epoch_generator_state = None
 
-    def restart(self) -> Iterator:
+    def restart(self, group: int = 1) -> Iterator:
         """A new shuffled epoch from here, as a fresh loader. A position restored by load_state_dict and not
-        reached yet is passed over: its permutation is drawn, so the generator stands where it would."""
+        reached yet is passed over: its permutation is drawn, so the generator stands where it would.
+        `group` > 1: the iterator of `groups(group)` instead of batches."""
         if self._skip_pending:
             torch.randperm(len(self.samples), generator=self.generator)
             self.epochs_started += 1
             self._skip, self._skip_pending = 0, False
-        return self.forever()
+        return self.forever() if group == 1 else self.groups(group)
 
     def forever(self) -> Iterator:
         """Shuffled epochs, one after the other, without end."""
         while True:
             yield from self.epoch(shuffle=True)
+
+    def groups(self, size: int) -> Iterator[list]:
+        """Lists of `size` consecutive batches of the shuffled epochs, without end, cut within each epoch (its
+        last list holds the remainder): the same examples, in the same order, as batches of size x batch_size.
+        A list is handed out right after its last batch, so `state_dict` then stands between lists."""
+        if size < 1:
+            raise ValueError("group size must be >= 1")
+        while True:
+            group = []
+            for batch in self.epoch(shuffle=True):
+                group.append(batch)
+                if len(group) == size:
+                    yield group
+                    group = []
+            if group:
+                yield group
+
+    def groups_per_epoch(self, size: int) -> int:
+        return math.ceil(len(self) / size)
 
 
 def make_train_batches(samples: list[Sample], task: Task, tokenizer, batch_size: int, seed: int = 0,

@@ -142,3 +142,13 @@ def batch_loss(model, batch: dict, logits_dtype: torch.dtype = torch.float32) ->
     logprobs, mask = option_token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["option_len"],
                                            logits_dtype)
     return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+
+
+def loss_weight(batch: dict) -> int:
+    """What `batch_loss` averages over: examples (option scoring) or option tokens (LM loss). Weighting the
+    losses of micro-batches by it gives the loss of their concatenation (data parallel, accumulation)."""
+    if "num_options" in batch:
+        return len(batch["num_options"])
+    seq_len = batch["input_ids"].shape[1]
+    width = max(int(batch["option_len"].max()), 1)
+    return int(batch["option_len"].clamp(max=min(width, seq_len - 1)).sum())

@@ -37,3 +37,20 @@ def test_l2l_script_then_fine_tune_another_task_with_the_bank(tmp_path, tiny_lla
     assert metrics["task"] == "SST2" and metrics["steps"] == 2 and metrics["status"] == "completed"
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
     assert read_json(run / "config.json")["bank_base_model"] == tiny_llama_dir.name
+
+
+def test_l2l_script_applies_upstreams_accumulation_case_for_multirc(tmp_path, tiny_llama_dir):
+    # upstream's l2l.sh: MultiRC runs micro-batches of 2, BS/2 of them per step; GA set by hand wins
+    common = {"MODEL": str(tiny_llama_dir), "TASK": "MultiRC", "EPOCH": "1", "TRAIN": "8", "DEV": "2", "EVAL": "2",
+              "BS": "4", "MAX_STEPS": "1", "EXTRA_ARGS": "--threads 1 --progress False --max_length 200"}
+    for name, env, micro, ga in (("case", {}, 2, 2), ("own", {"GA": "1"}, 4, 1),
+                                 ("upstream", {"L2L_ACCUMULATION": "upstream"}, 2, 2)):
+        out = tmp_path / name
+        proc = run_script("l2l.sh", {**common, **env, "OUTPUT_DIR": str(out),
+                                     "SAVE_MLP_PATH": str(tmp_path / f"{name}.safetensors")})
+        config = read_json(out / "config.json")
+        assert (config["per_device_train_batch_size"], config["gradient_accumulation_steps"]) == (micro, ga), name
+        assert config["l2l_accumulation"] == env.get("L2L_ACCUMULATION", "batch")
+        assert config["step_batch_size"] == (2 if name == "upstream" else 4)
+        assert read_json(out / "summary.json")["steps"] == 1
+        assert ("Gradient accumulation: 2 micro-batches of 2" in proc.stdout) == (ga == 2)

@@ -144,12 +144,6 @@ REFUSED_UPSTREAM_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "--load_int8": ("int8 loading is not implemented; use --load_float16 True or --load_bfloat16 True", ("False",)),
     "--untie_emb": ("untying the embedding is not implemented (it changes the block list and the bank)",
                     ("False",)),
-    "--num_train_sets": ("several train sets in one run are not implemented yet; run once per --train_set_seed",
-                         ("None",)),
-    # fine-tuning implements it (run_zo_fine_tuner.py removes it from this table); L2L does not yet
-    "--gradient_accumulation_steps": ("gradient accumulation is not implemented for L2L; use a larger "
-                                      "--per_device_train_batch_size (upstream ran a meta step per micro-batch)",
-                                      ("1",)),
     "--result_file": ("metrics go to <output_dir>/metrics.json; use --output_dir", ()),
     "--no_eval": ("evaluation always runs; use --num_eval 0 and --num_dev 0 to skip it", ("False",)),
     "--fp16": ("HF mixed precision is not used; load the model in half precision with --load_float16 True",
@@ -157,6 +151,14 @@ REFUSED_UPSTREAM_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "--bf16": ("HF mixed precision is not used; load the model in bfloat16 with --load_bfloat16 True", ("False",)),
     "--per_device_eval_batch_size": ("use --eval_batch_size (sequences per forward pass; upstream scores one at a "
                                      "time)", ()),
+}
+
+
+# Refused by run_l2l.py only (fine-tuning implements them).
+L2L_REFUSED_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "--num_train_sets": ("L2L meta-trains one bank on one train set (upstream's run_l2l.py stops in the debugger "
+                         "after the first); run once per --train_set_seed with its own --save_mlp_path",
+                         ("None",)),
 }
 
 

@@ -15,6 +15,12 @@ gradient is then dropped. So neither z nor the gradients of theta' are ever held
 Then the first-order trajectory step moves theta (Adam by default, or upstream's SGD momentum 0.8),
 with gradient clipping and a linear decay to 0 within each restart period (`TrajectoryOptimizer`).
 
+Gradient accumulation: a `MicroBatches` batch (K micro-batches, each loss weighted by its share of the
+examples or option tokens) acts as the concatenated batch in both steps. The meta step draws one sigma and
+one seed; L+- are the weighted sums of the micro-batch losses, and the meta-loss backward runs once per
+micro-batch into the same <grad, z> accumulators. The trajectory step accumulates the weighted gradients and
+takes one optimizer step. Only one micro-batch's activations are alive at a time.
+
 A layer-wise bank (metadata granularity=layer, the Table 3 ablation) has one PertNN per layer group:
 its features are the group's pooled statistics and each block gets its group's sigma (`SigmaGrouping`);
 the meta-gradient flows to the group's PertNN through every block of the group.
@@ -38,6 +44,32 @@ from zo.sigma import normalization
 from zo.stats import block_stats
 
 LossFn = Callable[[object, object], torch.Tensor]  # loss_fn(model_like, batch) -> scalar
+
+
+@dataclass
+class MicroBatches:
+    """Micro-batches that act as one batch: the loss is sum_j weights[j] * loss(batches[j]). With weights
+    proportional to what each micro-batch's loss averages over (tasks.loss_weight), that is the loss of the
+    concatenated batch."""
+    batches: list
+    weights: list[float]
+
+    def __post_init__(self) -> None:
+        if not self.batches or len(self.batches) != len(self.weights):
+            raise ValueError("MicroBatches needs one weight per micro-batch, and at least one micro-batch")
+        if abs(sum(self.weights) - 1.0) > 1e-9:
+            raise ValueError(f"micro-batch weights must sum to 1, got {sum(self.weights)}")
+
+
+def batch_parts(batch) -> list[tuple[object, float]]:
+    """(micro-batch, weight) pairs: a plain batch is one part of weight 1."""
+    if isinstance(batch, MicroBatches):
+        return list(zip(batch.batches, batch.weights))
+    return [(batch, 1.0)]
+
+
+def _weighted(loss: torch.Tensor, weight: float) -> torch.Tensor:
+    return loss if weight == 1.0 else loss * weight  # a plain batch keeps exactly the graph it always had
 
 
 @dataclass
@@ -139,9 +171,11 @@ class MetaLearner:
         seed = int(self.seed_rng.integers(0, 2**62))
         eps = self.config.zo_eps
 
+        parts = batch_parts(batch)
         with torch.inference_mode():
-            loss_plus, loss_minus = self.probe.losses(self.model, self.blocks, self.noise, seed,
-                                                      [eps * v for v in k_values], lambda: loss_fn(self.model, batch))
+            loss_plus, loss_minus = self.probe.losses(
+                self.model, self.blocks, self.noise, seed, [eps * v for v in k_values],
+                lambda: sum(w * float(loss_fn(self.model, part)) for part, w in parts))  # pairs call by call
         if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
             raise FloatingPointError(f"non-finite perturbed loss in meta step: L+={loss_plus}, L-={loss_minus}")
         a = -self.config.lr_update * (loss_plus - loss_minus) / (2 * eps)
@@ -158,9 +192,12 @@ class MetaLearner:
         for block in self.blocks:
             hooks.append(theta_prime[block.name].register_post_accumulate_grad_hook(
                 self._dot_with_noise_hook(seed, block.index, device_dots)))
+        meta_loss = 0.0
         try:
-            meta_loss = loss_fn(FunctionalModel(self.model, theta_prime), batch)
-            meta_loss.backward()
+            for part, w in parts:  # the hooks add each micro-batch's <grad, z> to the same accumulators
+                part_loss = _weighted(loss_fn(FunctionalModel(self.model, theta_prime), part), w)
+                part_loss.backward()
+                meta_loss += float(part_loss.detach())
         finally:
             for hook in hooks:
                 hook.remove()
@@ -174,7 +211,7 @@ class MetaLearner:
 
         state.sigma_prev = group_sigma.detach()
         state.history = (loss_plus, loss_minus)
-        return MetaStepResult(seed, loss_plus, loss_minus, float(meta_loss.detach()), sigma.detach(), c)
+        return MetaStepResult(seed, loss_plus, loss_minus, meta_loss, sigma.detach(), c)
 
     def _dot_with_noise_hook(self, seed: int, index: int, dots: dict[int, torch.Tensor]):
         def hook(leaf: torch.Tensor) -> None:
@@ -212,18 +249,48 @@ class TrajectoryOptimizer:
     def current_lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
-    def step(self, loss_fn: LossFn, batch) -> float:
+    def accumulate(self, loss_fn: LossFn, batch, loss_scale: float = 1.0) -> float:
+        """Add loss_scale x the gradient of the batch's loss (a `MicroBatches`: of the weighted sum of its
+        micro-batch losses, one backward each) to the parameters' .grad; returns the unscaled loss."""
         self.model.train(self.dropout)
         try:
-            loss = loss_fn(self.model, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite first-order loss {float(loss)}")
-            loss.backward()
+            total = 0.0
+            for part, w in batch_parts(batch):
+                loss = loss_fn(self.model, part)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite first-order loss {float(loss)}")
+                _weighted(loss, w * loss_scale).backward()
+                total += w * float(loss.detach())
+        finally:
+            self.model.eval()
+        return total
+
+    def apply(self) -> None:
+        """Clip the accumulated gradient, take one optimizer step and one schedule step, clear the gradient."""
+        try:
             if self.max_grad_norm:
                 nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
         finally:
             self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, loss_fn: LossFn, batch, loss_scale: float = 1.0) -> float:
+        """One first-order step on the batch (or on the concatenation of a `MicroBatches`)."""
+        try:
+            loss = self.accumulate(loss_fn, batch, loss_scale)
+        except BaseException:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
+        self.apply()
+        return loss
+
+    def forward_only(self, loss_fn: LossFn, batch) -> float:
+        """The loss in the step's mode (dropout draws included), with no gradient and no update: upstream's
+        micro-batches whose gradient the next zero_grad discards."""
+        self.model.train(self.dropout)
+        try:
+            with torch.no_grad():
+                return float(loss_fn(self.model, batch))
+        finally:
             self.model.eval()
-        return float(loss.detach())

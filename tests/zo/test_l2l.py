@@ -5,7 +5,7 @@ import torch
 
 from conftest import build_tiny_model
 from zo.blocks import Block, parameter_blocks
-from zo.l2l import FunctionalModel, MetaConfig, MetaLearner, TrajectoryOptimizer
+from zo.l2l import FunctionalModel, MetaConfig, MetaLearner, MicroBatches, TrajectoryOptimizer
 from zo.noise import NoiseSource
 from zo.pertnn import bank_features, fresh_bank
 from zo.stats import block_stats
@@ -123,3 +123,86 @@ def test_trajectory_optimizer_decays_linearly_and_resets(kind):
     assert traj.current_lr() == 1e-2 and not traj.optimizer.state
     assert all(p.grad is None for p in model.parameters())
     assert not model.training
+
+
+# --- gradient accumulation: K micro-batches act as one batch --------------------------------------------------
+
+def _micro(ids, sizes):
+    """`ids` cut into micro-batches of `sizes` rows, weighted by their share of the tokens (equal rows)."""
+    parts = list(torch.split(ids, sizes))
+    return MicroBatches(parts, [p.shape[0] / ids.shape[0] for p in parts])
+
+
+def _grads(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("sizes", [[2, 2], [1, 1, 2]])
+def test_trajectory_gradient_of_micro_batches_equals_one_batch(sizes):
+    ids = torch.randint(3, 400, (4, 9), generator=torch.Generator().manual_seed(4))
+    model = build_tiny_model("llama", 400)
+    traj = TrajectoryOptimizer(model, lr=1e-2, period_steps=4, kind="sgd", momentum=0.0)
+    whole = traj.accumulate(lm_loss, ids)
+    reference = _grads(model)
+    traj.optimizer.zero_grad(set_to_none=True)
+    accumulated = traj.accumulate(lm_loss, _micro(ids, sizes))
+    assert accumulated == pytest.approx(whole, rel=1e-6)
+    for got, want in zip(_grads(model), reference):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    if len(set(sizes)) > 1:  # the plain mean of unequal micro-batches' losses is another gradient
+        traj.optimizer.zero_grad(set_to_none=True)
+        parts = list(torch.split(ids, sizes))
+        traj.accumulate(lm_loss, MicroBatches(parts, [1 / len(parts)] * len(parts)))
+        assert any(not torch.allclose(g, w, rtol=1e-3, atol=1e-6) for g, w in zip(_grads(model), reference))
+
+
+def test_trajectory_step_on_micro_batches_is_one_update_of_the_whole_batch():
+    ids = torch.randint(3, 400, (4, 9), generator=torch.Generator().manual_seed(4))
+    states = []
+    for batch in (ids, _micro(ids, [2, 2])):
+        model = build_tiny_model("llama", 400)
+        traj = TrajectoryOptimizer(model, lr=1e-2, period_steps=4, kind="adam")
+        traj.step(lm_loss, batch)
+        assert traj.current_lr() == pytest.approx(7.5e-3)  # one schedule step for the K micro-batches
+        assert all(p.grad is None for p in model.parameters())
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+    for name in states[0]:
+        torch.testing.assert_close(states[1][name], states[0][name], rtol=1e-5, atol=1e-6)
+
+
+def test_meta_step_on_micro_batches_equals_one_batch():
+    # float64 (OPT's LayerNorm stays float64): the bank's gradient goes through (L+ - L-), where float32
+    # round-off of the losses alone would already move it by ~1e-3 relative
+    ids = torch.randint(3, 400, (4, 9), generator=torch.Generator().manual_seed(4))
+    results, grads = [], []
+    for batch in (ids, _micro(ids, [1, 3])):
+        model, blocks, learner, _ = _setup(torch.float64, family="opt")  # same model, bank and seed stream
+        results.append(learner.meta_step(lm_loss, batch))  # lr_mlp = 0: the bank's gradient is left in it
+        grads.append([p.grad.clone() for p in learner.bank.parameters()])
+    whole, micro = results
+    assert micro.seed == whole.seed and torch.equal(micro.sigma, whole.sigma) and micro.c == whole.c
+    assert micro.loss_plus == pytest.approx(whole.loss_plus, rel=1e-12)
+    assert micro.loss_minus == pytest.approx(whole.loss_minus, rel=1e-12)
+    assert micro.meta_loss == pytest.approx(whole.meta_loss, rel=1e-12)
+    assert all(g.abs().sum() > 0 for g in grads[0])
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-12)  # the largest entries are ~3e-2
+
+
+def test_micro_batch_weights_must_sum_to_one():
+    with pytest.raises(ValueError, match="sum to 1"):
+        MicroBatches([1, 2], [0.5, 0.6])
+    with pytest.raises(ValueError, match="one weight per micro-batch"):
+        MicroBatches([1, 2], [1.0])
+
+
+def test_forward_only_leaves_no_gradient_and_no_update():
+    model = build_tiny_model("llama", 400)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    traj = TrajectoryOptimizer(model, lr=1e-2, period_steps=4)
+    ids = torch.randint(3, 400, (2, 9))
+    with torch.no_grad():
+        expected = float(lm_loss(model, ids))
+    assert traj.forward_only(lm_loss, ids) == pytest.approx(expected)
+    assert all(p.grad is None for p in model.parameters()) and not model.training
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()) and traj.current_lr() == 1e-2

@@ -8,10 +8,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -33,6 +34,7 @@ from zo.seeding import seed_everything
 log = logging.getLogger(__name__)
 
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+EVALUATED = "evaluated without training (eval_only)"  # the status of an evaluation-only run
 # Settings that may change between a run and its resume (they do not change what is computed).
 RUNTIME_KEYS = ("output_dir", "progress", "threads", "pair_forwards", "report_to", "resume", "overwrite",
                 "checkpoint_steps", "checkpoint_minutes", "checkpoint_kind")
@@ -47,6 +49,9 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     eval_only: bool = False  # zero-shot dev + test evaluation, no training (same as train_mode none)
     # in-context demonstrations per test example in evaluation-only runs, drawn as MeZO's ICL mode (0: zero-shot)
     num_demos: int = 0
+    # one demonstration set, drawn with train_set_seed, for every test example (MeZO with a train-set seed or
+    # --num_train_sets, which sets it); False: one set per test example (MeZO without either)
+    shared_demonstrations: bool = False
     # MeZO's calibration of classification scores: option log-prob minus its log-prob after a content-free prompt
     sfc: bool = False  # content-free prompt without demonstrations
     icl_sfc: bool = False  # content-free prompt after the same demonstrations
@@ -78,6 +83,10 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     # batch_mean = mean of the losses of eval_batch_size batches (token-weighted within a batch for LM tasks).
     dev_loss: str = "per_example"
     train_set_seed: int = 43
+    # MeZO's --num_train_sets N: N runs, the i-th a whole run with train_set_seed + i (its train, dev and test
+    # samples), in <output_dir>/trainset<i>/; <output_dir>/metrics.json holds every set's metrics and their
+    # mean and sd. None: one run.
+    num_train_sets: int | None = None
     seed: int = 42
     num_train: int = 1000
     num_dev: int | None = 500
@@ -165,6 +174,10 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
         if self.sfc and self.icl_sfc:
             raise ValueError("--sfc and --icl_sfc exclude each other (icl_sfc: the content-free prompt keeps the "
                              "demonstrations)")
+        if self.shared_demonstrations and not self.num_demos:
+            raise ValueError("--shared_demonstrations needs --num_demos K (the demonstrations per test example)")
+        if self.num_train_sets is not None and self.num_train_sets < 1:
+            raise ValueError(f"--num_train_sets must be >= 1 (None: one run), got {self.num_train_sets}")
         if self.num_demos and self.num_dev:
             raise ValueError("--num_demos draws demonstrations from the whole train pool, which holds the dev set: "
                              "set --num_dev 0 (DEV=0), as MeZO's in-context mode")
@@ -201,6 +214,8 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
         mode = self.train_mode if self.trains else "eval"
         tag = (f"{mode}-{task}-{self.max_steps}-{self.per_device_train_batch_size}-"
                f"{self.learning_rate}-{self.zo_eps}-{self.train_set_seed}-{bank}")
+        if self.num_train_sets is not None:
+            tag += f"-sets{self.num_train_sets}"
         return str(Path("result") / f"{sanitize_component(task)}-{model}-{sanitize_component(tag, 160)}")
 
 
@@ -213,22 +228,16 @@ def _mean_loss(model, loss_fn, batches) -> float:
     return total / max(count, 1)
 
 
-def _loss_weight(batch: dict) -> int:
-    """What the single-process loss averages over: examples (option scoring) or option tokens (LM loss)."""
-    if "num_options" in batch:
-        return len(batch["num_options"])
-    seq_len = batch["input_ids"].shape[1]
-    width = max(int(batch["option_len"].max()), 1)
-    return int(batch["option_len"].clamp(max=min(width, seq_len - 1)).sum())
-
-
 def fine_tune(config: FineTuneConfig) -> dict:
     """Run the whole job; returns the metrics written to <output_dir>/metrics.json.
 
     Under `accelerate launch` / `torchrun` with N processes it runs data-parallel ZO (zo/distributed.py):
     the global batch is N x per_device_train_batch_size, and only rank 0 writes the run folder.
+    With `num_train_sets`, one such run per train set (`fine_tune_sets`).
     """
     config.validate()
+    if config.num_train_sets is not None:
+        return fine_tune_sets(config)
     device = resolve_device(config.device)
     if distributed.launched_world_size() > 1:
         if config.device_map is not None or config.non_diff or not config.trains:
@@ -319,7 +328,7 @@ def fine_tune(config: FineTuneConfig) -> dict:
             distributed.destroy(group)
             return {"rank": group.rank, "steps": result.steps_done, "status": result.status}
     else:
-        result = LoopResult(steps_done=0, status="evaluated without training (eval_only)")
+        result = LoopResult(steps_done=0, status=EVALUATED)
 
     metrics: dict = {"task": task.name, "model": model_path,
                      "train_mode": config.train_mode if config.trains else "none",
@@ -359,11 +368,120 @@ def fine_tune(config: FineTuneConfig) -> dict:
 
 
 def _test_demonstrations(config: FineTuneConfig, task, samples) -> list[str] | None:
-    """With --num_demos: one demonstration text per test example (MeZO's one train set per eval example)."""
+    """With --num_demos: one demonstration text per test example: MeZO's one train set per eval example, or
+    with shared_demonstrations its one train set (the first K of the pool permuted with train_set_seed)."""
     if not config.num_demos:
         return None
-    sets = tasks.sampling.demonstration_sets(task.load_split("train"), len(samples), config.num_demos)
+    pool = task.load_split("train")
+    if config.shared_demonstrations:
+        demos = tasks.sampling.seeded_subset(pool, config.train_set_seed, config.num_demos)
+        return [tasks.encoding.demonstration_text(demos, task.template)] * len(samples)
+    sets = tasks.sampling.demonstration_sets(pool, len(samples), config.num_demos)
     return [tasks.encoding.demonstration_text(demos, task.template) for demos in sets]
+
+
+SET_FOLDER = "trainset{}"  # MeZO's result files end in -trainset<i>
+NOT_SUMMARIZED = ("num_examples", "num_demos")  # counts, equal across sets
+
+
+def fine_tune_sets(config: FineTuneConfig) -> dict:
+    """MeZO's --num_train_sets: set i is a whole run (fresh model, train, dev, test) with train_set_seed + i, in
+    <output_dir>/trainset<i>/. Returns (and writes to <output_dir>/metrics.json) every set's metrics and the
+    mean and sample sd over the sets. Resumes set by set: finished sets are kept, an interrupted one continues.
+
+    MeZO differs in two ways (docs/differences.md): its sets are numbered 0..N-1 whatever --train_set_seed, and
+    a given --train_set_seed silently leaves one set; and it never reloads the model, so set i starts from the
+    weights trained on sets 0..i-1.
+    """
+    config.validate()
+    if distributed.launched_world_size() > 1:
+        raise ValueError("--num_train_sets runs its sets one after the other in one process: launch one "
+                         "data-parallel run per --train_set_seed instead")
+    model_path = resolve_model_path(config.model_name)  # a bad model path fails before any folder is made
+    output_dir = Path(config.output_dir or config.default_output_dir())
+    seeds = [config.train_set_seed + i for i in range(config.num_train_sets)]
+    folders = [output_dir / SET_FOLDER.format(i) for i in range(config.num_train_sets)]
+    if not config.trains and not config.num_demos and config.num_eval is None:
+        log.warning("--num_train_sets without training, demonstrations or --num_eval: every set evaluates the whole "
+                    "test pool the same way, so the %d sets are identical", config.num_train_sets)
+    resolved = asdict(config)
+    resolved.update({"output_dir": str(output_dir), "model_name": model_path, "train_set_seeds": seeds,
+                     "set_dirs": [f.name for f in folders]})
+    run = RunDir(output_dir)
+    existed, had_config = output_dir.exists(), run.config_path.exists()
+    start = run.start(resolved, resume=config.resume, overwrite=config.overwrite, ignore_keys=RUNTIME_KEYS,
+                      checkpoints=False)  # each set keeps its own
+    if start.finished is not None:
+        return start.finished
+    if config.overwrite:  # sets of the replaced run beyond this one's N would be left over
+        for stale in output_dir.glob(SET_FOLDER.format("*")):
+            if stale.is_dir() and stale.name[len("trainset"):].isdigit() and stale not in folders:
+                shutil.rmtree(stale)
+    run.write_config(resolved)
+
+    started = time.perf_counter()
+    results: list[dict] = []
+    try:
+        for index, (seed, folder) in enumerate(zip(seeds, folders)):
+            log.info("train set %d of %d: train_set_seed %d -> %s", index + 1, len(seeds), seed, folder)
+            # shared demonstrations: with one set per test example, the N sets would share their demonstrations
+            one = replace(config, num_train_sets=None, train_set_seed=seed, output_dir=str(folder),
+                          shared_demonstrations=config.shared_demonstrations or config.num_demos > 0)
+            results.append(fine_tune(one))
+            if results[-1].get("status") == INTERRUPTED:
+                break
+    except BaseException:
+        if not had_config and not any(f.exists() for f in folders):  # bad input: leave nothing behind
+            run.config_path.unlink(missing_ok=True)
+            if not existed:
+                output_dir.rmdir()
+        raise
+    metrics = summarize_sets(results, seeds, folders)
+    metrics["total_seconds"] = round(time.perf_counter() - started, 2)
+    run.write_metrics(metrics)
+    for name, stats in metrics.get("summary", {}).get("test", {}).items():
+        log.info("test %s over %d train sets: %.4f +- %s", name, len(results), stats["mean"],
+                 "n/a" if stats["sd"] is None else f"{stats['sd']:.4f}")
+    return metrics
+
+
+def _mean_sd(values: list[float]) -> dict:
+    """Mean and sample standard deviation (n - 1; None for one value) of `values`, and the values."""
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return {"mean": mean, "sd": sd, "values": values}
+
+
+def summarize_sets(results: list[dict], seeds: list[int], folders: list[Path]) -> dict:
+    """The metrics of a --num_train_sets run: each set's metrics and, once every set is done, the mean and sd
+    over the sets of each dev / test metric, the best dev loss and the final train loss."""
+    first = results[0]
+    sets = [{"train_set": i, "train_set_seed": seed, "output_dir": folder.name,
+             **{k: v for k, v in result.items() if k not in ("task", "model", "train_mode")}}
+            for i, (result, seed, folder) in enumerate(zip(results, seeds, folders))]
+    metrics: dict = {"task": first["task"], "model": first["model"], "train_mode": first["train_mode"],
+                     "num_train_sets": len(seeds), "train_set_seeds": seeds}
+    if first.get("eval_note"):
+        metrics["eval_note"] = first["eval_note"]
+    if results[-1].get("status") == INTERRUPTED:  # resume finishes it (finished sets are kept)
+        metrics.update({"status": INTERRUPTED, "signal": results[-1].get("signal"), "sets": sets})
+        return metrics
+    summary: dict = {}
+    for split in ("dev", "test"):
+        if all(split in r for r in results):
+            names = [k for k, v in first[split].items()
+                     if k not in NOT_SUMMARIZED and isinstance(v, (int, float)) and not isinstance(v, bool)]
+            summary[split] = {name: _mean_sd([float(r[split][name]) for r in results]) for name in names
+                              if all(isinstance(r[split].get(name), (int, float)) for r in results)}
+    for key in ("best_dev_loss", "final_train_loss"):
+        if all(isinstance(r.get(key), (int, float)) for r in results):
+            summary[key] = _mean_sd([float(r[key]) for r in results])
+    others = [s["train_set"] for s, r in zip(sets, results) if not str(r.get("status", "")).startswith("completed")
+              and r.get("status") != EVALUATED]
+    metrics.update({"status": "completed", "summary": summary, "sets": sets})
+    if others:  # e.g. stopped at a non-finite loss: their last good state was evaluated, and is counted
+        metrics["sets_not_completed"] = others
+    return metrics
 
 
 def _evaluate(config: FineTuneConfig, model, tokenizer, task, samples, generation,
@@ -406,7 +524,7 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
     if group.enabled:  # the example-weighted loss of the global batch, on every rank
         def train_loss_fn(share):
             batch, counted = share
-            weight = _loss_weight(batch) if counted else 0
+            weight = tasks.loss_weight(batch) if counted else 0
             return distributed.weighted_mean_loss(lambda: loss_fn(batch), weight, group, device)
 
     dev_loss_fn = None

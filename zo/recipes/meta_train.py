@@ -21,7 +21,7 @@ import torch
 import tasks
 from zo.blocks import DEFAULT_EFFECTIVE_DIM_RULE, GRANULARITIES, block_type, parameter_blocks
 from zo.io import sanitize_component
-from zo.l2l import MetaConfig, MetaLearner, TrajectoryOptimizer
+from zo.l2l import MetaConfig, MetaLearner, MicroBatches, TrajectoryOptimizer
 from zo.loop import CheckpointPolicy, load_weights, save_weights
 from zo.models import load_model, resolve_device, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
@@ -49,6 +49,9 @@ RUNTIME_KEYS = ("output_dir", "progress", "threads", "pair_forwards", "report_to
                 "checkpoint_steps", "checkpoint_minutes", "save_every_steps")
 
 
+L2L_ACCUMULATIONS = ("batch", "upstream")
+
+
 @dataclass
 class L2LConfig:
     task_name: str = "Copa"
@@ -63,6 +66,14 @@ class L2LConfig:
     num_train_epochs: int = 20
     max_steps: int = 0  # > 0: stop after this many meta steps (for smoke runs)
     per_device_train_batch_size: int = 8
+    # K micro-batches of per_device_train_batch_size per step (upstream l2l.sh: MultiRC, ReCoRD, DROP)
+    gradient_accumulation_steps: int = 1
+    # How K > 1 micro-batches combine (docs/differences.md, item 6). "batch": as one batch of K x micro-batch
+    # (one sigma, one seed, one bank update and one first-order step per K micro-batches, every loss weighted
+    # by its share of the examples or tokens). "upstream": the authors' code: a meta step and a bank update per
+    # micro-batch, the first-order step every K-th micro-batch on that micro-batch's gradient alone (/K), the
+    # lr horizon counted in micro-batches.
+    l2l_accumulation: str = "batch"
     lr_llm: float = 1e-5
     lr_mlp: float = 1e-3
     lr_update: float = 1e-6
@@ -104,6 +115,15 @@ class L2LConfig:
     checkpoint_steps: int = 0  # full checkpoint (theta, bank, optimizers, RNGs) every this many meta steps
     checkpoint_minutes: float = 30.0  # ... and every this many minutes (0: not by time)
 
+    @property
+    def grouped(self) -> bool:
+        """A step takes K micro-batches together (the default accumulation with K > 1)."""
+        return self.gradient_accumulation_steps > 1 and self.l2l_accumulation == "batch"
+
+    @property
+    def upstream_accumulation(self) -> bool:
+        return self.gradient_accumulation_steps > 1 and self.l2l_accumulation == "upstream"
+
     def task_list(self) -> list[str]:
         names = self.multi_task_name if self.multi_task_training else [self.task_name]
         if isinstance(names, str):
@@ -124,6 +144,12 @@ class L2LConfig:
             raise ValueError(f"EPOCHS_PER_RESTART must be >= 1, got {self.epochs_per_restart}")
         if self.num_train_epochs <= 0:
             raise ValueError(f"EPOCH must be >= 1, got {self.num_train_epochs}")
+        if self.per_device_train_batch_size < 1:
+            raise ValueError(f"BS (--per_device_train_batch_size) must be >= 1, got {self.per_device_train_batch_size}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(f"--gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
+        if self.l2l_accumulation not in L2L_ACCUMULATIONS:
+            raise ValueError(f"--l2l_accumulation must be one of {L2L_ACCUMULATIONS}, got {self.l2l_accumulation!r}")
         if self.save_mlp_path and not Path(self.save_mlp_path).parent.is_dir():
             raise FileNotFoundError(f"cannot save the bank: folder {Path(self.save_mlp_path).parent} does not exist")
         if self.init_mlp_path and not Path(self.init_mlp_path).exists():
@@ -144,6 +170,8 @@ class L2LConfig:
         model = sanitize_component(Path(resolve_model_path(self.model_name)).name)
         tasks = "+".join(self.task_list())
         tag = f"l2l-{tasks}-{self.num_train_epochs}-{self.per_device_train_batch_size}-{self.lr_llm}-{self.train_set_seed}"
+        if self.gradient_accumulation_steps > 1:
+            tag += f"-ga{self.gradient_accumulation_steps}{'u' if self.upstream_accumulation else ''}"
         return str(Path("result") / f"{sanitize_component(tasks)}-{model}-{sanitize_component(tag, 160)}")
 
 
@@ -160,6 +188,31 @@ def sigma_by_type(blocks, sigma: torch.Tensor) -> dict[str, float]:
     for block, value in zip(blocks, sigma.tolist()):
         groups[block_type(block.name)].append(value)
     return {k: sum(v) / len(v) for k, v in groups.items()}
+
+
+def upstream_update_due(outer: int, steps_per_epoch: int, accumulation: int) -> bool:
+    """The authors' loop (HF's condition): the first-order step follows the micro-batch at index `outer` of
+    the epoch when (outer + 1) is a multiple of K, or at the epoch's last micro-batch when the epoch has at
+    most K of them. An epoch's trailing micro-batches short of a multiple of K get meta steps only."""
+    return (outer + 1) % accumulation == 0 or (steps_per_epoch <= accumulation and outer + 1 == steps_per_epoch)
+
+
+def micro_batches(batches: list) -> MicroBatches:
+    """K micro-batches as one batch: each loss weighted by its share of the examples or option tokens."""
+    weights = [tasks.loss_weight(b) for b in batches]
+    total = sum(weights)
+    if total <= 0:
+        raise ValueError("a group of micro-batches has no scored example or token")
+    return MicroBatches(list(batches), [w / total for w in weights])
+
+
+def _feed(batcher: tasks.TrainBatches, group: int, restart: bool = False):
+    """What the meta steps of one task take, without end: batches, or `MicroBatches` of `group` consecutive
+    ones within each epoch. `restart`: from a new shuffled epoch, as a fresh loader."""
+    if group == 1:
+        return batcher.restart() if restart else batcher.forever()
+    groups = batcher.restart(group) if restart else batcher.groups(group)
+    return (micro_batches(g) for g in groups)
 
 
 ADAM_LR_WARNING = 1e-3  # upstream's SGD lr_llm values start here; Adam's per-coordinate step is ~lr itself
@@ -205,7 +258,9 @@ def meta_train(config: L2LConfig) -> dict:
                                               as_classification=task.train_as_classification,
                                               max_length=config.max_length) for name, task in task_objs.items()}
     task_names = list(batchers)
-    steps_per_epoch = max(len(b) for b in batchers.values())
+    group = config.gradient_accumulation_steps if config.grouped else 1
+    # A step's batch is K micro-batches under the default accumulation, else one (micro-)batch.
+    steps_per_epoch = max(b.groups_per_epoch(group) for b in batchers.values())
     plan = visit_plan(task_names, steps_per_epoch, config.skip_copa_every_4th)
     # Without resets the trajectory is one run long: its lr decays linearly to 0 over all epochs.
     period_epochs = config.epochs_per_restart if config.reset else config.num_train_epochs
@@ -220,7 +275,10 @@ def meta_train(config: L2LConfig) -> dict:
                              need_normalization=config.need_normalization, grad_through_c=config.grad_through_c,
                              mlp_optimizer=config.mlp_optimizer, effective_dim_rule=config.effective_dim_rule,
                              pair_forwards=config.pair_forwards)
-    learner = MetaLearner(model, bank, blocks, meta_config, config.per_device_train_batch_size, seed=config.seed,
+    # The batch of one ZO estimate (the embedding's effective dimension counts its examples): K micro-batches
+    # under the default accumulation, one micro-batch in upstream's.
+    step_batch_size = config.per_device_train_batch_size * group
+    learner = MetaLearner(model, bank, blocks, meta_config, step_batch_size, seed=config.seed,
                           noise=NoiseSource(config.threads))
     trajectory = TrajectoryOptimizer(model, config.lr_llm, period_steps, config.trajectory_optimizer,
                                      config.momentum, config.max_grad_norm, config.dropout)
@@ -229,7 +287,7 @@ def meta_train(config: L2LConfig) -> dict:
     resolved = asdict(config)
     resolved.update({"output_dir": str(output_dir), "save_mlp_path": str(save_path), "model_name": model_path,
                      "tasks": task_names, "steps_per_epoch": steps_per_epoch, "restart_period_steps": period_steps,
-                     "num_blocks": len(blocks)})
+                     "num_blocks": len(blocks), "step_batch_size": step_batch_size})
     # Every input is checked: only now touch the run folder (bad input never deletes an earlier log).
     run = RunDir(output_dir, metrics_name="summary.json")
     start_state = run.start(resolved, resume=config.resume, overwrite=config.overwrite, ignore_keys=RUNTIME_KEYS)
@@ -242,6 +300,14 @@ def meta_train(config: L2LConfig) -> dict:
     log.info("L2L on %s for %s: %d outer steps/epoch, %s; %s-wise bank -> %s", task_names, model_label,
              steps_per_epoch, f"reset every {period_steps} first-order steps" if config.reset
              else f"no reset, one lr horizon of {period_steps} steps", config.bank_granularity, save_path)
+    if config.grouped:
+        log.info("gradient accumulation: each meta step and first-order step takes %d micro-batches of %d as one "
+                 "batch of %d", group, config.per_device_train_batch_size, step_batch_size)
+    elif config.upstream_accumulation:
+        log.warning("--l2l_accumulation upstream: a meta step per micro-batch of %d, a first-order step every %d "
+                    "micro-batches on the last one's gradient only, lr horizon in micro-batches (the authors' "
+                    "code; docs/differences.md item 6)", config.per_device_train_batch_size,
+                    config.gradient_accumulation_steps)
 
     order_rng = random.Random(config.seed)
     loss_fn = tasks.batch_loss
@@ -260,7 +326,7 @@ def meta_train(config: L2LConfig) -> dict:
         set_global_rng_state(checkpoint["rng"])
         step, resets, cursor = checkpoint["step"], checkpoint["resets"], checkpoint["cursor"]
         window.update(checkpoint["window"])
-    feeds = {name: b.forever() for name, b in batchers.items()}
+    feeds = {name: _feed(b, group) for name, b in batchers.items()}
     train_log = run.open_log(truncate_to=checkpoint["log_offset"] if checkpoint is not None else None)
     run.report_invalid_checkpoints(train_log)
     if checkpoint is not None:
@@ -300,7 +366,7 @@ def meta_train(config: L2LConfig) -> dict:
             if config.multi_task_training and not config.persistent_task_state and epoch > 0 and not inside:
                 for name in task_names:  # upstream: history (0, 0) and a fresh loader per task each epoch
                     learner.state_for(name).history = (0.0, 0.0)
-                    feeds[name] = batchers[name].restart()
+                    feeds[name] = _feed(batchers[name], group, restart=True)
             for outer in range(cursor["outer"] if epoch == cursor["epoch"] else 0, len(plan)):
                 if inside and outer == cursor["outer"]:
                     order, first = cursor["order"], cursor["next"]
@@ -316,12 +382,23 @@ def meta_train(config: L2LConfig) -> dict:
                     step_start = time.perf_counter()
                     meta = learner.meta_step(loss_fn, batch, task_name)
                     lr_now = trajectory.current_lr()
-                    fo_loss = trajectory.step(loss_fn, batch)
+                    extra = {}
+                    if config.upstream_accumulation:  # the authors' loop: see upstream_update_due
+                        extra["fo_update"] = upstream_update_due(outer, steps_per_epoch,
+                                                                 config.gradient_accumulation_steps)
+                        if extra["fo_update"]:  # HF's training_step divides the loss by K
+                            fo_loss = trajectory.step(loss_fn, batch, 1.0 / config.gradient_accumulation_steps)
+                        else:  # its gradient would be zeroed before the next micro-batch: never used
+                            fo_loss = trajectory.forward_only(loss_fn, batch)
+                    else:
+                        fo_loss = trajectory.step(loss_fn, batch)
+                        if config.grouped:
+                            extra["micro_batches"] = len(batch.batches)
                     step += 1
                     record = {"step": step, "epoch": epoch, "task": task_name, "loss_plus": meta.loss_plus,
                               "loss_minus": meta.loss_minus, "meta_loss": meta.meta_loss, "fo_loss": fo_loss,
                               "lr_llm": lr_now, "c": meta.c, "sigma_mean": float(meta.sigma.mean()),
-                              "seconds": round(time.perf_counter() - step_start, 3)}
+                              **extra, "seconds": round(time.perf_counter() - step_start, 3)}
                     window[task_name].append((meta.loss_plus, meta.meta_loss))
                     if step % config.log_every_steps == 0:
                         record["sigma_by_type"] = sigma_by_type(blocks, meta.sigma)

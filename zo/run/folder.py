@@ -109,12 +109,13 @@ class RunDir:
         return [p for p in candidates if p.exists()]
 
     def start(self, config: dict, resume: bool = False, overwrite: bool = False,
-              ignore_keys: Iterable[str] = ()) -> Start:
+              ignore_keys: Iterable[str] = (), checkpoints: bool = True) -> Start:
         """Check the folder against the request, before anything in it is written.
 
         New folder: nothing to do. A folder holding a run: refuse, unless `overwrite` (its run files are
         deleted) or `resume` (the config must match, except `ignore_keys`; a finished run's metrics are
-        returned as they are; otherwise the latest valid checkpoint, if any).
+        returned as they are; otherwise the latest valid checkpoint, if any). `checkpoints=False`: a folder
+        that keeps none (the summary of several runs), so none is looked for.
         """
         existing = self._run_files()
         if existing and overwrite:
@@ -140,6 +141,8 @@ class RunDir:
                 log.info("%s already holds a finished run (status %r): nothing to resume", self.path,
                          metrics.get("status"))
                 return Start(finished=metrics)
+        if not checkpoints:
+            return Start()
         checkpoint = self.load_checkpoint()
         if checkpoint is None:
             log.warning("%s has no usable checkpoint: starting from step 0", self.path)

@@ -80,19 +80,12 @@ def test_save_steps_is_the_evaluation_period_as_upstream(tmp_path, tiny_llama_di
 @pytest.mark.parametrize("argv, fragment", [
     (["--lora"], "--lora True: LoRA is not implemented"),
     (["--load_int8", "True"], "use --load_float16 True"),
-    (["--num_train_sets", "3"], "run once per --train_set_seed"),
     (["--result_file", "x.json"], "use --output_dir"),
     (["--fp16"], "with --load_float16 True"),
 ])
 def test_unimplemented_upstream_flags_are_refused_by_name(argv, fragment):
     with pytest.raises(UpstreamFlagError, match=fragment.replace("-", r"\-").replace(".", r"\.")):
         run_zo_fine_tuner.main(["--task_name", "SST2", *argv])
-
-
-def test_l2l_refuses_gradient_accumulation_by_name():
-    import run_l2l
-    with pytest.raises(UpstreamFlagError, match="gradient accumulation is not implemented for L2L"):
-        run_l2l.main(["--task_name", "Copa", "--gradient_accumulation_steps", "4"])
 
 
 def test_upstream_defaults_and_bookkeeping_flags_are_accepted(monkeypatch):

@@ -154,3 +154,32 @@ def test_l2l_killed_anywhere_resumes_bit_exactly(tmp_path, tiny_model_dir):
     _assert_same(resumed, reference, note)
     assert [r["event"] for r in read_jsonl(out / "train_log.jsonl") if r["kind"] == "event"].count("reset") == 1
     assert not (out / "checkpoints").exists() and not temp_leftovers(out)
+
+
+@pytest.mark.parametrize("mode, extra, steps", [
+    # 5 examples in micro-batches of 2, groups of 2: (2+2, 1) per task and epoch; 2 tasks x 2 x 3 epochs
+    ("batch", ["--num_train", "5", "--per_device_train_batch_size", "2"], 12),
+    # 3 examples in micro-batches of 1: a meta step each, an update after the 2nd, the 3rd forward only
+    ("upstream", ["--num_train", "3", "--per_device_train_batch_size", "1"], 18),
+])
+def test_l2l_with_gradient_accumulation_killed_anywhere_resumes_bit_exactly(tmp_path, tiny_model_dir, mode, extra,
+                                                                          steps):
+    model_dir = tiny_model_dir("opt")  # dropout: every micro-batch's first-order forward draws from the RNG
+
+    def args(out):  # later flags win: the accumulation settings replace _l2l_args's batch and train size
+        return [*_l2l_args(model_dir, out), *extra, "--gradient_accumulation_steps", "2", "--l2l_accumulation", mode]
+
+    reference_dir = tmp_path / "reference"
+    run_l2l.main(args(reference_dir))
+    reference = _outcome(reference_dir, weights="../reference.safetensors", metrics="summary.json")
+    step_lines = [r for r in reference["log"] if r["kind"] == "step"]
+    assert len(step_lines) == steps
+    assert ("micro_batches" in step_lines[0]) == (mode == "batch") and ("fo_update" in step_lines[0]) == (mode != "batch")
+
+    rng = random.Random(KILL_SEED)
+    kills = [("loss", rng.randint(5, 40)), ("save", 1), ("loss", rng.randint(3, 30))]
+    note = f"KILL_SEED={KILL_SEED} kills={kills} mode={mode}"
+    out = tmp_path / "killed"
+    _kill_and_resume("run_l2l", args(out), kills, note)
+    _assert_same(_outcome(out, weights="../killed.safetensors", metrics="summary.json"), reference, note)
+    assert not (out / "checkpoints").exists() and not temp_leftovers(out)
