@@ -309,7 +309,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
     # Every input is checked (data, model, bank): only now touch the run folder, so that bad input
     # never deletes an earlier run's results or leaves an empty folder behind; a finished run is kept.
     run = RunDir(output_dir)
-    start_state = run.start(resolved, resume=config.resume, overwrite=config.overwrite, ignore_keys=RUNTIME_KEYS)
+    start_state = run.start(resolved, resume=config.resume, overwrite=config.overwrite, ignore_keys=RUNTIME_KEYS,
+                            defaults=asdict(FineTuneConfig()))
     if start_state.finished is not None:
         return start_state.finished
     run.write_config(resolved)
@@ -410,7 +411,7 @@ def fine_tune_sets(config: FineTuneConfig) -> dict:
     run = RunDir(output_dir)
     existed, had_config = output_dir.exists(), run.config_path.exists()
     start = run.start(resolved, resume=config.resume, overwrite=config.overwrite, ignore_keys=RUNTIME_KEYS,
-                      checkpoints=False)  # each set keeps its own
+                      defaults=asdict(FineTuneConfig()), checkpoints=False)  # each set keeps its own
     if start.finished is not None:
         return start.finished
     if config.overwrite:  # sets of the replaced run beyond this one's N would be left over

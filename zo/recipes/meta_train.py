@@ -290,7 +290,8 @@ def meta_train(config: L2LConfig) -> dict:
                      "num_blocks": len(blocks), "step_batch_size": step_batch_size})
     # Every input is checked: only now touch the run folder (bad input never deletes an earlier log).
     run = RunDir(output_dir, metrics_name="summary.json")
-    start_state = run.start(resolved, resume=config.resume, overwrite=config.overwrite, ignore_keys=RUNTIME_KEYS)
+    start_state = run.start(resolved, resume=config.resume, overwrite=config.overwrite, ignore_keys=RUNTIME_KEYS,
+                            defaults=asdict(L2LConfig()))
     if start_state.finished is not None:
         return start_state.finished
     run.write_config(resolved)

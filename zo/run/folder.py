@@ -109,13 +109,15 @@ class RunDir:
         return [p for p in candidates if p.exists()]
 
     def start(self, config: dict, resume: bool = False, overwrite: bool = False,
-              ignore_keys: Iterable[str] = (), checkpoints: bool = True) -> Start:
+              ignore_keys: Iterable[str] = (), checkpoints: bool = True, defaults: dict | None = None) -> Start:
         """Check the folder against the request, before anything in it is written.
 
         New folder: nothing to do. A folder holding a run: refuse, unless `overwrite` (its run files are
         deleted) or `resume` (the config must match, except `ignore_keys`; a finished run's metrics are
         returned as they are; otherwise the latest valid checkpoint, if any). `checkpoints=False`: a folder
-        that keeps none (the summary of several runs), so none is looked for.
+        that keeps none (the summary of several runs), so none is looked for. `defaults`: a setting the saved
+        config lacks (the run was started by an older version of this code) matches if it is at its default,
+        because new settings default to the old behaviour.
         """
         existing = self._run_files()
         if existing and overwrite:
@@ -133,7 +135,7 @@ class RunDir:
             raise RunFolderError(f"{self.path} holds {what}: pass --resume (RESUME=1) to continue it, "
                                  f"--overwrite (OVERWRITE=1) to replace it, or choose another output folder")
         if self.config_path.exists():
-            self._check_same_config(config, set(ignore_keys))
+            self._check_same_config(config, set(ignore_keys), defaults or {})
         self._clean_temporaries()
         if self.metrics_path.exists():
             metrics = self.read_metrics()
@@ -148,9 +150,12 @@ class RunDir:
             log.warning("%s has no usable checkpoint: starting from step 0", self.path)
         return Start(checkpoint=checkpoint)
 
-    def _check_same_config(self, config: dict, ignore: set[str]) -> None:
+    def _check_same_config(self, config: dict, ignore: set[str], defaults: dict) -> None:
         saved = self.read_config()
         now = json.loads(json.dumps(_jsonable(config)))
+        defaults = json.loads(json.dumps(_jsonable(defaults)))
+        # a setting newer than the saved run, at its default: what the older code did
+        ignore = ignore | {k for k in set(now) - set(saved) if k in defaults and now[k] == defaults[k]}
         keys = sorted((set(saved) | set(now)) - ignore)
         missing = object()
         diffs = [f"{k}: {saved.get(k, missing)!r} -> {now.get(k, missing)!r}".replace(repr(missing), "<unset>")

@@ -131,3 +131,21 @@ def test_summarize_runs_reads_through_the_run_folder(tmp_path):
     (run / "metrics.json").write_text('{"test": {"accuracy": 0.75}}')
     row = summarize_runs.summarize(run)
     assert row == {**row, "steps": 2, "first": 2.0, "dev_loss": 0.5, "test": "accuracy 0.750", "sec_per_step": 3.0}
+
+
+def test_resume_accepts_settings_newer_than_the_run_at_their_default(tmp_path, tiny_llama_dir, monkeypatch):
+    """A run started by an older version of the code lacks the settings added since; at their defaults they
+    mean the old behaviour, so --resume goes on; set otherwise, they are a different config."""
+    out = tmp_path / "run"
+    _crash_at_loss_call(monkeypatch, 7)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fine_tune(_config(tiny_llama_dir, out))
+    monkeypatch.undo()
+    saved = read_json(out / "config.json")
+    for key in ("num_train_sets", "sampling"):  # as if the run predates these settings
+        saved.pop(key)
+    (out / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(RunFolderError, match="sampling: <unset> -> True"):
+        fine_tune(_config(tiny_llama_dir, out, resume=True, sampling=True))
+    metrics = fine_tune(_config(tiny_llama_dir, out, resume=True))
+    assert metrics["status"] == "completed" and metrics["steps"] == 6
