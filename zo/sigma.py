@@ -79,20 +79,25 @@ class LearnedSigma:
 
     def __init__(self, bank: PertNNBank, blocks: Sequence[Block], batch_size: int, normalize: bool = True,
                  effective_dim_rule: str | None = None, dtype: torch.dtype = torch.float32):
-        names = [b.name for b in blocks]
+        blocks = list(blocks)
         check_bank_granularity(bank, self.granularity)
+        names = self._bank_names(blocks)
         bank.check_blocks(names)
         self.dtype = dtype
         self.bank = bank.ordered_for(names).to(dtype).eval().requires_grad_(False)
         # A bank is used with the rule it was meta-trained with unless told otherwise.
         self.effective_dim_rule = effective_dim_rule or bank_effective_dim_rule(bank.metadata)
         self.bank_base_model = bank.metadata.get("base_model")
-        self.dims = effective_dims(list(blocks), batch_size, rule=self.effective_dim_rule)
+        self.dims = effective_dims(blocks, batch_size, rule=self.effective_dim_rule)
         self.normalize = normalize
-        self.sigma_prev = torch.ones(len(names))
+        self.sigma_prev = torch.ones(len(names))  # one per PertNN of the bank
         self.history = (0.0, 0.0)
-        self.last_sigma = self.sigma_prev
+        self.last_sigma = torch.ones(len(blocks))  # one per block
         self.last_c = 1.0
+
+    def _bank_names(self, blocks: list[Block]) -> list[str]:
+        """The names of the bank's PertNNs, in the order sigma is computed: one per block here."""
+        return [b.name for b in blocks]
 
     def coefficients(self, stats: tuple[torch.Tensor, torch.Tensor] | None) -> list[float]:
         if stats is None:
@@ -140,19 +145,12 @@ class LayerwiseLearnedSigma(LearnedSigma):
 
     def __init__(self, bank: PertNNBank, blocks: Sequence[Block], batch_size: int, normalize: bool = True,
                  effective_dim_rule: str | None = None):
-        check_bank_granularity(bank, self.granularity)
-        self.grouping = SigmaGrouping(list(blocks), self.granularity)
-        bank.check_blocks(self.grouping.names)
-        self.dtype = torch.float32  # the authors' fp16 PertNN semantics exist for block-wise banks only
-        self.bank = bank.ordered_for(self.grouping.names).float().eval().requires_grad_(False)
-        self.effective_dim_rule = effective_dim_rule or bank_effective_dim_rule(bank.metadata)
-        self.bank_base_model = bank.metadata.get("base_model")
-        self.dims = effective_dims(list(blocks), batch_size, rule=self.effective_dim_rule)
-        self.normalize = normalize
-        self.sigma_prev = torch.ones(len(self.grouping))
-        self.history = (0.0, 0.0)
-        self.last_sigma = torch.ones(len(blocks))
-        self.last_c = 1.0
+        # the authors' fp16 PertNN semantics exist for block-wise banks only
+        super().__init__(bank, blocks, batch_size, normalize, effective_dim_rule, dtype=torch.float32)
+
+    def _bank_names(self, blocks: list[Block]) -> list[str]:
+        self.grouping = SigmaGrouping(blocks, self.granularity)  # one PertNN per layer group
+        return self.grouping.names
 
     def coefficients(self, stats: tuple[torch.Tensor, torch.Tensor] | None) -> list[float]:
         if stats is None:
