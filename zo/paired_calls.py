@@ -71,6 +71,8 @@ class PairedCalls:
             out = forward(**{**kwargs, **doubled})
         finally:
             self.half_batch = None
+        if not hasattr(out, "items"):
+            raise PairingUnsupported(f"the model returns {type(out).__name__}, not a ModelOutput with logits")
         extra = [k for k, v in out.items() if k != "logits" and v is not None]
         if extra or getattr(out, "logits", None) is None:
             raise PairingUnsupported(f"the model returns batch outputs other than logits ({extra})")
