@@ -214,7 +214,8 @@ def main() -> None:
     mezo = methods["mezo"]
     other_pairing = ZOOptimizer(model, ConstantSigma(mezo.blocks), replace(mezo.config, pair_forwards=not args.pair_forwards),
                                 seed=0, noise=mezo.noise, blocks=mezo.blocks)
-    measures += [lambda: other_pairing.step(loss)]
+    virtual = args.perturbation == "virtual"  # in place, pairing does not exist: nothing to compare
+    measures += [lambda: other_pairing.step(loss)] if virtual else [lambda: None]
     if args.copa:
         copa = tasks.get_task("Copa", args.data_dir)
         copa_batches = [scoring_batch(copa, tokenizer, args.batch_size, s) for s in ("rows", "prompt_cache")]
@@ -235,7 +236,7 @@ def main() -> None:
         ("MeZO step speed-up, rows / auto", f"{t_old_mezo / t_mezo:.3f}"),
         ("MeZO / (2 x forward), rows scoring", f"{t_old_mezo / (2 * t_old_fwd):.3f}"),
     ]
-    if args.perturbation == "virtual":
+    if virtual:
         t_paired, t_separate = (t_mezo, t_other_pairing) if args.pair_forwards else (t_other_pairing, t_mezo)
         rows += [("MeZO step, paired forward / two forwards", f"{t_paired:.3f} s / {t_separate:.3f} s"),
                  ("MeZO / (2 x forward), two forwards", f"{t_separate / (2 * t_fwd):.3f}"),

@@ -81,6 +81,22 @@ def causal_lm_loss(model, ids: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
 
 
+def central_losses(model, blocks, directions, ids, eps):
+    """L(theta + eps u) and L(theta - eps u) of a plain reference: perturb in place, restore by copy.
+    On return the weights are exactly theta again; returns (L+, L-, the saved theta)."""
+    saved = [b.param.detach().clone() for b in blocks]
+    with torch.no_grad():
+        for b, u in zip(blocks, directions):
+            b.param.add_(u, alpha=eps)
+        loss_plus = causal_lm_loss(model, ids).item()
+        for b, u, s in zip(blocks, directions, saved):
+            b.param.copy_(s).add_(u, alpha=-eps)
+        loss_minus = causal_lm_loss(model, ids).item()
+        for b, s in zip(blocks, saved):
+            b.param.copy_(s)
+    return loss_plus, loss_minus, saved
+
+
 @pytest.fixture
 def tiny_llama(tiny_tokenizer):
     return build_tiny_model("llama", vocab_size=len(tiny_tokenizer))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import causal_lm_loss
+from conftest import causal_lm_loss, central_losses  # noqa: F401 (re-exported to the method tests)
 from zo.blocks import parameter_blocks
 from zo.estimator import ZOConfig
 from zo.methods import MethodContext, build_method
@@ -18,22 +18,6 @@ def batches(n, vocab=400):
 
 def lm_loss(model, ids):
     return causal_lm_loss(model, ids)  # pairs: the methods' + and - forwards run as one doubled forward
-
-
-def central_losses(model, blocks, directions, ids, eps):
-    """L(theta + eps u) and L(theta - eps u) of the plain reference: perturb in place, restore by copy.
-    On return the weights are exactly theta again; returns (L+, L-, the saved theta)."""
-    saved = [b.param.detach().clone() for b in blocks]
-    with torch.no_grad():
-        for b, u in zip(blocks, directions):
-            b.param.add_(u, alpha=eps)
-        loss_plus = lm_loss(model, ids).item()
-        for b, u, s in zip(blocks, directions, saved):
-            b.param.copy_(s).add_(u, alpha=-eps)
-        loss_minus = lm_loss(model, ids).item()
-        for b, s in zip(blocks, saved):
-            b.param.copy_(s)
-    return loss_plus, loss_minus, saved
 
 
 def make(model, mode, zo: ZOConfig | None = None, seed=5, threads=1, **options):
