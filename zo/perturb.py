@@ -237,7 +237,6 @@ class VirtualPerturbation:
             return F.embedding(ids, weight, module.padding_idx, module.max_norm, module.norm_type,
                                module.scale_grad_by_freq, module.sparse)
         index, scale = self._scale(weight)
-        id_parts = self._split(ids)
         # Only the chunks holding looked-up rows are drawn (about half of a vocabulary for a batch of
         # short prompts), and each distinct row is perturbed once per branch. The distinct ids cross to the
         # host once per forward (torch.unique syncs anyway); everything after is indexing without masks, so
@@ -259,9 +258,8 @@ class VirtualPerturbation:
                 table[positions] = _perturbed_rows(picked_rows, picked_z, sign * scale, _PERTURBED)
 
         self.noise.for_each_chunk(self.step_seed, [(index, weight.detach())], lookup, only_chunks=by_chunk.keys())
-        inverse_parts = [inverse] if not self.paired else list(inverse.reshape(ids.shape).chunk(len(self.signs)))
-        return self._join([table[inv].reshape(*part.shape, weight.shape[1])
-                           for table, inv, part in zip(tables, inverse_parts, id_parts)])
+        inverse_parts = self._split(inverse.reshape(ids.shape))  # each branch's ids, as rows of its table
+        return self._join([table[inv] for table, inv in zip(tables, inverse_parts)])
 
     def _branched_forward(self, module: nn.Module, owned: list, forward: Callable, args: tuple, kwargs: dict):
         """Any module in a paired context: its own forward once per branch on that branch's share of every
