@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             ok, message = execute(settings, run)
         except KeyboardInterrupt:
-            print("interrupted: the run in progress is discarded; start again to resume", flush=True)
+            print("interrupted: start again to resume (the run in progress continues from its last checkpoint)", flush=True)
             return 130
         print(f"    {'done' if ok else 'FAILED'}: {message}", flush=True)
         if not ok:

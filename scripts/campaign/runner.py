@@ -1,7 +1,8 @@
 """One campaign run: the fine-tuning command, executed in a scratch folder, its small files published atomically.
 
 The run's weights never leave the scratch folder, which is deleted once the run is published. A killed
-run leaves only scratch behind, so the next start reruns it from the beginning.
+run leaves only scratch behind: the run checkpoints every CHECKPOINT_STEPS steps (cheap replay checkpoints
+where the method has them), and the next start resumes it from there if its fingerprint is unchanged.
 """
 from __future__ import annotations
 
@@ -24,7 +25,22 @@ from .store import CAMPAIGN_FILE, SMALL_FILES, is_final, read_json
 DTYPE_FLAGS = {"float32": [], "float16": ["--load_float16", "True"], "bfloat16": ["--load_bfloat16", "True"]}
 
 
-def command(settings: Settings, run: PlannedRun, output_dir: Path) -> list[str]:
+REPLAYABLE_MODES = ("mezo", "zo_fine_tuner")  # their optimizer can re-apply a step from (seed, projected grad)
+FINGERPRINT_FILE = "fingerprint.json"  # in the scratch folder: which run its checkpoints belong to
+
+
+def checkpoint_flags(settings: Settings, train_mode: str) -> list[str]:
+    """Checkpoints only serve a restart after a kill; they never change what is computed. Replay checkpoints
+    (weights once, then a few numbers per step) are free, so they are frequent; full ones (weights and
+    optimizer state, ~1.6 GB for SmolLM2 with Adam) are written by time."""
+    if train_mode in REPLAYABLE_MODES:
+        return ["--checkpoint_kind", "replay", "--checkpoint_steps", settings.get("CHECKPOINT_STEPS", "10"),
+                "--checkpoint_minutes", "0"]
+    return ["--checkpoint_kind", "full", "--checkpoint_steps", "0",
+            "--checkpoint_minutes", settings.get("CHECKPOINT_MINUTES", "5")]
+
+
+def command(settings: Settings, run: PlannedRun, output_dir: Path, resume: bool = False) -> list[str]:
     caps, method = settings.caps[run.task], run.method
     args = [sys.executable, str(REPO_ROOT / "run_zo_fine_tuner.py"), "--task_name", run.task,
             "--train_mode", method.train_mode, "--learning_rate", run.lr, "--zo_eps", settings.get("EPS", "1e-3"),
@@ -34,7 +50,10 @@ def command(settings: Settings, run: PlannedRun, output_dir: Path) -> list[str]:
             "--max_new_tokens", str(caps.max_new_tokens),
             # a seed varies the data sample (as MeZO's seeds), the noise and the batch order
             "--train_set_seed", str(run.seed), "--seed", str(run.seed),
-            "--train_loss_subset", str(TRAIN_LOSS_SUBSET), "--output_dir", str(output_dir), "--progress", "False"]
+            "--train_loss_subset", str(TRAIN_LOSS_SUBSET), "--output_dir", str(output_dir), "--progress", "False",
+            *checkpoint_flags(settings, method.train_mode)]
+    if resume:
+        args += ["--resume", "True"]
     args += DTYPE_FLAGS[settings.get("DTYPE", "float32")]
     if settings.model:
         args += ["--model_name", settings.model]
@@ -73,23 +92,40 @@ def git_commit() -> str | None:
         return None
 
 
-def execute(settings: Settings, run: PlannedRun) -> tuple[bool, str]:
-    """Run it; on success publish config/metrics/train_log + campaign.json to run.folder. (ok, message)."""
+def prepare_scratch(settings: Settings, run: PlannedRun) -> tuple[Path, bool]:
+    """The run's scratch folder and whether it holds an unfinished attempt of this very run to resume.
+
+    An attempt made with other settings (its fingerprint differs) is deleted, weights included.
+    """
     scratch = settings.results_dir / ".scratch" / f"{run.task}-{run.method.name}-{run.lr}-{run.seed}"
+    if (scratch / "run").is_dir() and read_json(scratch / FINGERPRINT_FILE) == json.loads(json.dumps(run.fingerprint)):
+        return scratch, True
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
+    (scratch / FINGERPRINT_FILE).write_text(json.dumps(run.fingerprint, indent=2) + "\n")
+    return scratch, False
+
+
+def execute(settings: Settings, run: PlannedRun) -> tuple[bool, str]:
+    """Run it (or resume its killed attempt); on success publish config/metrics/train_log + campaign.json to
+    run.folder. (ok, message)."""
+    scratch, resume = prepare_scratch(settings, run)
     ensure_generated_bank(settings, run)
-    cmd = command(settings, run, scratch / "run")
+    cmd = command(settings, run, scratch / "run", resume=resume)
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
-    with open(scratch / "output.log", "w") as log:
+    with open(scratch / "output.log", "a") as log:
         proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     metrics = read_json(scratch / "run" / "metrics.json")
     if proc.returncode != 0 or not is_final(metrics):
+        if resume:  # a broken attempt is not resumed twice: the next start begins this run afresh
+            (scratch / FINGERPRINT_FILE).unlink(missing_ok=True)
         tail = (scratch / "output.log").read_text()[-1500:]
         return False, f"exit code {proc.returncode}; log {scratch / 'output.log'}:\n{tail}"
 
+    # CPU and wall time of this attempt only: a killed attempt's cost is not known (resumed_from_step says so)
     record = {"fingerprint": run.fingerprint, "phase": run.phase, "grid": list(run.method.grid),
+              "resumed_from_step": metrics.get("resumed_from_step"),
               "cpu_seconds": round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 2),
               "wall_seconds": round(time.time() - start, 2), "host": platform.node(),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": git_commit(),

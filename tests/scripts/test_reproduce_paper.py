@@ -151,3 +151,76 @@ def test_paper_presets_load_and_command_line_env_wins():
     for preset in presets:  # every preset's bank is one of the authors' shipped banks
         bank = next(m for m in load_settings({"PRESET": preset}).methods if m.name == "zoft_new").bank
         assert (REPO_ROOT / bank).is_file(), bank
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_publishes_what_an_unkilled_run_would(campaign_env, tmp_path,
+                                                                                           monkeypatch):
+    from campaign import runner
+    from campaign.plan import build_plan
+    from campaign.settings import load_settings
+
+    env = {**campaign_env, "RESULTS_DIR": str(tmp_path / "results"), "TASKS": "SST2", "METHODS": "zoft_new",
+           "SEEDS": "1", "LRS_zoft_new": "0.001", "STEPS": "6", "EVAL_STEPS": "3", "CHECKPOINT_STEPS": "2"}
+    reference_env = {**env, "RESULTS_DIR": str(tmp_path / "reference")}
+
+    def the_run(e):  # the campaign's only run
+        (run,) = build_plan(load_settings(e)).runs
+        return run
+
+    ok, message = runner.execute(load_settings(reference_env), the_run(reference_env))  # never killed
+    assert ok, message
+
+    real_command, kill_after = runner.command, {"loss_calls": 7}  # steps 0-2 are loss calls 1-6 (+ dev, subset)
+
+    def killed_command(settings, run, output_dir, resume=False):  # the first attempt dies inside a later step
+        cmd = real_command(settings, run, output_dir, resume)
+        if not resume:
+            kill = ["loss", str(kill_after["loss_calls"])]
+            return [cmd[0], str(REPO_ROOT / "tests" / "zo" / "run" / "kill_at.py"), *kill, "run_zo_fine_tuner", *cmd[2:]]
+        return cmd
+
+    monkeypatch.setattr(runner, "command", killed_command)
+    settings, run = load_settings(env), the_run(env)
+    ok, message = runner.execute(settings, run)
+    assert not ok and "exit code -9" in message, message
+    assert not run.folder.exists()  # nothing published
+    scratch, resume = runner.prepare_scratch(settings, run)
+    assert resume and list((scratch / "run" / "checkpoints").glob("step-*.json"))
+
+    ok, message = runner.execute(settings, the_run(env))  # the next start resumes it
+    assert ok, message
+    assert not scratch.exists()  # weights deleted once published
+    record = json.loads((run.folder / "campaign.json").read_text())
+    assert record["resumed_from_step"] in (2, 4)
+    reference = the_run(reference_env).folder
+    drop = {"seconds", "train_seconds", "total_seconds", "resumed_from_step", "model", "bank"}
+    for name in ("metrics.json", "config.json"):
+        ours, theirs = (json.loads((f / name).read_text()) for f in (run.folder, reference))
+        strip = {"output_dir", "resume", *drop}  # runtime settings
+        assert {k: v for k, v in ours.items() if k not in strip} == {k: v for k, v in theirs.items() if k not in strip}
+    lines = [[{k: v for k, v in json.loads(line).items() if k not in drop} for line in
+              (f / "train_log.jsonl").read_text().splitlines()] for f in (run.folder, reference)]
+    assert [r for r in lines[0] if r["kind"] != "event"] == lines[1]
+
+
+def test_an_attempt_with_other_settings_is_not_resumed(campaign_env, tmp_path):
+    from campaign import runner
+    from campaign.plan import build_plan
+    from campaign.settings import load_settings
+
+    env = {**campaign_env, "RESULTS_DIR": str(tmp_path / "results"), "TASKS": "SST2", "METHODS": "mezo",
+           "SEEDS": "1", "LRS_mezo": "0.001"}
+    settings = load_settings(env)
+    run = build_plan(settings).pending()[0]
+    scratch, resume = runner.prepare_scratch(settings, run)
+    assert not resume and "--resume" not in runner.command(settings, run, scratch / "run")
+    (scratch / "run").mkdir()
+    (scratch / "run" / "marker").write_text("an attempt's files")
+    assert runner.prepare_scratch(settings, run) == (scratch, True)
+    assert (scratch / "run" / "marker").exists()
+    cmd = runner.command(settings, run, scratch / "run", resume=True)
+    assert cmd[cmd.index("--resume") + 1] == "True"
+
+    other = load_settings({**env, "STEPS": "3"})  # same folder name, another fingerprint: start afresh
+    scratch_again, resume = runner.prepare_scratch(other, build_plan(other).pending()[0])
+    assert scratch_again == scratch and not resume and not (scratch / "run").exists()

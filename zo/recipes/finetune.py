@@ -340,6 +340,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
                      "last_step_train_loss": (result.train_eval_losses[-1][1] if result.train_eval_losses else None),
                      "mean_perturbed_loss_last10": result.mean_perturbed_loss_last10,
                      "train_seconds": round(result.seconds, 2)}
+    if result.resumed_from is not None:  # provenance: this attempt continued a checkpoint of that step
+        metrics["resumed_from_step"] = result.resumed_from
     if task.eval_note:
         metrics["eval_note"] = task.eval_note
     if result.status == INTERRUPTED:  # the checkpoint is written; evaluation waits for the resumed run

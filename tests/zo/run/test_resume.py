@@ -19,6 +19,7 @@ pytestmark = requires_shared_data
 
 KILL_AT = REPO_ROOT / "tests" / "zo" / "run" / "kill_at.py"
 TIMING = {"seconds", "train_seconds", "total_seconds"}
+PROVENANCE = {"bank", "resumed_from_step"}  # where the run came from, not what it computed
 # Kill points are random; the seed is printed with any failure so it can be replayed (KILL_SEED=...).
 KILL_SEED = int(os.environ.get("KILL_SEED", time.time_ns() % 10**6))
 
@@ -44,7 +45,7 @@ def _tensors(path):
 def _outcome(out, weights="best_model.safetensors", metrics="metrics.json"):
     log = read_jsonl(out / "train_log.jsonl")
     return {"weights": _tensors(out / weights),
-            "metrics": {k: v for k, v in read_json(out / metrics).items() if k not in TIMING | {"bank"}},
+            "metrics": {k: v for k, v in read_json(out / metrics).items() if k not in TIMING | PROVENANCE},
             "log": [{k: v for k, v in r.items() if k not in TIMING} for r in log if r["kind"] != "event"]}
 
 
@@ -123,6 +124,8 @@ def test_sigterm_checkpoints_then_resume_finishes_the_same(tmp_path, tiny_llama_
     proc = _run("run_zo_fine_tuner", _ft_args(tiny_llama_dir, out, "--train_mode", "mezo", "--resume"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from step {metrics['steps']}" in proc.stderr
+    assert read_json(out / "metrics.json")["resumed_from_step"] == metrics["steps"]
+    assert "resumed_from_step" not in read_json(reference_dir / "metrics.json")
     _assert_same(_outcome(out), _outcome(reference_dir), "sigterm")
 
 
