@@ -134,14 +134,24 @@ def batch_loss(model, batch: dict, logits_dtype: torch.dtype = torch.float32) ->
     every option token of the batch (teacher forcing on the answer only).
     """
     if "num_options" in batch:
-        scores = option_scores(model, batch, logits_dtype)
-        labels = batch["labels"].to(scores.device)
-        losses = [-torch.log_softmax(group, dim=0)[labels[i]]
-                  for i, group in enumerate(torch.split(scores, batch["num_options"].tolist()))]
-        return torch.stack(losses).mean()
+        return example_losses(model, batch, logits_dtype).mean()
     logprobs, mask = option_token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["option_len"],
                                            logits_dtype)
     return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+
+
+def example_losses(model, batch: dict, logits_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One loss per example of a collated batch: what `batch_loss` gives for that example alone, so that a
+    batch of them reproduces upstream's batch-1 dev loss in one forward. With `num_options`: the
+    cross-entropy of its options' mean log-probs; otherwise its answer tokens' mean cross-entropy."""
+    if "num_options" in batch:
+        scores = option_scores(model, batch, logits_dtype)
+        labels = batch["labels"].to(scores.device)
+        return torch.stack([-torch.log_softmax(group, dim=0)[labels[i]]
+                            for i, group in enumerate(torch.split(scores, batch["num_options"].tolist()))])
+    logprobs, mask = option_token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["option_len"],
+                                           logits_dtype)
+    return -(logprobs * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 def loss_weight(batch: dict) -> int:

@@ -60,6 +60,24 @@ def test_batch_loss_matches_full_logits_reference(family, tiny_tokenizer, mixed_
 
 
 @requires_data
+@pytest.mark.parametrize("family", FAMILIES)
+def test_example_losses_are_each_examples_loss_alone(family, tiny_tokenizer, mixed_examples):
+    """The batched dev loss: one forward, and each example's loss as if it were alone (upstream's batch 1)."""
+    model = build_tiny_model(family, vocab_size=len(tiny_tokenizer))
+    for examples in mixed_examples:
+        batch = tasks.collate_options(examples, tiny_tokenizer)
+        with torch.no_grad():
+            losses = tasks.example_losses(model, batch)
+            alone = torch.stack([reference_loss(model, [e]) for e in examples])
+            assert losses.shape == (len(examples),)
+            torch.testing.assert_close(losses, alone, atol=2e-5, rtol=1e-5)
+            if examples[0].label is not None:  # the training loss is their mean, bit for bit
+                assert torch.equal(tasks.batch_loss(model, batch), losses.mean())
+            else:  # LM: the training loss weights tokens, the per-example mean does not (SQuAD's answer is longer)
+                assert not torch.allclose(tasks.batch_loss(model, batch), losses.mean(), atol=1e-4)
+
+
+@requires_data
 def test_only_last_positions_get_logits(tiny_tokenizer, mixed_examples):
     model = build_tiny_model("llama", vocab_size=len(tiny_tokenizer))
     seen = []

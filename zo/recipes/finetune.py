@@ -79,8 +79,9 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     max_steps: int = 20000
     eval_steps: int = 2000
     save_steps: int | None = None  # upstream's real evaluation period: when set, it replaces eval_steps
-    # Dev loss for model selection: per_example = mean of per-example losses (upstream evaluates at batch 1);
-    # batch_mean = mean of the losses of eval_batch_size batches (token-weighted within a batch for LM tasks).
+    # Dev loss for model selection: per_example = mean of per-example losses (upstream evaluates at batch 1;
+    # here eval_batch_size examples share a forward, each with its own loss); batch_mean = mean of the losses of
+    # eval_batch_size batches (token-weighted within a batch for LM tasks).
     dev_loss: str = "per_example"
     train_set_seed: int = 43
     # MeZO's --num_train_sets N: N runs, the i-th a whole run with train_set_seed + i (its train, dev and test
@@ -225,6 +226,17 @@ def _mean_loss(model, loss_fn, batches) -> float:
         for batch in batches:
             total += float(loss_fn(batch))
             count += 1
+    return total / max(count, 1)
+
+
+def _mean_example_loss(model, batches, loss_kwargs: dict) -> float:
+    """Mean over examples of each one's own loss (upstream's batch-1 dev loss, computed in batches)."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for batch in batches:
+            losses = tasks.example_losses(model, batch, **loss_kwargs)
+            total += float(losses.double().sum())
+            count += losses.numel()
     return total / max(count, 1)
 
 
@@ -514,13 +526,12 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
                                  max_length=config.max_length, for_generation_objective=config.non_diff,
                                  option_scoring=config.option_scoring,
                                  only_train_option=config.only_train_option)
+    loss_kwargs = {"logits_dtype": torch.float16} if config.upstream_fp16_semantics else {}
     if config.non_diff:
         def loss_fn(batch):
             return tasks.negative_f1_objective(model, tokenizer, batch, task, max_length=config.max_length,
                                                options=generation)
     else:
-        loss_kwargs = {"logits_dtype": torch.float16} if config.upstream_fp16_semantics else {}
-
         def loss_fn(batch):
             return tasks.batch_loss(model, batch, **loss_kwargs)
     train_loss_fn = loss_fn
@@ -532,12 +543,15 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
 
     dev_loss_fn = None
     if splits.dev and not config.non_diff and group.is_main:
-        dev_batch_size = 1 if config.dev_loss == "per_example" else config.eval_batch_size
-        dev_batches = tasks.TrainBatches(splits.dev, task, tokenizer, dev_batch_size, seed=0,
+        dev_batches = tasks.TrainBatches(splits.dev, task, tokenizer, config.eval_batch_size, seed=0,
                                          as_classification=as_classification, max_length=config.max_length,
                                          option_scoring=config.option_scoring,
                                          only_train_option=config.only_train_option)
-        dev_loss_fn = lambda: _mean_loss(model, loss_fn, dev_batches.epoch(shuffle=False))  # noqa: E731
+        if config.dev_loss == "per_example":
+            dev_loss_fn = lambda: _mean_example_loss(model, dev_batches.epoch(shuffle=False),  # noqa: E731
+                                                     loss_kwargs)
+        else:
+            dev_loss_fn = lambda: _mean_loss(model, loss_fn, dev_batches.epoch(shuffle=False))  # noqa: E731
     train_eval_fn = None
     if config.train_loss_subset and splits.train:
         # always the cross-entropy loss (also under --non_diff), so that methods compare on one scale

@@ -3,11 +3,9 @@ evaluation period, generation options, and upstream flags accepted, ignored or r
 import os
 
 import pytest
-import torch
 
 import run_zo_fine_tuner
 import tasks
-import zo.recipes.finetune
 from conftest import SHARED_DATA
 from run_helpers import read_json, read_jsonl, requires_shared_data, run_script
 from custom_task_helpers import ROWS, SENTIMENT_SPEC, write_task
@@ -143,23 +141,17 @@ def test_non_diff_allows_drop_and_turns_dev_selection_off(tmp_path, tiny_llama_d
 
 
 @requires_shared_data
-@pytest.mark.parametrize("mode", ["per_example", "batch_mean"])
-def test_dev_loss_is_the_mean_of_per_example_losses_as_upstream(tmp_path, tiny_llama_dir, monkeypatch, mode):
-    # audit item 4: upstream evaluates the dev loss at batch size 1; Copa's LM loss is token-weighted per batch,
-    # so the batch mean differs
-    seen = {}
-    real = zo.recipes.finetune._mean_loss
+def test_dev_loss_is_the_mean_of_per_example_losses_as_upstream(tmp_path, tiny_llama_dir):
+    # audit item 4: upstream evaluates the dev loss at batch size 1. Here examples share a forward, each keeping
+    # its own loss, so the batch size does not change it; Copa's LM loss is token-weighted per batch, so the
+    # batch mean differs
+    def dev_loss(mode, eval_batch_size):
+        metrics = fine_tune(FineTuneConfig(task_name="Copa", model_name=str(tiny_llama_dir), data_dir=str(SHARED_DATA),
+                                           output_dir=str(tmp_path / f"{mode}-{eval_batch_size}"), dev_loss=mode,
+                                           eval_batch_size=eval_batch_size, **{**SMALL, "max_steps": 1, "num_dev": 4}))
+        return metrics["best_dev_loss"]
 
-    def spy(model, loss_fn, batches):
-        batches = list(batches)
-        seen["sizes"] = [int(b["input_ids"].shape[0]) for b in batches]
-        with torch.inference_mode():
-            seen["losses"] = [float(loss_fn(b)) for b in batches]
-        return real(model, loss_fn, batches)
-
-    monkeypatch.setattr(zo.recipes.finetune, "_mean_loss", spy)
-    metrics = fine_tune(FineTuneConfig(task_name="Copa", model_name=str(tiny_llama_dir), data_dir=str(SHARED_DATA),
-                                       output_dir=str(tmp_path / "run"), dev_loss=mode, eval_batch_size=4,
-                                       **{**SMALL, "max_steps": 1, "num_dev": 4}))
-    assert seen["sizes"] == ([1, 1, 1, 1] if mode == "per_example" else [4])
-    assert metrics["best_dev_loss"] == pytest.approx(sum(seen["losses"]) / len(seen["losses"]))
+    per_example = dev_loss("per_example", 4)
+    assert per_example == pytest.approx(dev_loss("per_example", 1), rel=1e-6)
+    assert per_example == pytest.approx(dev_loss("batch_mean", 1), rel=1e-6)  # batches of 1: both are upstream's
+    assert dev_loss("batch_mean", 4) != pytest.approx(per_example, rel=1e-4)
