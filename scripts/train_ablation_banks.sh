@@ -4,8 +4,9 @@
 # Adam bank lr 1e-3, eta 1e-6, batch 8, fp32) and only the ablated switch changed (docs/ablations.md):
 #   Table 2: base (RESET=False NEED_NORMALIZATION=False), reset, norm, reset_norm (the method);
 #   Table 3: layer_reset_norm (GRANULARITY=layer, reset and normalization on), against reset_norm.
-# Resumable: a bank whose file says complete (with the same MAX_STEPS) is skipped; a partial one is
-# trained again from scratch. Takes hours on 2 cores; MAX_STEPS=2 makes a smoke run of every variant.
+# Resumable: a bank whose file says complete (with the same MAX_STEPS) is skipped; a killed one continues
+# from its run's last checkpoint (every CHECKPOINT_STEPS=20 meta steps; bit-exact); a run folder without
+# checkpoints is replaced. Takes hours on 2 cores; MAX_STEPS=2 makes a smoke run of every variant.
 #   bash scripts/train_ablation_banks.sh                     # all five, into learned_finetuner/ablations/
 #   VARIANTS="base layer_reset_norm" BANK_DIR=/tmp/banks MAX_STEPS=2 bash scripts/train_ablation_banks.sh
 set -euo pipefail
@@ -47,11 +48,19 @@ for variant in $VARIANTS; do
     echo "== $variant: $bank is complete, skipped"
     continue
   fi
+  run_dir="$RUN_DIR/$variant"
+  if compgen -G "$run_dir/checkpoints/*.json" > /dev/null; then
+    resume=1 overwrite=0
+    echo "== $variant: resuming $run_dir from its last checkpoint"
+  else
+    resume=0 overwrite=1  # nothing to continue: an earlier run there (another MAX_STEPS, or killed early) goes
+  fi
   echo "== $variant: RESET=$reset NEED_NORMALIZATION=$norm GRANULARITY=$granularity -> $bank"
   DATA_DIR=${DATA_DIR:-../shared/data} TASK=Copa EPOCH=$EPOCH EPOCHS_PER_RESTART=2 BS=8 \
   LR_LLM=1e-5 TRAJECTORY_OPTIMIZER=adam LR_MLP=1e-3 LR_UPDATE=1e-6 ZO_EPS=1e-3 SEED=0 \
   RESET=$reset NEED_NORMALIZATION=$norm GRANULARITY=$granularity MAX_STEPS=$MAX_STEPS \
-  OUTPUT_DIR="$RUN_DIR/$variant" SAVE_MLP_PATH="$bank" \
+  OUTPUT_DIR="$run_dir" SAVE_MLP_PATH="$bank" RESUME=$resume OVERWRITE=$overwrite \
+  CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-20} \
   EXTRA_ARGS="--mlp_optimizer adam --save_every_steps 20 ${EXTRA_ARGS:-}" \
   bash scripts/l2l.sh
 done
