@@ -224,3 +224,17 @@ def test_an_attempt_with_other_settings_is_not_resumed(campaign_env, tmp_path):
     other = load_settings({**env, "STEPS": "3"})  # same folder name, another fingerprint: start afresh
     scratch_again, resume = runner.prepare_scratch(other, build_plan(other).pending()[0])
     assert scratch_again == scratch and not resume and not (scratch / "run").exists()
+
+
+def test_every_ablation_method_reads_a_bank_that_train_ablation_banks_writes():
+    import re
+
+    from campaign.settings import TABLE2, TABLE3, load_settings
+
+    script = (REPO_ROOT / "scripts" / "train_ablation_banks.sh").read_text()
+    variants = re.search(r'VARIANTS=\$\{VARIANTS:-"([^"]+)"\}', script).group(1).split()
+    written = {f"learned_finetuner/ablations/smollm2-135m_copa_{v}.safetensors" for v in variants}
+    settings = load_settings({"METHODS": " ".join(dict.fromkeys(TABLE2 + TABLE3))})
+    banks = {m.name: m.bank for m in settings.methods}
+    assert set(banks) == set(TABLE2 + TABLE3)
+    assert set(banks.values()) == written  # each variant is used, each bank is trained
