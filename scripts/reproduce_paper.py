@@ -39,6 +39,9 @@ def status_text(settings: Settings, plan: Plan) -> str:
         for (task, method), rs in groups.items():
             marks = " ".join(f"{r.lr}/s{r.seed}:{'ok' if r.state == 'done' else r.state}" for r in rs)
             lines.append(f"  {task:6s} {method:15s} {marks}")
+    edges = [f"{t} {m} {plan.best_lr[t, m]}" for t, m in sorted(plan.at_edge)]
+    if edges:
+        lines.append("best LR at the edge of its grid (extend it with LRS_<method>_<task>): " + ", ".join(edges))
     cpu = sum(r.cpu_seconds for r in all_runs(settings.runs_dir))
     left = len(plan.pending()) + sum(plan.blocked.values())
     lines.append(f"left: {len(plan.pending())} runnable now, {sum(plan.blocked.values())} blocked; "

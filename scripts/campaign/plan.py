@@ -35,6 +35,9 @@ class PlannedRun:
 class Plan:
     runs: list[PlannedRun] = field(default_factory=list)
     blocked: dict[int, int] = field(default_factory=dict)  # phase -> seed runs waiting for an incomplete grid
+    # (task, method) -> the best LR of its complete grid, and those whose best LR is at the grid's edge
+    best_lr: dict[tuple[str, str], str] = field(default_factory=dict)
+    at_edge: set[tuple[str, str]] = field(default_factory=set)
     unavailable: dict[str, str] = field(default_factory=dict)  # method -> why
 
     def pending(self) -> list[PlannedRun]:
@@ -124,14 +127,21 @@ def build_plan(settings: Settings) -> Plan:
             for method in runnable:
                 if task in settings.tasks_for(method):
                     first_seed = settings.seeds_for(task)[0]
-                    grids[task, method.name] = [add(grid_phase, task, method, lr, first_seed) for lr in method.grid]
+                    grids[task, method.name] = [add(grid_phase, task, method, lr, first_seed)
+                                                for lr in settings.grid_for(method, task)]
         for task in settings.tasks:
             for method in runnable:
                 grid = grids.get((task, method.name))
-                extra_seeds = settings.seeds_for(task)[1:]
-                if not grid or not extra_seeds:
+                if not grid:
                     continue
+                extra_seeds = settings.seeds_for(task)[1:]
                 chosen = selected_lr(grid, settings.select_by)
+                if chosen is not None:
+                    plan.best_lr[task, method.name] = chosen
+                    if at_grid_edge(chosen, grid):
+                        plan.at_edge.add((task, method.name))
+                if not extra_seeds:
+                    continue
                 if chosen is None:
                     plan.blocked[grid_phase + 1] = plan.blocked.get(grid_phase + 1, 0) + len(extra_seeds)
                     continue
@@ -139,6 +149,12 @@ def build_plan(settings: Settings) -> Plan:
                     add(grid_phase + 1, task, method, chosen, seed)
     plan.runs.sort(key=lambda r: r.phase)  # stable: keeps the task-major order within a phase
     return plan
+
+
+def at_grid_edge(lr: str, grid: list[PlannedRun]) -> bool:
+    """The chosen LR is the largest or the smallest of its grid: the best may lie outside it."""
+    values = sorted(float(r.lr) for r in grid)
+    return len(values) > 1 and float(lr) in (values[0], values[-1])
 
 
 def selected_lr(grid: list[PlannedRun], select_by: str) -> str | None:

@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .plan import Plan, PlannedRun, build_plan, selected_lr
+from .plan import Plan, PlannedRun, build_plan
 from .settings import FIRST_ORDER, PRESET_DIR, TABLE2, TABLE3, Settings
 from .store import Run, load_run
 
@@ -26,6 +26,7 @@ class Cell:
     grid_done: int = 0
     grid_size: int = 0
     best_lr: str | None = None
+    at_edge: bool = False  # the best LR is the largest or smallest of the grid: extend the grid to be sure
     runs: list[Run] = field(default_factory=list)
     grid_runs: list[Run] = field(default_factory=list)
 
@@ -56,7 +57,7 @@ def collect(settings: Settings, plan: Plan | None = None) -> dict[tuple[str, str
         grid = [r for r in planned if r.phase in (1, 3)]
         cell = Cell(task, method, grid_done=sum(r.state == "done" for r in grid), grid_size=len(grid))
         cell.grid_runs = [run for r in grid if r.state == "done" and (run := load_run(r.folder))]
-        cell.best_lr = selected_lr(grid, settings.select_by)
+        cell.best_lr, cell.at_edge = plan.best_lr.get((task, method)), (task, method) in plan.at_edge
         if cell.best_lr is not None:
             cell.runs = [run for r in planned if r.lr == cell.best_lr and r.state == "done"
                          and (run := load_run(r.folder))]
@@ -121,7 +122,7 @@ def main_table(cells, settings, reference) -> list[str]:
         if c.best_lr is None:
             lr = f"{MISSING} (grid {c.grid_done}/{c.grid_size})"
         else:
-            lr = c.best_lr
+            lr = c.best_lr + (" (grid edge)" if c.at_edge else "")
         metric_name = c.runs[0].metric_name if c.runs else ""
         metric = mean_sd(c.metrics) + (f" ({metric_name})" if c.metrics else "")
         diverged = sum(r.diverged for r in c.runs)
@@ -221,6 +222,10 @@ def write_report(settings: Settings) -> Path:
         lines += ["Not run (unavailable here): " + "; ".join(f"{m} ({why})" for m, why in plan.unavailable.items()),
                   ""]
     lines += ["## Main table", ""] + main_table(cells, settings, reference) + [""]
+    edges = sorted(f"{t} {m}" for (t, m), c in cells.items() if c.at_edge)
+    if edges:
+        lines += ["\"grid edge\": the best LR is the largest or smallest of its grid, so a better one may lie "
+                  "outside it; extend the grid (`LRS_<method>_<task>`): " + ", ".join(edges) + ".", ""]
     if reference:
         lines += [f"Paper column: {reference.get('_source', 'see scripts/presets/paper_reference.json')}.", ""]
     lines += wins(cells, settings) + [""]

@@ -124,7 +124,7 @@ def execute(settings: Settings, run: PlannedRun) -> tuple[bool, str]:
         return False, f"exit code {proc.returncode}; log {scratch / 'output.log'}:\n{tail}"
 
     # CPU and wall time of this attempt only: a killed attempt's cost is not known (resumed_from_step says so)
-    record = {"fingerprint": run.fingerprint, "phase": run.phase, "grid": list(run.method.grid),
+    record = {"fingerprint": run.fingerprint, "phase": run.phase, "grid": list(settings.grid_for(run.method, run.task)),
               "resumed_from_step": metrics.get("resumed_from_step"),
               "cpu_seconds": round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 2),
               "wall_seconds": round(time.time() - start, 2), "host": platform.node(),

@@ -25,7 +25,8 @@ TABLE3 = ("zoft_layerwise", "zoft_reset_norm")
 # LR grids for SmolLM2-135M in fp32 at ~100 steps. ZO-SGD-like methods share MeZO's LR scale (ZO-FT's LR means
 # the same as MeZO's); Adam-like and FZOO's normalized steps live two decades higher. 100 steps at 1e-6 barely
 # move the weights (SST-2 test accuracy 0.48 after 20 steps as zero-shot), and MeZO at 3e-5 was still
-# improving on SST-2, so the grid starts there; extend it (LRS_<method>) if the best LR sits at an edge.
+# improving on SST-2, so the grid starts there; extend it (LRS_<method>, or LRS_<method>_<task> for one
+# task) if the best LR sits at an edge.
 ZO_SGD_GRID = "3e-5 1e-5 3e-6"
 DEFAULT_GRIDS = {"mezo": ZO_SGD_GRID, "hizoo": ZO_SGD_GRID, "lozo": ZO_SGD_GRID, "zoft": ZO_SGD_GRID,
                  "mezo_adam": "1e-4 3e-5 1e-5 3e-6", "fzoo": "1e-4 3e-5 1e-5 3e-6",
@@ -130,6 +131,11 @@ class Settings:
     def seeds_for(self, task: str) -> tuple[int, ...]:
         override = self.get(f"SEEDS_{task}")
         return tuple(int(s) for s in split_words(override)) if override else self.seeds[:self.caps[task].seeds]
+
+    def grid_for(self, method: Method, task: str) -> tuple[str, ...]:
+        """The method's LR grid on one task: LRS_<method>_<task> when set (a grid extended where its best LR
+        sat at an edge), else LRS_<method> / the default."""
+        return split_words(self.get(f"LRS_{method.name}_{task}")) or method.grid
 
     def tasks_for(self, method: Method) -> tuple[str, ...]:
         wanted = method.tasks if method.tasks is not None else self.tasks

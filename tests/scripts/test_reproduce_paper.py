@@ -107,7 +107,7 @@ def test_campaign_survives_a_kill_and_the_report_has_the_right_cells(campaign_en
         base = results / "runs" / task / method
         grid = [load(base / lr / str(SEEDS[0])) for lr in ("0.001", "0.0001")]
         lr = min(grid, key=lambda r: (r.metrics["best_dev_loss"], -r.metric("dev"), float(r.lr))).lr
-        assert lr_cell == lr
+        assert lr_cell == f"{lr} (grid edge)"  # a grid of 2: its best is always at an edge
         at_best = [json.loads((base / lr / str(s) / "metrics.json").read_text()) for s in SEEDS]
         losses = [m["final_train_loss"] for m in at_best]
         metrics = [m["test"]["accuracy"] for m in at_best]
@@ -238,3 +238,21 @@ def test_every_ablation_method_reads_a_bank_that_train_ablation_banks_writes():
     banks = {m.name: m.bank for m in settings.methods}
     assert set(banks) == set(TABLE2 + TABLE3)
     assert set(banks.values()) == written  # each variant is used, each bank is trained
+
+
+def test_a_grid_extended_on_one_task_and_the_edge_rule(tmp_path):
+    from types import SimpleNamespace
+
+    from campaign.plan import at_grid_edge, build_plan
+    from campaign.settings import load_settings
+
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 Copa", "METHODS": "mezo", "SEEDS": "1",
+                              "LRS_mezo": "1e-5 3e-6", "LRS_mezo_SST2": "1e-4 1e-5 3e-6"})
+    lrs = {}
+    for run in build_plan(settings).runs:
+        lrs.setdefault(run.task, set()).add(float(run.lr))
+    assert lrs == {"SST2": {1e-4, 1e-5, 3e-6}, "Copa": {1e-5, 3e-6}}
+
+    grid = [SimpleNamespace(lr=lr) for lr in ("3e-06", "1e-05", "0.0001")]
+    assert at_grid_edge("0.0001", grid) and at_grid_edge("3e-06", grid) and not at_grid_edge("1e-05", grid)
+    assert not at_grid_edge("1e-05", grid[1:2])  # a grid of one LR has no edge to extend from
