@@ -49,32 +49,21 @@ def mixed_examples(tiny_tokenizer):
 
 @requires_data
 @pytest.mark.parametrize("family", FAMILIES)
-def test_batch_loss_matches_full_logits_reference(family, tiny_tokenizer, mixed_examples):
+def test_batch_and_example_losses_match_full_logits_references(family, tiny_tokenizer, mixed_examples):
+    # example_losses serves the batched dev loss: one forward, each example's loss as if it were alone (batch 1)
     model = build_tiny_model(family, vocab_size=len(tiny_tokenizer))
     for examples in mixed_examples:
         batch = tasks.collate_options(examples, tiny_tokenizer)
         with torch.no_grad():
-            loss = tasks.batch_loss(model, batch)
-        assert loss.dtype == torch.float32 and loss.dim() == 0
-        torch.testing.assert_close(loss, reference_loss(model, examples), atol=2e-5, rtol=1e-5)
-
-
-@requires_data
-@pytest.mark.parametrize("family", FAMILIES)
-def test_example_losses_are_each_examples_loss_alone(family, tiny_tokenizer, mixed_examples):
-    """The batched dev loss: one forward, and each example's loss as if it were alone (upstream's batch 1)."""
-    model = build_tiny_model(family, vocab_size=len(tiny_tokenizer))
-    for examples in mixed_examples:
-        batch = tasks.collate_options(examples, tiny_tokenizer)
-        with torch.no_grad():
-            losses = tasks.example_losses(model, batch)
+            loss, losses = tasks.batch_loss(model, batch), tasks.example_losses(model, batch)
             alone = torch.stack([reference_loss(model, [e]) for e in examples])
-            assert losses.shape == (len(examples),)
-            torch.testing.assert_close(losses, alone, atol=2e-5, rtol=1e-5)
-            if examples[0].label is not None:  # the training loss is their mean, bit for bit
-                assert torch.equal(tasks.batch_loss(model, batch), losses.mean())
-            else:  # LM: the training loss weights tokens, the per-example mean does not (SQuAD's answer is longer)
-                assert not torch.allclose(tasks.batch_loss(model, batch), losses.mean(), atol=1e-4)
+        assert loss.dtype == torch.float32 and loss.dim() == 0 and losses.shape == (len(examples),)
+        torch.testing.assert_close(loss, reference_loss(model, examples), atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(losses, alone, atol=2e-5, rtol=1e-5)
+        if examples[0].label is not None:  # the training loss is their mean, bit for bit
+            assert torch.equal(loss, losses.mean())
+        else:  # LM: the training loss weights tokens, the per-example mean does not (SQuAD's answer is longer)
+            assert not torch.allclose(loss, losses.mean(), atol=1e-4)
 
 
 @requires_data
