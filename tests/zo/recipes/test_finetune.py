@@ -81,12 +81,12 @@ def test_default_output_dir_is_one_component_under_result(tiny_llama_dir, bank):
 def test_best_state_is_kept_and_restored(tmp_path, tiny_llama_dir, captured_model, monkeypatch):
     # dev loss every step; scripted so that the best one (step 2) is neither the first nor the last
     scripted = iter([3.0, 1.0, 2.0, 4.0])
-    real_mean_loss = zo.recipes.finetune._mean_loss
-    monkeypatch.setattr(zo.recipes.finetune, "_mean_loss", lambda *a: (real_mean_loss(*a), next(scripted))[1])
+    real_dev_loss = zo.recipes.finetune._mean_example_loss  # the dev loss (per example, as upstream)
+    monkeypatch.setattr(zo.recipes.finetune, "_mean_example_loss", lambda *a: (real_dev_loss(*a), next(scripted))[1])
     out = tmp_path / "run"
     lr, eps = 1e-2, 1e-2
     metrics = fine_tune(_config(tiny_llama_dir, out, max_steps=4, eval_steps=1, learning_rate=lr, zo_eps=eps,
-                                train_loss_subset=0))  # only the dev loss goes through _mean_loss
+                                train_loss_subset=0))
 
     log = read_jsonl(out / "train_log.jsonl")
     dev = [(r["step"], r["dev_loss"]) for r in log if "dev_loss" in r]
@@ -127,7 +127,14 @@ def test_nan_loss_stops_and_keeps_last_good_state(tmp_path, tiny_llama_dir, capt
             before_nan.update(snapshot(captured_model["model"]))
         return real_loss(model, batch) * float("nan")  # the model still runs: a NaN from the forward
 
+    real_example_losses = tasks.example_losses
+
+    def example_losses(model, batch, **kwargs):  # the dev loss: NaN too once the model has gone
+        losses = real_example_losses(model, batch, **kwargs)
+        return losses * float("nan") if calls["n"] > 2 * k else losses
+
     monkeypatch.setattr(tasks, "batch_loss", loss)
+    monkeypatch.setattr(tasks, "example_losses", example_losses)
     out = tmp_path / "run"
     metrics = fine_tune(_config(tiny_llama_dir, out, max_steps=5, eval_steps=0, learning_rate=1e-2, zo_eps=1e-2,
                                 perturbation=perturbation))
@@ -231,25 +238,14 @@ def test_non_diff_task_check_is_case_insensitive_like_task_names(task, ok):
 def test_train_loss_is_measured_unperturbed_on_a_fixed_subset(tmp_path, tiny_llama_dir, captured_model, monkeypatch):
     # the subset loss comes with every dev line; final_train_loss is the one at the best-by-dev step
     scripted = iter([3.0, 1.0, 2.0])  # dev losses: best at step 2, not the last step (3)
-    real_mean_loss = zo.recipes.finetune._mean_loss
+    real_mean_loss, real_dev_loss = zo.recipes.finetune._mean_loss, zo.recipes.finetune._mean_example_loss
     dev_calls = []
 
-    def mean_loss(model, loss_fn, batches):
-        value = real_mean_loss(model, loss_fn, batches)
-        if loss_fn is not seen["train_loss_fn"]:
-            return value
-        dev_calls.append(value)
+    def dev_loss(*args):  # the dev loss (per example, as upstream); the subset loss goes through _mean_loss
+        dev_calls.append(real_dev_loss(*args))
         return next(scripted)
 
-    seen = {}
-    real_train_zo = zo.recipes.finetune.train_zo
-
-    def train_zo(optimizer, batches, loss_fn, *args, **kwargs):
-        seen["train_loss_fn"] = loss_fn  # the dev loss uses the training loss function
-        return real_train_zo(optimizer, batches, loss_fn, *args, **kwargs)
-
-    monkeypatch.setattr(zo.recipes.finetune, "_mean_loss", mean_loss)
-    monkeypatch.setattr(zo.recipes.finetune, "train_zo", train_zo)
+    monkeypatch.setattr(zo.recipes.finetune, "_mean_example_loss", dev_loss)
     out = tmp_path / "run"
     metrics = fine_tune(_config(tiny_llama_dir, out, max_steps=3, eval_steps=1, learning_rate=1e-1, zo_eps=1e-2,
                                 train_loss_subset=4))
