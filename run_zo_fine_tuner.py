@@ -33,6 +33,8 @@ HELP = {
     "non_diff": "SQuAD/DROP: optimize -F1 of greedy generations",
     "option_scoring": "auto: one row per example when every option is one token | rows: one row per option "
                       "(the old layout) | prompt_cache: also multi-token options from the prompt's cached keys",
+    "length_groups": "N > 1: each training batch as up to N micro-batches of similar length, each padded to its own "
+                     "longest (less padding; the same loss up to rounding)",
     "upstream_split": "keep upstream's train/dev arithmetic even when it leaves tiny train sets",
     "eval_only": "zero-shot evaluation of dev and test, no training (also --train_mode none / --trainer none)",
     "task_file": "a task spec (.yaml/.json): your own data file as a task, see docs/adding_a_task.md",

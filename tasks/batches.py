@@ -8,6 +8,33 @@ import torch
 
 from .base import Sample, Task
 from .encoding import EncodedExample, check_option_scoring, collate_examples, encode_train_example
+from .objective import LengthGroups
+
+
+def split_by_length(lengths: list[int], groups: int) -> list[list[int]]:
+    """Positions of `lengths` in at most `groups` groups of similar length, shortest first: sorted, then cut
+    where the groups' padded size (each group x its longest) is smallest. Exact by dynamic programming."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    n, k = len(order), max(1, min(groups, len(lengths)))
+    sorted_lengths = [lengths[i] for i in order]
+    inf = float("inf")
+    # best[j][i]: fewest padded tokens for the i shortest examples in j groups; cut[j][i]: where its last group starts
+    best = [[inf] * (n + 1) for _ in range(k + 1)]
+    cut = [[0] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = 0
+    for j in range(1, k + 1):
+        for i in range(1, n + 1):
+            for start in range(j - 1, i):
+                cost = best[j - 1][start] + (i - start) * sorted_lengths[i - 1]
+                if cost < best[j][i]:
+                    best[j][i], cut[j][i] = cost, start
+    j = min(range(1, k + 1), key=lambda g: (best[g][n], g))  # no more groups than the padding needs
+    bounds, end = [], n
+    while j:
+        start = cut[j][end]
+        bounds.append((start, end))
+        end, j = start, j - 1
+    return [order[a:b] for a, b in reversed(bounds)]
 
 
 class TrainBatches:
@@ -17,17 +44,21 @@ class TrainBatches:
     list of Samples itself, for the non-differentiable objective that generates from the prompts.
     `as_classification=None` uses the task's default (upstream script setting). A caller-owned
     `generator` replaces the one seeded from `seed`. `option_scoring` picks the batch layout of classification
-    examples (tasks.encoding.OPTION_SCORINGS); the loss is the same in every layout.
+    examples (tasks.encoding.OPTION_SCORINGS); the loss is the same in every layout. `length_groups` > 1:
+    each batch is that many micro-batches of similar length (`LengthGroups`), so that short examples are not
+    padded to the longest; the same examples and loss, up to rounding, in less compute.
     """
 
     def __init__(self, samples: list[Sample], task: Task, tokenizer, batch_size: int, seed: int = 0,
                  as_classification: bool | None = None, max_length: int = 2048, max_new_tokens: int = 50,
                  for_generation_objective: bool = False, drop_last: bool = False,
                  pad_to_multiple_of: int | None = 8, generator: torch.Generator | None = None,
-                 option_scoring: str = "auto", only_train_option: bool = True):
+                 option_scoring: str = "auto", only_train_option: bool = True, length_groups: int = 1):
         check_option_scoring(option_scoring)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if length_groups < 1:
+            raise ValueError(f"length_groups must be >= 1, got {length_groups}")
         if not samples:
             raise ValueError(f"{task.name}: no samples to batch")
         self.samples = list(samples)
@@ -36,6 +67,7 @@ class TrainBatches:
         self.drop_last = drop_last and len(self.samples) >= batch_size
         self.pad_to_multiple_of = pad_to_multiple_of
         self.option_scoring = option_scoring
+        self.length_groups = length_groups
         self.as_classification = task.train_as_classification if as_classification is None else as_classification
         self.for_generation_objective = for_generation_objective
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
@@ -60,8 +92,13 @@ class TrainBatches:
         if self.for_generation_objective:
             return [self.samples[i] for i in indices]
         assert self.encoded is not None
-        return collate_examples([self.encoded[i] for i in indices], self.tokenizer, self.option_scoring,
-                                self.pad_to_multiple_of)
+        examples = [self.encoded[i] for i in indices]
+        if self.length_groups == 1:
+            return collate_examples(examples, self.tokenizer, self.option_scoring, self.pad_to_multiple_of)
+        lengths = [max(len(o.input_ids) for o in e.options) for e in examples]
+        return LengthGroups(collate_examples([examples[i] for i in group], self.tokenizer, self.option_scoring,
+                                             self.pad_to_multiple_of)
+                            for group in split_by_length(lengths, self.length_groups))
 
     def epoch(self, shuffle: bool = True) -> Iterator:
         """One pass over the samples; shuffled with the next permutation of the seeded generator."""

@@ -126,13 +126,23 @@ def option_scores(model, batch: dict, logits_dtype: torch.dtype = torch.float32,
     return total if reduce == "sum" else total / mask.sum(-1).clamp(min=1)
 
 
-def batch_loss(model, batch: dict, logits_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+class LengthGroups(list):
+    """One batch as micro-batches of examples of similar length (tasks.batches.split_by_length): each is padded
+    only to its own longest row. Its loss is the batch's loss: the micro-batch losses weighted by what each
+    averages over (`loss_weight`), so only the rounding differs from one padded batch."""
+
+
+def batch_loss(model, batch: dict | LengthGroups, logits_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Scalar loss of a collated batch (float32; `logits_dtype=torch.float16`: upstream's fp16 loss).
 
     With `num_options`: per example, cross-entropy of its options' mean log-probs against `labels`,
     averaged over examples (option counts may differ). Otherwise: token-level cross-entropy averaged over
     every option token of the batch (teacher forcing on the answer only).
     """
+    if isinstance(batch, LengthGroups):
+        weights = [loss_weight(micro) for micro in batch]
+        total = sum(batch_loss(model, micro, logits_dtype) * w for micro, w in zip(batch, weights))
+        return total / max(sum(weights), 1)
     if "num_options" in batch:
         return example_losses(model, batch, logits_dtype).mean()
     logprobs, mask = option_token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["option_len"],
@@ -143,7 +153,10 @@ def batch_loss(model, batch: dict, logits_dtype: torch.dtype = torch.float32) ->
 def example_losses(model, batch: dict, logits_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """One loss per example of a collated batch: what `batch_loss` gives for that example alone, so that a
     batch of them reproduces upstream's batch-1 dev loss in one forward. With `num_options`: the
-    cross-entropy of its options' mean log-probs; otherwise its answer tokens' mean cross-entropy."""
+    cross-entropy of its options' mean log-probs; otherwise its answer tokens' mean cross-entropy.
+    For `LengthGroups`, in the groups' order (shortest examples first)."""
+    if isinstance(batch, LengthGroups):
+        return torch.cat([example_losses(model, micro, logits_dtype) for micro in batch])
     if "num_options" in batch:
         scores = option_scores(model, batch, logits_dtype)
         labels = batch["labels"].to(scores.device)
@@ -154,9 +167,11 @@ def example_losses(model, batch: dict, logits_dtype: torch.dtype = torch.float32
     return -(logprobs * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
-def loss_weight(batch: dict) -> int:
+def loss_weight(batch: dict | LengthGroups) -> int:
     """What `batch_loss` averages over: examples (option scoring) or option tokens (LM loss). Weighting the
     losses of micro-batches by it gives the loss of their concatenation (data parallel, accumulation)."""
+    if isinstance(batch, LengthGroups):
+        return sum(loss_weight(micro) for micro in batch)
     if "num_options" in batch:
         return len(batch["num_options"])
     seq_len = batch["input_ids"].shape[1]

@@ -106,6 +106,9 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     max_length: int = 2048
     eval_batch_size: int = 8
     option_scoring: str = "auto"  # tasks.encoding.OPTION_SCORINGS: batch layout of the options, same losses
+    # > 1: each training batch as up to this many micro-batches of similar length, padded each to its own longest
+    # (tasks.LengthGroups); the same examples and loss up to rounding, less padding to compute on
+    length_groups: int = 1
     max_new_tokens: int = 50
     # Generation (SQuAD, DROP, generation task files): upstream's flags, greedy by default.
     sampling: bool = False
@@ -202,6 +205,11 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
         if self.device_map is not None and self.device_map not in DEVICE_MAPS:
             raise ValueError(f"device_map must be one of {DEVICE_MAPS}, got {self.device_map!r}")
         tasks.encoding.check_option_scoring(self.option_scoring)
+        if self.length_groups < 1:
+            raise ValueError(f"length_groups must be >= 1, got {self.length_groups}")
+        if self.length_groups > 1 and self.non_diff:
+            raise ValueError("--length_groups applies to the loss of encoded batches; --non_diff generates from "
+                             "the prompts instead")
         if self.report_to not in REPORT_TO:
             raise ValueError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}")
         if self.resume and self.overwrite:
@@ -525,7 +533,7 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
                                  seed=config.seed, as_classification=as_classification,
                                  max_length=config.max_length, for_generation_objective=config.non_diff,
                                  option_scoring=config.option_scoring,
-                                 only_train_option=config.only_train_option)
+                                 only_train_option=config.only_train_option, length_groups=config.length_groups)
     loss_kwargs = {"logits_dtype": torch.float16} if config.upstream_fp16_semantics else {}
     if config.non_diff:
         def loss_fn(batch):
