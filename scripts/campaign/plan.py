@@ -83,7 +83,9 @@ def fingerprint(settings: Settings, task: str, method: Method, lr: str, seed: in
     """Everything that defines a run's result; a finished run with another fingerprint is stale."""
     caps = settings.caps[task]
     bank = resolve_bank(settings, method)
-    return {"task": task, "method": method.name, "train_mode": method.train_mode, "lr": lr_key(lr), "seed": seed,
+    # only when used: the runs made before the setting existed keep their fingerprint
+    layout = {"length_groups": caps.length_groups} if caps.length_groups != 1 else {}
+    return {**layout, "task": task, "method": method.name, "train_mode": method.train_mode, "lr": lr_key(lr), "seed": seed,
             "model": Path(settings.model).name if settings.model else "SmolLM2-135M",
             "bank": bank.name if bank else None,
             # a generated bank is determined by its seed; a shipped one by its content

@@ -52,6 +52,8 @@ def command(settings: Settings, run: PlannedRun, output_dir: Path, resume: bool 
             "--train_set_seed", str(run.seed), "--seed", str(run.seed),
             "--train_loss_subset", str(TRAIN_LOSS_SUBSET), "--output_dir", str(output_dir), "--progress", "False",
             *checkpoint_flags(settings, method.train_mode)]
+    if caps.length_groups != 1:
+        args += ["--length_groups", str(caps.length_groups)]
     if resume:
         args += ["--resume", "True"]
     args += DTYPE_FLAGS[settings.get("DTYPE", "float32")]

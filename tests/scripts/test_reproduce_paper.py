@@ -256,3 +256,19 @@ def test_a_grid_extended_on_one_task_and_the_edge_rule(tmp_path):
     grid = [SimpleNamespace(lr=lr) for lr in ("3e-06", "1e-05", "0.0001")]
     assert at_grid_edge("0.0001", grid) and at_grid_edge("3e-06", grid) and not at_grid_edge("1e-05", grid)
     assert not at_grid_edge("1e-05", grid[1:2])  # a grid of one LR has no edge to extend from
+
+
+def test_length_groups_reach_the_command_and_the_fingerprint_only_where_used(tmp_path):
+    from campaign import runner
+    from campaign.plan import build_plan
+    from campaign.settings import load_settings
+
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 CB", "METHODS": "mezo", "SEEDS": "1",
+                              "LRS_mezo": "1e-5", "LENGTH_GROUPS_SST2": "1"})
+    runs = {r.task: r for r in build_plan(settings).runs}
+    assert "length_groups" not in runs["SST2"].fingerprint and runs["CB"].fingerprint["length_groups"] == 2
+    cmd = runner.command(settings, runs["CB"], tmp_path)
+    assert cmd[cmd.index("--length_groups") + 1] == "2"
+    assert "--length_groups" not in runner.command(settings, runs["SST2"], tmp_path)
+    other = load_settings({**settings.env, "LENGTH_GROUPS_CB": "3"})
+    assert {r.task: r for r in build_plan(other).runs}["CB"].fingerprint["length_groups"] == 3
