@@ -70,6 +70,12 @@ class Run:
         return float(value) if isinstance(value, (int, float)) else math.nan
 
     @property
+    def end_train_loss(self) -> float:
+        """The unperturbed train-subset loss after the last step taken (not the best-dev state's)."""
+        value = self.metrics.get("last_step_train_loss")
+        return float(value) if isinstance(value, (int, float)) else math.nan
+
+    @property
     def cpu_seconds(self) -> float:
         return float(self.campaign.get("cpu_seconds") or 0.0)
 

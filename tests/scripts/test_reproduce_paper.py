@@ -100,8 +100,9 @@ def test_campaign_survives_a_kill_and_the_report_has_the_right_cells(campaign_en
     # the report: best LR on dev, mean +- sd over the 2 seeds at that LR, computed here from the run files
     run_cmd([sys.executable, "scripts/make_report.py"], env)
     report = (results / "README.md").read_text()
+    main_table = report.split("## Main table")[1].split("\n## ")[0]
     rows = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[3:-1]]
-            for line in report.splitlines() if line.startswith("| ") and line.split("|")[1].strip() in TASKS}
+            for line in main_table.splitlines() if line.startswith("| ") and line.split("|")[1].strip() in TASKS}
     assert set(rows) == {(t, m) for t in TASKS for m in METHODS}
     for (task, method), (lr_cell, loss_cell, metric_cell, n_cell, _) in rows.items():
         base = results / "runs" / task / method
@@ -115,6 +116,9 @@ def test_campaign_survives_a_kill_and_the_report_has_the_right_cells(campaign_en
         assert metric_cell == f"{statistics.mean(metrics):.4f} ± {statistics.stdev(metrics):.4f} (accuracy)"
         assert n_cell == "2"
     assert "lowest final training loss in" in report and "of 2 tasks" in report
+    grid_rows = report.split("## Every grid run")[1].count("\n| SST2 |") + report.split("## Every grid run")[1].count(
+        "\n| CB |")
+    assert grid_rows == 8 and report.count("(chosen)") == 4  # 2 tasks x 2 methods x 2 LRs, one chosen each
     for task in TASKS:
         assert (results / "plots" / f"loss_{task}.png").stat().st_size > 0
         assert (results / "plots" / f"lr_robustness_{task}.png").stat().st_size > 0
