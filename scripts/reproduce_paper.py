@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,11 +43,24 @@ def status_text(settings: Settings, plan: Plan) -> str:
     edges = [f"{t} {m} {plan.best_lr[t, m]}" for t, m in sorted(plan.at_edge)]
     if edges:
         lines.append("best LR at the edge of its grid (extend it with LRS_<method>_<task>): " + ", ".join(edges))
-    cpu = sum(r.cpu_seconds for r in all_runs(settings.runs_dir))
+    finished = all_runs(settings.runs_dir)
+    cpu = sum(r.cpu_seconds for r in finished)
     left = len(plan.pending()) + sum(plan.blocked.values())
     lines.append(f"left: {len(plan.pending())} runnable now, {sum(plan.blocked.values())} blocked; "
                  f"{left} runs in all. CPU-hours spent on finished runs: {cpu / 3600:.2f}")
-    return "\n".join(lines)
+    return "\n".join(lines + [estimate_text(plan, finished)])
+
+
+def estimate_text(plan: Plan, finished: list) -> str:
+    """What the runnable runs will cost, at the median CPU time of each task's finished, undiverged runs."""
+    costs: dict[str, list[float]] = {}
+    for r in finished:
+        if not r.diverged and r.cpu_seconds > 0:
+            costs.setdefault(r.task, []).append(r.cpu_seconds)
+    known = [statistics.median(costs[r.task]) for r in plan.pending() if r.task in costs]
+    unknown = sorted({r.task for r in plan.pending() if r.task not in costs})
+    text = f"estimate for the runnable runs: {sum(known) / 3600:.1f} CPU-hours for {len(known)} of them"
+    return text + (f" (no finished run yet to measure {', '.join(unknown)})" if unknown else "")
 
 
 def _stop_on_sigterm(*_):
