@@ -45,7 +45,7 @@ class TrainBatches:
     `as_classification=None` uses the task's default (upstream script setting). A caller-owned
     `generator` replaces the one seeded from `seed`. `option_scoring` picks the batch layout of classification
     examples (tasks.encoding.OPTION_SCORINGS); the loss is the same in every layout. `length_groups` > 1:
-    each batch is that many micro-batches of similar length (`LengthGroups`), so that short examples are not
+    each batch is up to that many micro-batches of similar length (`LengthGroups`), so that short examples are not
     padded to the longest; the same examples and loss, up to rounding, in less compute.
     """
 
