@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import causal_lm_loss, central_losses  # noqa: F401 (re-exported to the method tests)
+from conftest import causal_lm_loss
 from zo.blocks import parameter_blocks
 from zo.estimator import ZOConfig
 from zo.methods import MethodContext, build_method

@@ -1,7 +1,7 @@
 import torch
 
-from conftest import build_tiny_model
-from method_helpers import batches, central_losses, lm_loss, make, one_torch_thread, run  # noqa: F401
+from conftest import build_tiny_model, central_losses
+from method_helpers import batches, lm_loss, make, one_torch_thread, run  # noqa: F401
 from zo.blocks import parameter_blocks
 from zo.estimator import ZOConfig
 from zo.noise import NoiseSource
