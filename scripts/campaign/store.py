@@ -47,10 +47,14 @@ class Run:
     def diverged(self) -> bool:
         return self.metrics.get("status", "") != "completed"
 
+    def _number(self, key: str) -> float:
+        """metrics[key] as a float; NaN when it is missing or not a number (a diverged run's null)."""
+        value = self.metrics.get(key)
+        return float(value) if isinstance(value, (int, float)) else math.nan
+
     @property
     def dev_loss(self) -> float:
-        value = self.metrics.get("best_dev_loss")
-        return float(value) if isinstance(value, (int, float)) else math.nan
+        return self._number("best_dev_loss")
 
     def metric(self, split: str) -> float:
         values = self.metrics.get(split) or {}
@@ -66,14 +70,12 @@ class Run:
 
     @property
     def train_loss(self) -> float:
-        value = self.metrics.get("final_train_loss")
-        return float(value) if isinstance(value, (int, float)) else math.nan
+        return self._number("final_train_loss")
 
     @property
     def end_train_loss(self) -> float:
         """The unperturbed train-subset loss after the last step taken (not the best-dev state's)."""
-        value = self.metrics.get("last_step_train_loss")
-        return float(value) if isinstance(value, (int, float)) else math.nan
+        return self._number("last_step_train_loss")
 
     @property
     def cpu_seconds(self) -> float:

@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,6 +19,9 @@ from conftest import REPO_ROOT, SHARED_DATA
 from run_helpers import QUIET_ENV, requires_shared_data, run_cmd
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from campaign import runner  # noqa: E402
+from campaign.plan import at_grid_edge, build_plan  # noqa: E402
+from campaign.settings import PRESET_DIR, TABLE2, TABLE3, load_settings  # noqa: E402
 from campaign.store import Run, best_lr  # noqa: E402
 
 pytestmark = requires_shared_data
@@ -145,8 +150,6 @@ def test_best_lr_uses_dev_never_test_and_breaks_ties_to_the_smaller_lr():
 
 
 def test_paper_presets_load_and_command_line_env_wins():
-    from campaign.settings import PRESET_DIR, load_settings
-
     presets = sorted(p.stem for p in PRESET_DIR.glob("*.env"))
     assert presets == ["llama-3.1-8b", "llama-3.2-1b", "opt-30b", "qwen2.5-14b"]
     s = load_settings({"PRESET": "llama-3.2-1b", "MODEL": "/models/Llama-3.2-1B", "STEPS_SST2": "7"})
@@ -161,10 +164,6 @@ def test_paper_presets_load_and_command_line_env_wins():
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_publishes_what_an_unkilled_run_would(campaign_env, tmp_path,
                                                                                            monkeypatch):
-    from campaign import runner
-    from campaign.plan import build_plan
-    from campaign.settings import load_settings
-
     env = {**campaign_env, "RESULTS_DIR": str(tmp_path / "results"), "TASKS": "SST2", "METHODS": "zoft_new",
            "SEEDS": "1", "LRS_zoft_new": "0.001", "STEPS": "6", "EVAL_STEPS": "3", "CHECKPOINT_STEPS": "2"}
     reference_env = {**env, "RESULTS_DIR": str(tmp_path / "reference")}
@@ -210,10 +209,6 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_publishes_what_an_unkilled
 
 
 def test_an_attempt_with_other_settings_is_not_resumed(campaign_env, tmp_path):
-    from campaign import runner
-    from campaign.plan import build_plan
-    from campaign.settings import load_settings
-
     env = {**campaign_env, "RESULTS_DIR": str(tmp_path / "results"), "TASKS": "SST2", "METHODS": "mezo",
            "SEEDS": "1", "LRS_mezo": "0.001"}
     settings = load_settings(env)
@@ -233,10 +228,6 @@ def test_an_attempt_with_other_settings_is_not_resumed(campaign_env, tmp_path):
 
 
 def test_every_ablation_method_reads_a_bank_that_train_ablation_banks_writes():
-    import re
-
-    from campaign.settings import TABLE2, TABLE3, load_settings
-
     script = (REPO_ROOT / "scripts" / "train_ablation_banks.sh").read_text()
     variants = re.search(r'VARIANTS=\$\{VARIANTS:-"([^"]+)"\}', script).group(1).split()
     written = {f"learned_finetuner/ablations/smollm2-135m_copa_{v}.safetensors" for v in variants}
@@ -247,11 +238,6 @@ def test_every_ablation_method_reads_a_bank_that_train_ablation_banks_writes():
 
 
 def test_a_grid_extended_on_one_task_and_the_edge_rule(tmp_path):
-    from types import SimpleNamespace
-
-    from campaign.plan import at_grid_edge, build_plan
-    from campaign.settings import load_settings
-
     settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 Copa", "METHODS": "mezo", "SEEDS": "1",
                               "LRS_mezo": "1e-5 3e-6", "LRS_mezo_SST2": "1e-4 1e-5 3e-6"})
     lrs = {}
@@ -265,10 +251,6 @@ def test_a_grid_extended_on_one_task_and_the_edge_rule(tmp_path):
 
 
 def test_length_groups_reach_the_command_and_the_fingerprint_only_where_used(tmp_path):
-    from campaign import runner
-    from campaign.plan import build_plan
-    from campaign.settings import load_settings
-
     settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 CB", "METHODS": "mezo", "SEEDS": "1",
                               "LRS_mezo": "1e-5", "LENGTH_GROUPS_SST2": "1"})
     runs = {r.task: r for r in build_plan(settings).runs}
