@@ -7,11 +7,10 @@ Phase 3: LR grids of every other method.  Phase 4: their seeds.
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .settings import CORE_METHODS, REPO_ROOT, Method, Settings
+from .settings import CORE_METHODS, REPO_ROOT, Method, Settings, put_repo_on_path
 from .store import CAMPAIGN_FILE, best_lr, is_final, load_run, lr_key, read_json, run_dir
 
 PHASES = {1: "LR grid, core methods", 2: "seeds, core methods", 3: "LR grid, other methods",
@@ -61,8 +60,7 @@ def unavailable_reason(settings: Settings, method: Method) -> str | None:
         return f"bank not found: {method.bank}"
     if method.train_mode == "zo_fine_tuner":
         return None
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
+    put_repo_on_path()
     try:  # the recipe's own validation says whether it knows the train mode
         from zo.recipes.finetune import FineTuneConfig
         FineTuneConfig(task_name="SST2", train_mode=method.train_mode).validate()

@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 from .plan import TRAIN_LOSS_SUBSET, PlannedRun, resolve_bank
-from .settings import REPO_ROOT, Settings, split_words
+from .settings import REPO_ROOT, Settings, put_repo_on_path, split_words
 from .store import CAMPAIGN_FILE, SMALL_FILES, is_final, read_json
 
 DTYPE_FLAGS = {"float32": [], "float16": ["--load_float16", "True"], "bfloat16": ["--load_bfloat16", "True"]}
 
 
-REPLAYABLE_MODES = ("mezo", "zo_fine_tuner")  # their optimizer can re-apply a step from (seed, projected grad)
 FINGERPRINT_FILE = "fingerprint.json"  # in the scratch folder: which run its checkpoints belong to
 
 
@@ -33,7 +32,9 @@ def checkpoint_flags(settings: Settings, train_mode: str) -> list[str]:
     """Checkpoints only serve a restart after a kill; they never change what is computed. Replay checkpoints
     (weights once, then a few numbers per step) are free, so they are frequent; full ones (weights and
     optimizer state, ~1.6 GB for SmolLM2 with Adam) are written by time."""
-    if train_mode in REPLAYABLE_MODES:
+    put_repo_on_path()
+    from zo.methods import has_replay
+    if has_replay(train_mode):
         return ["--checkpoint_kind", "replay", "--checkpoint_steps", settings.get("CHECKPOINT_STEPS", "10"),
                 "--checkpoint_minutes", "0"]
     return ["--checkpoint_kind", "full", "--checkpoint_steps", "0",

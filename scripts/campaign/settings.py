@@ -6,11 +6,19 @@ Every knob is an env var so that scripts/reproduce_paper.sh reads like the other
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PRESET_DIR = REPO_ROOT / "scripts" / "presets"
+
+
+def put_repo_on_path() -> None:
+    """The campaign imports the repository's `zo` package lazily: the plan and status work without torch."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+
 
 PAPER_TASKS = ("SST2", "Copa", "CB", "WSC", "BoolQ", "SQuAD", "DROP")
 # Phase order: the core comparison first, so that a partial campaign is already a fair comparison.

@@ -95,10 +95,17 @@ def method_config(train_mode: str, values: dict):
     return spec.config(**{name: values[name] for name in _fields(spec.config) if name in values})
 
 
+def has_replay(train_mode: str) -> bool:
+    """Whether the method's optimizer can re-apply a step from its record alone (seed, projected grad), so a
+    checkpoint can hold a few numbers per step instead of the weights (read from the builder's return type)."""
+    optimizer_class = typing.get_type_hints(get_method(train_mode).build)["return"]
+    return callable(getattr(optimizer_class, "replay", None))
+
+
 def build_method(train_mode: str, ctx: MethodContext, values: dict) -> Method:
     spec = get_method(train_mode)
     return spec.build(ctx, method_config(train_mode, values))
 
 
 __all__ = ["METHODS", "TRAIN_MODES", "MethodContext", "MethodOptions", "MethodRecord", "MethodSpec",
-           "build_method", "check_options", "get_method", "method_config", "option_owners"]
+           "build_method", "check_options", "get_method", "has_replay", "method_config", "option_owners"]

@@ -7,7 +7,7 @@ from conftest import build_tiny_model
 from method_helpers import batches, lm_loss, make, one_torch_thread, run, weights  # noqa: F401
 from zo.blocks import parameter_blocks
 from zo.estimator import ZOConfig, ZOOptimizer
-from zo.methods import TRAIN_MODES, check_options, get_method, method_config
+from zo.methods import TRAIN_MODES, check_options, get_method, has_replay, method_config
 from zo.noise import NoiseSource
 from zo.pertnn import PertNNBank
 from zo.sigma import ConstantSigma
@@ -127,3 +127,14 @@ def test_every_method_records_what_the_loop_logs(mode, bank_path):
         assert describe["extra_state_bytes"] >= 2 * 4 * n_params  # the two moments are reported
     if mode == "hizoo":
         assert describe["extra_state_bytes"] == 4 * n_params
+
+
+@pytest.mark.parametrize("mode", EXPECTED_MODES)
+def test_has_replay_says_what_the_built_method_can_do(mode, bank_path):
+    # read from the builder's return annotation; a built method is the ground truth, so the two cannot drift
+    extra = dict(OPTIONS.get(mode, {}))
+    if mode == "zo_fine_tuner":
+        extra["ctx"] = {"load_mlp_path": bank_path}
+    method = make(build_tiny_model("llama", 400), mode, **extra)
+    assert has_replay(mode) == callable(getattr(method, "replay", None))
+    assert has_replay(mode) == (mode in ("mezo", "zo_fine_tuner"))  # the two ZOOptimizer methods
