@@ -9,6 +9,7 @@
 # checkpoints is replaced. Takes hours on 2 cores; MAX_STEPS=2 makes a smoke run of every variant.
 #   bash scripts/train_ablation_banks.sh                     # all five, into learned_finetuner/ablations/
 #   VARIANTS="base layer_reset_norm" BANK_DIR=/tmp/banks MAX_STEPS=2 bash scripts/train_ablation_banks.sh
+#   bash scripts/train_ablation_banks.sh --status           # each bank: complete / resumable / not started
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,18 @@ except Exception:
     sys.exit(1)
 EOF
 }
+
+if [ "${1:-}" = "--status" ]; then
+  for variant in $VARIANTS; do
+    bank="$BANK_DIR/smollm2-135m_copa_$variant.safetensors"
+    last=$(ls "$RUN_DIR/$variant/checkpoints/" 2>/dev/null | grep -E '^step-[0-9]+\.json$' | sort -V | tail -1 || true)
+    if [ -f "$bank" ] && bank_is_complete "$bank"; then state="complete: $bank"
+    elif [ -n "$last" ]; then state="resumable from ${last%.json} ($RUN_DIR/$variant)"
+    else state="not started"; fi
+    echo "ablation bank $variant: $state"
+  done
+  exit 0
+fi
 
 for variant in $VARIANTS; do
   case $variant in

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Issue 9's SmolLM2 campaign on a CPU as one queue of stages, in the order that makes a partial result useful
+# (docs/campaign.md). Every stage resumes: finished runs and banks are skipped, a killed one continues from its
+# checkpoint, so after a kill the same command carries on where it stopped.
+#   nohup bash scripts/campaign_queue.sh > campaign.log 2>&1 &    # run (or continue) the whole queue
+#   bash scripts/campaign_queue.sh --status                       # what each stage has done and has left
+#   STAGES="ablation_banks ablations" bash scripts/campaign_queue.sh   # only some stages, in this order
+# Stages:
+#   core            MeZO and ZO-FT (new bank): LR grids, then 3 seeds at the best LR, on SST2 Copa WSC CB
+#   ablation_banks  the Table 2 / Table 3 banks (scripts/train_ablation_banks.sh)
+#   ablations       those banks on SST-2, LR grid, seed 42
+#   others          the LR grid (seed 42) of every other method on SST2 Copa WSC CB
+#   long            MeZO and ZO-FT on BoolQ SQuAD DROP, LR grids, one seed
+#   seeds           3 seeds at the best LR for the other methods on SST2 Copa WSC CB
+# Other env vars (DATA_DIR, RESULTS_DIR, MODEL, LRS_*, ...) reach the stages unchanged.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+SHORT_TASKS="SST2 Copa WSC CB"
+LONG_TASKS="BoolQ SQuAD DROP"
+ABLATION_METHODS="zoft_base zoft_reset zoft_norm zoft_reset_norm zoft_layerwise"
+STAGES=${STAGES:-"core ablation_banks ablations others long seeds"}
+export DATA_DIR=${DATA_DIR:-../shared/data}
+
+stage_command() {  # sets CMD to the command of one stage, with the env it needs
+  case $1 in
+    core)           CMD=(env TASKS="$SHORT_TASKS" METHODS="mezo zoft_new" bash scripts/reproduce_paper.sh) ;;
+    ablation_banks) CMD=(bash scripts/train_ablation_banks.sh) ;;
+    ablations)      CMD=(env TASKS=SST2 METHODS="$ABLATION_METHODS" SEEDS=42 bash scripts/reproduce_paper.sh) ;;
+    others)         CMD=(env TASKS="$SHORT_TASKS" SEEDS=42 bash scripts/reproduce_paper.sh) ;;
+    long)           CMD=(env TASKS="$LONG_TASKS" METHODS="mezo zoft_new" bash scripts/reproduce_paper.sh) ;;
+    seeds)          CMD=(env TASKS="$SHORT_TASKS" bash scripts/reproduce_paper.sh) ;;
+    *) return 1 ;;
+  esac
+}
+
+for stage in $STAGES; do  # refuse a typo before any work
+  stage_command "$stage" || {
+    echo "unknown stage '$stage' (core ablation_banks ablations others long seeds)" >&2; exit 2; }
+done
+
+child=""
+stop() {  # a kill of the queue stops the stage in progress (its whole process group) and nothing else
+  if [ -n "$child" ]; then kill -TERM -- "-$child" 2>/dev/null; wait "$child"; fi
+  echo "queue stopped: start it again to continue"
+  exit 130
+}
+trap stop TERM INT
+
+failed=""
+for stage in $STAGES; do
+  stage_command "$stage"
+  if [ "${1:-}" = "--status" ]; then
+    echo "== stage $stage: ${CMD[*]} --status"
+    "${CMD[@]}" --status | grep -vE '^  [^ ]+ +[^ ]+ +[^ ]+/s[0-9]+:'  # one line a run: the stage's own --status
+    continue
+  fi
+  echo "== [$(date +%H:%M:%S)] stage $stage: ${CMD[*]}"
+  setsid -w "${CMD[@]}" &  # its own process group, so that stop() reaches every process the stage starts
+  child=$!
+  wait "$child"
+  rc=$?
+  child=""
+  if [ $rc != 0 ]; then
+    echo "== stage $stage ended with exit code $rc; going on with the next stage"
+    failed="$failed $stage"
+  fi
+done
+[ "${1:-}" = "--status" ] && exit 0
+if [ -n "$failed" ]; then echo "queue done; stages with failures:$failed (rerun to retry them)"; exit 1; fi
+echo "queue done"
