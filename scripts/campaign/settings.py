@@ -15,7 +15,8 @@ PRESET_DIR = REPO_ROOT / "scripts" / "presets"
 
 
 def put_repo_on_path() -> None:
-    """The campaign imports the repository's `zo` package lazily: the plan and status work without torch."""
+    """The campaign imports the repository's `zo` package only where it needs it (importing the campaign does not
+    import torch), from this checkout whatever the working directory."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
 
