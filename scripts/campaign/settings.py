@@ -186,7 +186,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if s.select_by not in ("dev_loss", "dev_metric"):
         raise ValueError(f"SELECT_BY must be dev_loss or dev_metric, got {s.select_by!r}")
     s.caps = {task: _caps_for(s, task) for task in s.tasks}
-    s.methods = tuple(_method(s, word) for word in (split_words(s.get("METHODS")) or DEFAULT_METHODS))
+    s.methods = tuple(method_from_word(s, word) for word in (split_words(s.get("METHODS")) or DEFAULT_METHODS))
     return s
 
 
@@ -202,7 +202,7 @@ def _caps_for(s: Settings, task: str) -> TaskCaps:
     return TaskCaps(**values, seeds=base.seeds)
 
 
-def _method(s: Settings, word: str) -> Method:
+def method_from_word(s: Settings, word: str) -> Method:
     """`name` (a built-in), or `name=path/to/bank.safetensors` (ZO Fine-tuner with that bank)."""
     name, _, bank_path = word.partition("=")
     spec = _builtin(name) or ({"train_mode": "zo_fine_tuner", "grid_key": "zoft"} if bank_path else

@@ -260,3 +260,27 @@ def test_length_groups_reach_the_command_and_the_fingerprint_only_where_used(tmp
     assert "--length_groups" not in runner.command(settings, runs["SST2"], tmp_path)
     other = load_settings({**settings.env, "LENGTH_GROUPS_CB": "3"})
     assert {r.task: r for r in build_plan(other).runs}["CB"].fingerprint["length_groups"] == 3
+
+
+def test_the_report_shows_ablation_runs_in_their_tables_only(campaign_env, tmp_path):
+    # the ablations run as a campaign of their own (scripts/campaign_queue.sh); the report of the main campaign,
+    # whose METHODS do not name them, still fills Tables 2 and 3 from their runs and keeps them out of the rest
+    env = {**campaign_env, "RESULTS_DIR": str(tmp_path / "results"), "TASKS": "SST2", "SEEDS": "1",
+           "METHODS": "zoft_reset_norm mezo", "BANK_zoft_reset_norm": campaign_env["BANK_zoft_new"],
+           "LRS_zoft_reset_norm": "0.001", "LRS_mezo": "0.001"}
+    run_cmd([sys.executable, "scripts/reproduce_paper.py"], env, timeout=600)
+    run_cmd([sys.executable, "scripts/make_report.py"], {**env, "METHODS": "mezo"})
+    report = (tmp_path / "results" / "README.md").read_text()
+    metrics = json.loads((tmp_path / "results" / "runs" / "SST2" / "zoft_reset_norm" / "0.001" / "1" /
+                          "metrics.json").read_text())
+    row = f"| zoft_reset_norm | {metrics['final_train_loss']:.4f} / {metrics['test']['accuracy']:.4f} (0.001) |"
+    for table in ("## Table 2", "## Table 3"):
+        assert row in report.split(table)[1].split("\n## ")[0].splitlines()
+    main = report.split("## Main table")[1].split("\n## ")[0]
+    assert "| SST2 | mezo | 0.001 |" in main and "zoft_reset_norm" not in main
+    assert report.count("| SST2 | zoft_reset_norm | 0.001 (chosen) |") == 1  # still listed among the grid runs
+
+    run_cmd([sys.executable, "scripts/make_report.py"], {**env, "METHODS": "mezo", "TASKS": "Copa"})
+    report = (tmp_path / "results" / "README.md").read_text()  # no ablation run on these tasks: nothing added
+    assert "No runs yet for zoft_base, zoft_reset, zoft_norm, zoft_reset_norm." in report
+    assert "unavailable" not in report
