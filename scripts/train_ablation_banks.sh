@@ -18,7 +18,6 @@ RUN_DIR=${RUN_DIR:-runs/ablations}
 VARIANTS=${VARIANTS:-"base reset norm reset_norm layer_reset_norm"}
 MAX_STEPS=${MAX_STEPS:-0}
 EPOCH=${EPOCH:-6}
-mkdir -p "$BANK_DIR" "$RUN_DIR"
 
 bank_is_complete() {  # complete=true in the bank's metadata, trained with this MAX_STEPS
   python - "$1" "$MAX_STEPS" <<'EOF'
@@ -47,6 +46,7 @@ if [ "${1:-}" = "--status" ]; then
   exit 0
 fi
 
+mkdir -p "$BANK_DIR" "$RUN_DIR"
 for variant in $VARIANTS; do
   case $variant in
     base)             reset=False norm=False granularity=block ;;
