@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from campaign.plan import PHASES, Plan, build_plan  # noqa: E402
-from campaign.runner import execute  # noqa: E402
+from campaign.runner import execute, scratch_dir  # noqa: E402
 from campaign.settings import Settings, load_settings  # noqa: E402
 from campaign.store import all_runs  # noqa: E402
 
@@ -48,7 +48,23 @@ def status_text(settings: Settings, plan: Plan) -> str:
     left = len(plan.pending()) + sum(plan.blocked.values())
     lines.append(f"left: {len(plan.pending())} runnable now, {sum(plan.blocked.values())} blocked; "
                  f"{left} runs in all. CPU-hours spent on finished runs: {cpu / 3600:.2f}")
-    return "\n".join(lines + [estimate_text(plan, finished)])
+    return "\n".join(lines + [estimate_text(plan, finished)] + scratch_lines(settings, plan))
+
+
+def scratch_lines(settings: Settings, plan: Plan) -> list[str]:
+    """Disk held by unfinished attempts (their checkpoints), and which of them this plan will not resume."""
+    root = settings.results_dir / ".scratch"
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not folders:
+        return []
+    size = sum(f.stat().st_size for folder in folders for f in folder.rglob("*") if f.is_file())
+    line = f"scratch: {len(folders)} unfinished attempts, {size / 2**30:.1f} GiB in {root}"
+    pending = {scratch_dir(settings, r).name for r in plan.pending()}
+    others = [p.name for p in folders if p.name not in pending]
+    if others:
+        line += ("; not pending in this plan (another TASKS / METHODS may still resume them, else delete): "
+                 + ", ".join(others))
+    return [line]
 
 
 def estimate_text(plan: Plan, finished: list) -> str:

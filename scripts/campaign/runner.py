@@ -95,12 +95,16 @@ def git_commit() -> str | None:
         return None
 
 
+def scratch_dir(settings: Settings, run: PlannedRun) -> Path:
+    return settings.results_dir / ".scratch" / f"{run.task}-{run.method.name}-{run.lr}-{run.seed}"
+
+
 def prepare_scratch(settings: Settings, run: PlannedRun) -> tuple[Path, bool]:
     """The run's scratch folder and whether it holds an unfinished attempt of this very run to resume.
 
     An attempt made with other settings (its fingerprint differs) is deleted, weights included.
     """
-    scratch = settings.results_dir / ".scratch" / f"{run.task}-{run.method.name}-{run.lr}-{run.seed}"
+    scratch = scratch_dir(settings, run)
     if (scratch / "run").is_dir() and read_json(scratch / FINGERPRINT_FILE) == json.loads(json.dumps(run.fingerprint)):
         return scratch, True
     shutil.rmtree(scratch, ignore_errors=True)

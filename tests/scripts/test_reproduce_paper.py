@@ -284,3 +284,21 @@ def test_the_report_shows_ablation_runs_in_their_tables_only(campaign_env, tmp_p
     report = (tmp_path / "results" / "README.md").read_text()  # no ablation run on these tasks: nothing added
     assert "No runs yet for zoft_base, zoft_reset, zoft_norm, zoft_reset_norm." in report
     assert "unavailable" not in report
+
+
+def test_status_counts_scratch_and_names_attempts_this_plan_will_not_resume(tmp_path):
+    from reproduce_paper import status_text
+
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2", "METHODS": "mezo", "SEEDS": "1",
+                              "LRS_mezo": "0.001"})
+    plan = build_plan(settings)
+    assert "scratch:" not in status_text(settings, plan)
+    (run,) = plan.pending()
+    mine, other = runner.scratch_dir(settings, run), tmp_path / ".scratch" / "CB-mezo-1e-05-9"
+    for folder in (mine, other):
+        (folder / "run").mkdir(parents=True)
+        with open(folder / "run" / "weights.pt", "wb") as f:
+            f.truncate(2**29)  # 512 MiB by its size, sparse: no real disk
+    last = status_text(settings, plan).splitlines()[-1]
+    assert last.startswith(f"scratch: 2 unfinished attempts, 1.0 GiB in {tmp_path / '.scratch'}")
+    assert last.endswith("else delete): CB-mezo-1e-05-9")
