@@ -58,7 +58,7 @@ def scratch_lines(settings: Settings, plan: Plan) -> list[str]:
     if not folders:
         return []
     size = sum(f.stat().st_size for folder in folders for f in folder.rglob("*") if f.is_file())
-    line = f"scratch: {len(folders)} unfinished attempts, {size / 2**30:.1f} GiB in {root}"
+    line = f"scratch: {len(folders)} unfinished attempt{'s' * (len(folders) != 1)}, {size / 2**30:.1f} GiB in {root}"
     pending = {scratch_dir(settings, r).name for r in plan.pending()}
     others = [p.name for p in folders if p.name not in pending]
     if others:

@@ -87,8 +87,8 @@ def test_campaign_survives_a_kill_and_the_report_has_the_right_cells(campaign_en
         assert sorted(p.name for p in folder.iterdir()) == ["campaign.json", "config.json", "metrics.json",
                                                             "train_log.jsonl"]
     assert f"{len(before)} done" in status(env).splitlines()[3]  # phase 1 line (after two 'unavailable' lines)
-    estimate = status(env).splitlines()[-1]  # from the finished runs' CPU time, per task
-    assert estimate.startswith("estimate for the runnable runs: ") and "CPU-hours for" in estimate
+    estimate = [line for line in status(env).splitlines() if line.startswith("estimate for the runnable runs: ")]
+    assert len(estimate) == 1 and "CPU-hours for" in estimate[0]  # from the finished runs' CPU time, per task
 
     rerun = run_cmd([sys.executable, "scripts/reproduce_paper.py"], env, timeout=600)
     after = finished(results)
