@@ -41,7 +41,13 @@ done
 
 child=""
 stop() {  # a kill of the queue stops the stage in progress (its whole process group) and nothing else
-  if [ -n "$child" ]; then kill -TERM -- "-$child" 2>/dev/null; wait "$child"; fi
+  if [ -n "$child" ]; then
+    kill -TERM -- "-$child" 2>/dev/null
+    # a run checkpoints on SIGTERM before it exits: wait for every process of the group, not just its leader
+    for _ in $(seq 600); do kill -0 -- "-$child" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- "-$child" 2>/dev/null
+    wait "$child"
+  fi
   echo "queue stopped: start it again to continue"
   exit 130
 }
