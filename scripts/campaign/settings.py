@@ -41,12 +41,12 @@ ZO_SGD_GRID = "1e-4 3e-5 1e-5"
 DEFAULT_GRIDS = {"mezo": ZO_SGD_GRID, "hizoo": ZO_SGD_GRID, "lozo": ZO_SGD_GRID, "zoft": ZO_SGD_GRID,
                  "mezo_adam": "3e-4 1e-4 3e-5", "fzoo": "3e-4 1e-4 3e-5",
                  "fo_adam": "3e-5 1e-5 3e-6", "fo_sgd": "1e-2 1e-3 1e-4"}
-# Wider grids of the core methods where the campaign ran more LRs: SST-2 and WSC were extended to 3e-4 (MeZO's
+# Wider grids of the core methods where the campaign ran more LRs: SST-2, WSC and CB were extended to 3e-4 (MeZO's
 # best was 1e-4, at the edge), WSC to 3e-6 (ZO-FT's best was 1e-5, at the edge; both methods keep one grid), and
 # SST-2 and Copa ran 3e-6 under the first grid (3e-5 1e-5 3e-6).
 DEFAULT_TASK_GRIDS = {(method, task): grid for method in ("mezo", "zoft_new")
                       for task, grid in (("SST2", "3e-4 1e-4 3e-5 1e-5 3e-6"), ("Copa", "1e-4 3e-5 1e-5 3e-6"),
-                                         ("WSC", "3e-4 1e-4 3e-5 1e-5 3e-6"))}
+                                         ("WSC", "3e-4 1e-4 3e-5 1e-5 3e-6"), ("CB", "3e-4 1e-4 3e-5 1e-5"))}
 
 
 @dataclass(frozen=True)
