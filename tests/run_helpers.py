@@ -33,6 +33,19 @@ def run_script(name: str, env: dict[str, str], check: bool = True) -> subprocess
     return run_cmd(["bash", str(REPO_ROOT / "scripts" / name)], {"DATA_DIR": str(SHARED_DATA), **env}, check=check)
 
 
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of the running processes that contain `text` (a run's folder: did anything outlive it?)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended while we looked
+            continue
+        if text in args:
+            found.append(args)
+    return found
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

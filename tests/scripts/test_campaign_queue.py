@@ -6,10 +6,9 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 from conftest import REPO_ROOT, SHARED_DATA
-from run_helpers import QUIET_ENV, requires_shared_data, run_script
+from run_helpers import QUIET_ENV, processes_mentioning, requires_shared_data, run_cmd, run_script
 
 QUEUE = "campaign_queue.sh"
 
@@ -20,17 +19,6 @@ def _env(model, root):
             "BANK_DIR": str(root / "banks"), "RUN_DIR": str(root / "runs"), "MAX_STEPS": "6",
             "CHECKPOINT_STEPS": "1",
             "EXTRA_ARGS": "--num_train 8 --num_dev 2 --num_eval 2 --threads 1 --progress False"}
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                pids.append(int(proc.name))
-        except OSError:  # the process ended while we looked
-            pass
-    return pids
 
 
 def test_unknown_stage_is_refused_before_any_work(tmp_path, tiny_llama_dir):
@@ -53,7 +41,7 @@ def test_a_killed_queue_stops_its_stage_and_the_next_start_resumes_it(tmp_path, 
     queue.send_signal(signal.SIGTERM)  # the queue's own pid only, as `kill <pid>` does
     output, _ = queue.communicate(timeout=60)
     assert queue.returncode == 130 and "queue stopped" in output
-    assert not _processes_mentioning(str(tmp_path / "runs")), "the stage's processes outlived the queue"
+    assert not processes_mentioning(str(tmp_path / "runs")), "the stage's processes outlived the queue"
 
     assert "ablation bank base: resumable from step-" in _status(env)
 
@@ -63,6 +51,4 @@ def test_a_killed_queue_stops_its_stage_and_the_next_start_resumes_it(tmp_path, 
 
 
 def _status(env) -> str:
-    return subprocess.run(["bash", str(REPO_ROOT / "scripts" / QUEUE), "--status"], cwd=REPO_ROOT,
-                          env={**os.environ, **QUIET_ENV, **env}, capture_output=True, text=True,
-                          timeout=120).stdout
+    return run_cmd(["bash", REPO_ROOT / "scripts" / QUEUE, "--status"], env, timeout=120).stdout

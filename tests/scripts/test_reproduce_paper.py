@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import REPO_ROOT, SHARED_DATA
-from run_helpers import QUIET_ENV, requires_shared_data, run_cmd
+from run_helpers import QUIET_ENV, processes_mentioning, requires_shared_data, run_cmd
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from campaign import runner  # noqa: E402
@@ -44,18 +44,6 @@ def campaign_env(tiny_llama_dir, tiny_llama_bank, tmp_path_factory):
 def finished(results: Path) -> dict[Path, float]:
     """Published runs -> mtime of their campaign.json."""
     return {p.parent: p.stat().st_mtime for p in (results / "runs").glob("*/*/*/*/campaign.json")}
-
-
-def processes_mentioning(text: str) -> list[str]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in args:
-            found.append(args)
-    return found
 
 
 def status(env: dict) -> str:
