@@ -5,12 +5,14 @@
 #   nohup bash scripts/campaign_queue.sh > campaign.log 2>&1 &    # run (or continue) the whole queue
 #   bash scripts/campaign_queue.sh --status                       # what each stage has done and has left
 #   STAGES="ablation_banks ablations" bash scripts/campaign_queue.sh   # only some stages, in this order
-# Stages:
-#   core            MeZO and ZO-FT (new bank): LR grids, then 3 seeds at the best LR, on SST2 Copa WSC CB
+# Stages, in the order: MeZO against the new bank on all 7 tasks first, then the ablations (small and a
+# claim of their own), then seeds and the other methods (the bulk of the CPU-hours):
+#   core            MeZO and ZO-FT (new bank): LR grids (seed 42) on SST2 Copa WSC CB
+#   long            MeZO and ZO-FT on BoolQ SQuAD DROP, LR grids, one seed
 #   ablation_banks  the Table 2 / Table 3 banks (scripts/train_ablation_banks.sh)
 #   ablations       those banks on SST-2, LR grid, seed 42
+#   core_seeds      MeZO and ZO-FT: 3 seeds at the best LR on SST2 Copa WSC CB
 #   others          the LR grid (seed 42) of every other method on SST2 Copa WSC CB
-#   long            MeZO and ZO-FT on BoolQ SQuAD DROP, LR grids, one seed
 #   seeds           3 seeds at the best LR for the other methods on SST2 Copa WSC CB
 # Other env vars (DATA_DIR, RESULTS_DIR, MODEL, LRS_*, ...) reach the stages unchanged.
 set -uo pipefail
@@ -19,16 +21,17 @@ cd "$(dirname "$0")/.."
 SHORT_TASKS="SST2 Copa WSC CB"
 LONG_TASKS="BoolQ SQuAD DROP"
 ABLATION_METHODS="zoft_base zoft_reset zoft_norm zoft_reset_norm zoft_layerwise"
-STAGES=${STAGES:-"core ablation_banks ablations others long seeds"}
+STAGES=${STAGES:-"core long ablation_banks ablations core_seeds others seeds"}
 export DATA_DIR=${DATA_DIR:-../shared/data}
 
 stage_command() {  # sets CMD to the command of one stage, with the env it needs
   case $1 in
-    core)           CMD=(env TASKS="$SHORT_TASKS" METHODS="mezo zoft_new" bash scripts/reproduce_paper.sh) ;;
+    core)           CMD=(env TASKS="$SHORT_TASKS" METHODS="mezo zoft_new" SEEDS=42 bash scripts/reproduce_paper.sh) ;;
     ablation_banks) CMD=(bash scripts/train_ablation_banks.sh) ;;
     ablations)      CMD=(env TASKS=SST2 METHODS="$ABLATION_METHODS" SEEDS=42 bash scripts/reproduce_paper.sh) ;;
     others)         CMD=(env TASKS="$SHORT_TASKS" SEEDS=42 bash scripts/reproduce_paper.sh) ;;
     long)           CMD=(env TASKS="$LONG_TASKS" METHODS="mezo zoft_new" bash scripts/reproduce_paper.sh) ;;
+    core_seeds)     CMD=(env TASKS="$SHORT_TASKS" METHODS="mezo zoft_new" bash scripts/reproduce_paper.sh) ;;
     seeds)          CMD=(env TASKS="$SHORT_TASKS" bash scripts/reproduce_paper.sh) ;;
     *) return 1 ;;
   esac
@@ -36,7 +39,7 @@ stage_command() {  # sets CMD to the command of one stage, with the env it needs
 
 for stage in $STAGES; do  # refuse a typo before any work
   stage_command "$stage" || {
-    echo "unknown stage '$stage' (core ablation_banks ablations others long seeds)" >&2; exit 2; }
+    echo "unknown stage '$stage' (core long ablation_banks ablations core_seeds others seeds)" >&2; exit 2; }
 done
 
 child=""
