@@ -47,6 +47,15 @@ class Cell:
     def metric(self) -> float | None:
         return statistics.mean(self.metrics) if self.metrics else None
 
+    @property
+    def sampling_variance(self) -> float | None:
+        """Variance of the mean test accuracy from the draw of test examples alone (binomial, over every seed's
+        examples); None for F1, which is not a proportion, or when the test size is unknown."""
+        examples = sum(r.test_examples for r in self.runs if math.isfinite(r.metric("test")))
+        if self.metric is None or not examples or any(r.metric_name != "accuracy" for r in self.runs):
+            return None
+        return self.metric * (1 - self.metric) / examples
+
 
 def collect(settings: Settings, plan: Plan | None = None) -> dict[tuple[str, str], Cell]:
     plan = plan or build_plan(settings)
@@ -109,7 +118,26 @@ def wins(cells: dict[tuple[str, str], Cell], settings: Settings) -> list[str]:
         lines.append(f"Against MeZO alone: lower loss in {sum(a.loss < b.loss for a, b in vs)} of {len(vs)} tasks, "
                      f"higher test metric in {sum(a.metric > b.metric for a, b in vs)} of {len(vs)}; mean test "
                      f"metric difference {gain:+.4f} (paper, 4 LLMs: +2.5 points of accuracy).")
+        lines += ["", sampling_noise_line(vs)]
     return lines or ["No task has both ZO-FT (new bank) and a ZO baseline at a selected LR yet."]
+
+
+def sampling_noise_line(pairs: list[tuple[Cell, Cell]]) -> str:
+    """Each task's ZO-FT − MeZO test difference next to the noise that the draw of test examples alone puts on it,
+    so that a difference of a few examples is not read as a win."""
+    parts, within = [], 0
+    for mine, mezo in pairs:
+        if mine.sampling_variance is None or mezo.sampling_variance is None:
+            parts.append(f"{mine.task} {mine.metric - mezo.metric:+.3f} (F1: no binomial SE)")
+            continue
+        se = math.sqrt(mine.sampling_variance + mezo.sampling_variance)
+        within += abs(mine.metric - mezo.metric) <= se
+        parts.append(f"{mine.task} {mine.metric - mezo.metric:+.3f} ± {se:.3f}")
+    counted = sum(m.sampling_variance is not None and b.sampling_variance is not None for m, b in pairs)
+    return (f"ZO-FT − MeZO test accuracy per task, ± the standard error that sampling the test examples alone "
+            f"gives the difference (binomial, as if the two methods saw independent examples; they see the same "
+            f"ones, so this overstates it somewhat, and it leaves out the seed-to-seed spread): {'; '.join(parts)}. "
+            f"Within one standard error: {within} of {counted}.")
 
 
 def main_table(cells, settings, reference) -> list[str]:

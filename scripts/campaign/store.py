@@ -64,6 +64,12 @@ class Run:
         return math.nan
 
     @property
+    def test_examples(self) -> int:
+        """How many test examples the test metric averages over (0 when metrics.json does not say)."""
+        value = (self.metrics.get("test") or {}).get("num_examples")
+        return int(value) if isinstance(value, (int, float)) else 0
+
+    @property
     def metric_name(self) -> str:
         test = self.metrics.get("test") or {}
         return "f1" if "f1" in test else "accuracy"
