@@ -11,7 +11,7 @@ from .base import Sample, Task
 from .encoding import (EncodedExample, EncodedOption, collate_options, collate_shared_prompts, encode_candidates,
                        example_prompt_length, is_single_token)
 from .generation import greedy_answers
-from .metrics import accuracy, mean_f1
+from .metrics import score_predictions
 from .objective import option_scores
 
 
@@ -147,19 +147,20 @@ def generate(model, tokenizer, task: Task, samples: list[Sample], batch_size: in
 
 def evaluate(model, tokenizer, task: Task, samples: list[Sample], batch_size: int = 8, max_length: int = 2048,
              max_new_tokens: int = 50, progress: bool = True, option_scoring: str = "auto",
-             demonstrations: list[str] | None = None, calibration: str | None = None) -> dict:
+             demonstrations: list[str] | None = None, calibration: str | None = None,
+             per_example: bool = False) -> dict:
     """{"accuracy": x} or {"f1": x}, plus "num_examples". `batch_size` = sequences per forward pass;
     `option_scoring` (tasks.encoding.OPTION_SCORINGS) only changes how candidates are batched, not the scores;
-    `demonstrations`: one in-context demonstration text per sample (tasks.encoding.demonstration_text)."""
+    `demonstrations`: one in-context demonstration text per sample (tasks.encoding.demonstration_text);
+    `per_example`: also "predictions" and "scores" (1/0, or F1), one per sample, in the samples' order."""
     if not samples:
         return {task.metric_name: 0.0, "num_examples": 0}
     with eval_mode(model):
         if task.is_generation:
             preds = generate(model, tokenizer, task, samples, batch_size, max_length, max_new_tokens, progress,
                              demonstrations)
-            value = mean_f1(preds, [s.correct for s in samples])
         else:
             preds = classify(model, tokenizer, task, samples, batch_size, max_length, progress, option_scoring,
                              demonstrations, calibration)
-            value = accuracy(preds, [s.correct for s in samples])
-    return {task.metric_name: value, "num_examples": len(samples)}
+    return score_predictions(task.metric_name, preds, [s.correct for s in samples], per_example)
+

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .encoding import encode_candidates, left_pad, pad_id
-from .metrics import mean_f1
+from .metrics import score_predictions
 from .objective import _device
 
 
@@ -132,8 +132,9 @@ def answer_samples(model, tokenizer, task, samples, batch_size: int = 8, max_len
 
 def evaluate_generation(model, tokenizer, task, samples, batch_size: int = 8, max_length: int = 2048,
                         options: GenerationOptions = GREEDY, progress: bool = False,
-                        demonstrations: list[str] | None = None) -> dict:
-    """{"f1": mean SQuAD F1, "num_examples": n} with the given generation options (model in eval mode)."""
+                        demonstrations: list[str] | None = None, per_example: bool = False) -> dict:
+    """{"f1": mean SQuAD F1, "num_examples": n} with the given generation options (model in eval mode);
+    `per_example`: also each answer and its F1 ("predictions", "scores")."""
     if not samples:
         return {"f1": 0.0, "num_examples": 0}
     was_training = model.training
@@ -143,4 +144,4 @@ def evaluate_generation(model, tokenizer, task, samples, batch_size: int = 8, ma
                                demonstrations=demonstrations)
     finally:
         model.train(was_training)
-    return {"f1": mean_f1(preds, [s.correct for s in samples]), "num_examples": len(samples)}
+    return score_predictions("f1", preds, [s.correct for s in samples], per_example)

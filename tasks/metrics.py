@@ -36,19 +36,35 @@ def squad_f1(pred: str, golds: str | Sequence[str]) -> float:
     return max(_token_f1(pred, g) for g in golds)
 
 
-def accuracy(preds: Sequence[Any], golds: Sequence[Any]) -> float:
-    """Share of predictions equal to the gold, or contained in it when the gold is a list (ReCoRD)."""
+def example_hits(preds: Sequence[Any], golds: Sequence[Any]) -> list[float]:
+    """1.0 per prediction equal to its gold, or contained in it when the gold is a list (ReCoRD), else 0.0."""
     if len(preds) != len(golds):
         raise ValueError(f"{len(preds)} predictions for {len(golds)} golds")
-    if not preds:
-        return 0.0
-    hits = sum((p in g) if isinstance(g, (list, tuple)) else (p == g) for p, g in zip(preds, golds))
-    return hits / len(preds)
+    return [float((p in g) if isinstance(g, (list, tuple)) else (p == g)) for p, g in zip(preds, golds)]
+
+
+def example_f1s(preds: Sequence[str], golds: Sequence[str | Sequence[str]]) -> list[float]:
+    if len(preds) != len(golds):
+        raise ValueError(f"{len(preds)} predictions for {len(golds)} golds")
+    return [squad_f1(p, g) for p, g in zip(preds, golds)]
+
+
+def accuracy(preds: Sequence[Any], golds: Sequence[Any]) -> float:
+    """Share of predictions equal to the gold, or contained in it when the gold is a list (ReCoRD)."""
+    hits = example_hits(preds, golds)
+    return sum(hits) / len(hits) if hits else 0.0
 
 
 def mean_f1(preds: Sequence[str], golds: Sequence[str | Sequence[str]]) -> float:
-    if len(preds) != len(golds):
-        raise ValueError(f"{len(preds)} predictions for {len(golds)} golds")
-    if not preds:
-        return 0.0
-    return sum(squad_f1(p, g) for p, g in zip(preds, golds)) / len(preds)
+    f1s = example_f1s(preds, golds)
+    return sum(f1s) / len(f1s) if f1s else 0.0
+
+
+def score_predictions(metric_name: str, preds: Sequence[Any], golds: Sequence[Any], per_example: bool = False) -> dict:
+    """{metric_name: mean, "num_examples": n}; with `per_example`, each prediction and its score too
+    ("predictions", "scores": 1/0 or F1), which paired comparisons of two runs on the same examples need."""
+    scores = example_f1s(preds, golds) if metric_name == "f1" else example_hits(preds, golds)
+    result = {metric_name: sum(scores) / len(scores) if scores else 0.0, "num_examples": len(scores)}
+    if per_example:
+        result.update(predictions=list(preds), scores=scores)
+    return result

@@ -122,21 +122,49 @@ def wins(cells: dict[tuple[str, str], Cell], settings: Settings) -> list[str]:
     return lines or ["No task has both ZO-FT (new bank) and a ZO baseline at a selected LR yet."]
 
 
+def paired_differences(mine: Cell, other: Cell) -> list[float] | None:
+    """Per test example, mine's score minus other's, over the seeds of their best LRs (a seed fixes the test
+    sample, so the examples line up); None when the seeds differ or a run lacks test_predictions.jsonl."""
+    mine_runs, other_runs = {r.seed: r for r in mine.runs}, {r.seed: r for r in other.runs}
+    if set(mine_runs) != set(other_runs):
+        return None
+    differences = []
+    for seed in sorted(mine_runs):
+        a, b = mine_runs[seed].test_scores(), other_runs[seed].test_scores()
+        if a is None or b is None or len(a) != len(b):
+            return None
+        differences += [x - y for x, y in zip(a, b)]
+    return differences if len(differences) > 1 else None
+
+
+def difference_se(mine: Cell, other: Cell) -> tuple[float | None, str]:
+    """The standard error that sampling the test examples puts on mine.metric − other.metric, and how it was
+    had: paired over the same examples when both cells saved their per-example scores, else binomial."""
+    differences = paired_differences(mine, other)
+    if differences is not None:
+        return statistics.stdev(differences) / math.sqrt(len(differences)), "paired"
+    if mine.sampling_variance is None or other.sampling_variance is None:
+        return None, "F1 without per-example scores: no SE"
+    return math.sqrt(mine.sampling_variance + other.sampling_variance), "binomial"
+
+
 def sampling_noise_line(pairs: list[tuple[Cell, Cell]]) -> str:
     """Each task's ZO-FT − MeZO test difference next to the noise that the draw of test examples alone puts on it,
     so that a difference of a few examples is not read as a win."""
-    parts, within = [], 0
+    parts, within, counted = [], 0, 0
     for mine, mezo in pairs:
-        if mine.sampling_variance is None or mezo.sampling_variance is None:
-            parts.append(f"{mine.task} {mine.metric - mezo.metric:+.3f} (F1: no binomial SE)")
+        difference = mine.metric - mezo.metric
+        se, how = difference_se(mine, mezo)
+        if se is None:
+            parts.append(f"{mine.task} {difference:+.3f} ({how})")
             continue
-        se = math.sqrt(mine.sampling_variance + mezo.sampling_variance)
-        within += abs(mine.metric - mezo.metric) <= se
-        parts.append(f"{mine.task} {mine.metric - mezo.metric:+.3f} ± {se:.3f}")
-    counted = sum(m.sampling_variance is not None and b.sampling_variance is not None for m, b in pairs)
-    return (f"ZO-FT − MeZO test accuracy per task, ± the standard error that sampling the test examples alone "
-            f"gives the difference (binomial, as if the two methods saw independent examples; they see the same "
-            f"ones, so this overstates it somewhat, and it leaves out the seed-to-seed spread): {'; '.join(parts)}. "
+        counted += 1
+        within += abs(difference) <= se
+        parts.append(f"{mine.task} {difference:+.3f} ± {se:.3f} ({how})")
+    return (f"ZO-FT − MeZO test metric per task, ± the standard error that sampling the test examples alone gives "
+            f"the difference (paired: over the same examples, from each run's test_predictions.jsonl; binomial, "
+            f"for runs without that file: as if the methods saw independent examples, which overstates it). "
+            f"Neither counts the seed-to-seed spread: {'; '.join(parts)}. "
             f"Within one standard error: {within} of {counted}.")
 
 

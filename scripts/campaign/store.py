@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-SMALL_FILES = ("config.json", "metrics.json", "train_log.jsonl")
+SMALL_FILES = ("config.json", "metrics.json", "train_log.jsonl", "test_predictions.jsonl")
 CAMPAIGN_FILE = "campaign.json"
 
 
@@ -86,6 +86,15 @@ class Run:
     @property
     def cpu_seconds(self) -> float:
         return float(self.campaign.get("cpu_seconds") or 0.0)
+
+    def test_scores(self) -> list[float] | None:
+        """Each test example's score (1/0, or F1) in the run's test order; None for a run finished before runs
+        wrote test_predictions.jsonl, or a file that does not cover the whole test split."""
+        path = self.folder / "test_predictions.jsonl"
+        if not path.exists():
+            return None
+        scores = [float(json.loads(line)["score"]) for line in path.read_text().splitlines() if line.strip()]
+        return scores if scores and len(scores) == self.test_examples else None
 
     def curve(self) -> list[tuple[int, float]]:
         """(step, unperturbed train-subset loss) from the dev lines of train_log.jsonl."""

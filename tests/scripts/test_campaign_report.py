@@ -1,40 +1,67 @@
 """scripts/campaign/report.py on hand-made runs: the test-sampling noise printed next to ZO-FT − MeZO."""
 from __future__ import annotations
 
+import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from campaign.report import Cell, sampling_noise_line  # noqa: E402
+from campaign.report import Cell, paired_differences, sampling_noise_line  # noqa: E402
 from campaign.store import Run  # noqa: E402
 
 
-def _cell(task: str, method: str, tests: list[dict]) -> Cell:
-    runs = [Run(task, method, "1e-4", seed, Path("."), {"status": "completed", "test": test}, {})
-            for seed, test in enumerate(tests)]
+def _cell(task: str, method: str, tests: list[dict], folder: Path, scores: list[list[float]] | None = None) -> Cell:
+    """One run per entry of `tests` (seeds 0, 1, ...); `scores`: each run's per-example scores file."""
+    runs = []
+    for seed, test in enumerate(tests):
+        run_folder = folder / task / method / str(seed)
+        run_folder.mkdir(parents=True)
+        if scores is not None:
+            (run_folder / "test_predictions.jsonl").write_text(
+                "".join(json.dumps({"index": i, "score": x}) + "\n" for i, x in enumerate(scores[seed])))
+        runs.append(Run(task, method, "1e-4", seed, run_folder, {"status": "completed", "test": test}, {}))
     return Cell(task, method, best_lr="1e-4", runs=runs)
 
 
-def test_the_binomial_error_pools_every_seeds_examples():
-    cell = _cell("SST2", "mezo", [{"accuracy": 0.6, "num_examples": 200}, {"accuracy": 0.7, "num_examples": 200}])
+def test_the_binomial_error_pools_every_seeds_examples(tmp_path):
+    cell = _cell("SST2", "mezo", [{"accuracy": 0.6, "num_examples": 200}, {"accuracy": 0.7, "num_examples": 200}],
+                 tmp_path)
     assert math.isclose(cell.sampling_variance, 0.65 * 0.35 / 400)
-    assert _cell("SQuAD", "mezo", [{"f1": 0.4, "num_examples": 100}]).sampling_variance is None
-    assert _cell("SST2", "mezo", [{"accuracy": 0.6}]).sampling_variance is None  # test size unknown
+    assert _cell("SQuAD", "mezo", [{"f1": 0.4, "num_examples": 100}], tmp_path).sampling_variance is None
+    assert _cell("CB", "mezo", [{"accuracy": 0.6}], tmp_path).sampling_variance is None  # test size unknown
 
 
-def test_differences_are_judged_against_the_error_of_the_difference():
-    small = (_cell("SST2", "zoft_new", [{"accuracy": 0.67, "num_examples": 200}]),
-             _cell("SST2", "mezo", [{"accuracy": 0.655, "num_examples": 200}]))
-    large = (_cell("CB", "zoft_new", [{"accuracy": 0.9, "num_examples": 1000}]),
-             _cell("CB", "mezo", [{"accuracy": 0.5, "num_examples": 1000}]))
-    f1 = (_cell("DROP", "zoft_new", [{"f1": 0.3, "num_examples": 100}]),
-          _cell("DROP", "mezo", [{"f1": 0.2, "num_examples": 100}]))
+def test_without_per_example_scores_differences_are_judged_against_the_binomial_error(tmp_path):
+    small = (_cell("SST2", "zoft_new", [{"accuracy": 0.67, "num_examples": 200}], tmp_path),
+             _cell("SST2", "mezo", [{"accuracy": 0.655, "num_examples": 200}], tmp_path))
+    large = (_cell("CB", "zoft_new", [{"accuracy": 0.9, "num_examples": 1000}], tmp_path),
+             _cell("CB", "mezo", [{"accuracy": 0.5, "num_examples": 1000}], tmp_path))
+    f1 = (_cell("DROP", "zoft_new", [{"f1": 0.3, "num_examples": 100}], tmp_path),
+          _cell("DROP", "mezo", [{"f1": 0.2, "num_examples": 100}], tmp_path))
     line = sampling_noise_line([small, large, f1])
     se_small = math.sqrt(0.67 * 0.33 / 200 + 0.655 * 0.345 / 200)
-    assert f"SST2 +0.015 ± {se_small:.3f}" in line
-    assert "CB +0.400 ± 0.018" in line
-    assert "DROP +0.100 (F1: no binomial SE)" in line
+    assert f"SST2 +0.015 ± {se_small:.3f} (binomial)" in line
+    assert "CB +0.400 ± 0.018 (binomial)" in line
+    assert "DROP +0.100 (F1 without per-example scores: no SE)" in line
     assert "Within one standard error: 1 of 2." in line
+
+
+def test_per_example_scores_give_the_paired_error_over_every_seed(tmp_path):
+    # the same 4 examples per seed; the methods disagree on one example of seed 0 and on none of seed 1
+    mine_scores, mezo_scores = [[1, 1, 0, 1], [0.5, 1, 0, 0]], [[1, 0, 0, 1], [0.5, 1, 0, 0]]
+    mine = _cell("SQuAD", "zoft_new", [{"f1": 0.75, "num_examples": 4}, {"f1": 0.375, "num_examples": 4}],
+                 tmp_path, mine_scores)
+    mezo = _cell("SQuAD", "mezo", [{"f1": 0.5, "num_examples": 4}, {"f1": 0.375, "num_examples": 4}],
+                 tmp_path, mezo_scores)
+    differences = [0, 1, 0, 0, 0, 0, 0, 0]
+    assert paired_differences(mine, mezo) == differences
+    se = statistics.stdev(differences) / math.sqrt(8)
+    assert f"SQuAD +0.125 ± {se:.3f} (paired)" in sampling_noise_line([(mine, mezo)])
+    # a cell whose seeds differ from the other's, or a run without the file, falls back
+    assert paired_differences(mine, _cell("SQuAD", "lozo", [{"f1": 0.5, "num_examples": 4}], tmp_path,
+                                          mezo_scores[:1])) is None
+    assert paired_differences(mine, _cell("SQuAD", "hizoo", [{"f1": 0.5, "num_examples": 4}] * 2, tmp_path)) is None

@@ -73,7 +73,7 @@ def test_campaign_survives_a_kill_and_the_report_has_the_right_cells(campaign_en
     assert 3 <= len(before) < 12, driver.stdout.read().decode()[-3000:]
     for folder in before:  # only complete runs were published, never weights
         assert sorted(p.name for p in folder.iterdir()) == ["campaign.json", "config.json", "metrics.json",
-                                                            "train_log.jsonl"]
+                                                            "test_predictions.jsonl", "train_log.jsonl"]
     assert f"{len(before)} done" in status(env).splitlines()[3]  # phase 1 line (after two 'unavailable' lines)
     estimate = [line for line in status(env).splitlines() if line.startswith("estimate for the runnable runs: ")]
     assert len(estimate) == 1 and "CPU-hours for" in estimate[0]  # from the finished runs' CPU time, per task
@@ -111,6 +111,9 @@ def test_campaign_survives_a_kill_and_the_report_has_the_right_cells(campaign_en
         assert metric_cell == f"{statistics.mean(metrics):.4f} ± {statistics.stdev(metrics):.4f} (accuracy)"
         assert n_cell == "2"
     assert "lowest final training loss in" in report and "of 2 tasks" in report
+    # every run published its per-example test scores, so each task's difference gets the paired error
+    assert all(f"{task} " in report and re.search(rf"{task} [+-]\d\.\d+ ± \d\.\d+ \(paired\)", report)
+               for task in TASKS)
     grid_rows = report.split("## Every grid run")[1].count("\n| SST2 |") + report.split("## Every grid run")[1].count(
         "\n| CB |")
     assert grid_rows == 8 and report.count("(chosen)") == 4  # 2 tasks x 2 methods x 2 LRs, one chosen each

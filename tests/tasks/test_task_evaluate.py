@@ -29,8 +29,14 @@ def test_sst2_accuracy_and_batching_invariance(tiny_llama, tiny_tokenizer):
                                                                            tiny_tokenizer))
         hits += s.candidates[int(scores.argmax())] == s.correct
     assert result["accuracy"] == pytest.approx(hits / len(samples))
-    one_by_one = tasks.evaluate(tiny_llama, tiny_tokenizer, task, samples, batch_size=1, progress=False)
+    one_by_one = tasks.evaluate(tiny_llama, tiny_tokenizer, task, samples, batch_size=1, progress=False,
+                                per_example=True)
     assert one_by_one["accuracy"] == result["accuracy"]
+    # per example: each prediction is an option of its sample, scored 1 exactly when it is the gold
+    assert len(one_by_one["predictions"]) == len(one_by_one["scores"]) == 6
+    assert [float(p == s.correct) for p, s in zip(one_by_one["predictions"], samples)] == one_by_one["scores"]
+    assert all(p in s.candidates for p, s in zip(one_by_one["predictions"], samples))
+    assert sum(one_by_one["scores"]) / 6 == pytest.approx(hits / len(samples))
 
 
 def test_record_accuracy_uses_membership(tiny_llama, tiny_tokenizer):
@@ -47,6 +53,10 @@ def test_squad_f1_with_generation(tiny_llama, tiny_tokenizer):
                             max_new_tokens=4, progress=False)
     assert set(result) == {"f1", "num_examples"} and 0.0 <= result["f1"] <= 1.0
     assert tasks.evaluate(tiny_llama, tiny_tokenizer, task, [], progress=False) == {"f1": 0.0, "num_examples": 0}
+    detailed = tasks.evaluate(tiny_llama, tiny_tokenizer, task, samples, batch_size=2, max_length=192,
+                              max_new_tokens=4, progress=False, per_example=True)
+    assert detailed["scores"] == [tasks.squad_f1(p, s.correct) for p, s in zip(detailed["predictions"], samples)]
+    assert sum(detailed["scores"]) / 3 == pytest.approx(result["f1"])
 
 
 def test_batched_generation_matches_single(tiny_llama, tiny_tokenizer):

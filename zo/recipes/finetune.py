@@ -248,6 +248,20 @@ def _mean_example_loss(model, batches, loss_kwargs: dict) -> float:
     return total / max(count, 1)
 
 
+def build_optimizer(config: FineTuneConfig, model, blocks, global_batch_size: int):
+    """The method of `config.train_mode` from the registry (zo.methods), its state built and checked (the bank)."""
+    zo_config = ZOConfig(lr=config.learning_rate, eps=config.zo_eps, weight_decay=config.weight_decay,
+                         perturbation="inplace" if config.non_diff else config.perturbation,
+                         lr_schedule=config.lr_scheduler_type, warmup_steps=config.warmup_steps,
+                         total_steps=config.max_steps, weight_decay_rule=config.weight_decay_rule,
+                         warmup_rule=config.warmup_rule, pair_forwards=config.pair_forwards)
+    return build_method(config.train_mode, MethodContext(
+        model, blocks, zo_config, seed=config.seed, noise=NoiseSource(config.threads), batch_size=global_batch_size,
+        load_mlp_path=config.load_mlp_path, need_normalization=config.need_normalization,
+        effective_dim_rule=config.effective_dim_rule,
+        sigma_dtype=torch.float16 if config.upstream_fp16_semantics else torch.float32), asdict(config))
+
+
 def fine_tune(config: FineTuneConfig) -> dict:
     """Run the whole job; returns the metrics written to <output_dir>/metrics.json.
 
@@ -294,19 +308,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
     blocks = parameter_blocks(model)
 
     optimizer = None
-    if config.trains:  # the method from the registry (zo.methods); builds and checks its state (e.g. the bank)
-        zo_config = ZOConfig(lr=config.learning_rate, eps=config.zo_eps, weight_decay=config.weight_decay,
-                             perturbation="inplace" if config.non_diff else config.perturbation,
-                             lr_schedule=config.lr_scheduler_type, warmup_steps=config.warmup_steps,
-                             total_steps=config.max_steps, weight_decay_rule=config.weight_decay_rule,
-                             warmup_rule=config.warmup_rule, pair_forwards=config.pair_forwards)
-        optimizer = build_method(config.train_mode, MethodContext(
-            model, blocks, zo_config, seed=config.seed, noise=NoiseSource(config.threads),
-            batch_size=config.per_device_train_batch_size * group.world_size,  # the global batch (data parallel)
-            load_mlp_path=config.load_mlp_path, need_normalization=config.need_normalization,
-            effective_dim_rule=config.effective_dim_rule,
-            sigma_dtype=torch.float16 if config.upstream_fp16_semantics else torch.float32),
-            asdict(config))
+    if config.trains:  # the global batch (data parallel) sizes ZO Fine-tuner's noise budget
+        optimizer = build_optimizer(config, model, blocks, config.per_device_train_batch_size * group.world_size)
     if config.trains and config.save_steps is not None and config.save_steps != config.eval_steps:
         log.warning("--save_steps %d is the evaluation period, as upstream (which ignores --eval_steps %d)",
                     config.save_steps, config.eval_steps)
@@ -374,10 +377,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
         if result.best_dev_loss is not None:
             metrics["dev"]["loss"] = result.best_dev_loss
     if splits.test:
-        metrics["test"] = _evaluate(config, model, tokenizer, task, splits.test, generation,
-                                    _test_demonstrations(config, task, splits.test))
-        if config.num_demos:
-            metrics["test"]["num_demos"] = config.num_demos
+        metrics["test"], rows = evaluate_test(config, model, tokenizer, task, splits.test)
+        run.write_predictions(rows)
     metrics["total_seconds"] = round(time.perf_counter() - start, 2)
     run.write_metrics(metrics)
     run.remove_checkpoints()
@@ -508,15 +509,27 @@ def summarize_sets(results: list[dict], seeds: list[int], folders: list[Path]) -
 
 
 def _evaluate(config: FineTuneConfig, model, tokenizer, task, samples, generation,
-              demonstrations: list[str] | None = None) -> dict:
+              demonstrations: list[str] | None = None, per_example: bool = False) -> dict:
     progress = config.progress and sys.stderr.isatty()  # no carriage-return spam in a log file
     if task.is_generation:  # the generation options (sampling, beams, eos_token, newline cut) apply here
         return tasks.evaluate_generation(model, tokenizer, task, samples, config.eval_batch_size, config.max_length,
-                                         generation, progress=progress, demonstrations=demonstrations)
+                                         generation, progress=progress, demonstrations=demonstrations,
+                                         per_example=per_example)
     return tasks.evaluate(model, tokenizer, task, samples, batch_size=config.eval_batch_size,
                           max_length=config.max_length, max_new_tokens=config.max_new_tokens,
                           progress=progress, option_scoring=config.option_scoring,
-                          demonstrations=demonstrations, calibration=_calibration(config))
+                          demonstrations=demonstrations, calibration=_calibration(config), per_example=per_example)
+
+
+def evaluate_test(config: FineTuneConfig, model, tokenizer, task, samples) -> tuple[dict, list[dict]]:
+    """The test split scored: metrics.json's "test" entry, and one row per example for test_predictions.jsonl."""
+    result = _evaluate(config, model, tokenizer, task, samples, config.generation_options(),
+                       _test_demonstrations(config, task, samples), per_example=True)
+    predictions, scores = result.pop("predictions", []), result.pop("scores", [])
+    if config.num_demos:
+        result["num_demos"] = config.num_demos
+    # no gold answers: a results folder holds no dataset text (the index finds the example in the seed's sample)
+    return result, [{"index": i, "prediction": p, "score": score} for i, (p, score) in enumerate(zip(predictions, scores))]
 
 
 def _calibration(config: FineTuneConfig) -> str | None:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 LOG_KINDS = ("step", "dev", "event")
 CHECKPOINT_FORMAT = "zo-run-checkpoint"
 BEST_STATE_FILE = "best_model.safetensors"
+PREDICTIONS_FILE = "test_predictions.jsonl"  # the test split's prediction and score per example
 FINISHED_STATUSES_PREFIX = ("completed", "stopped")  # "interrupted" runs can be resumed
 
 
@@ -98,6 +99,7 @@ class RunDir:
         self.config_path = self.path / "config.json"
         self.log_path = self.path / "train_log.jsonl"
         self.metrics_path = self.path / metrics_name
+        self.predictions_path = self.path / PREDICTIONS_FILE
         self.best_weights_path = self.path / BEST_STATE_FILE
         self.checkpoint_dir = self.path / "checkpoints"
         self.keep_checkpoints = keep_checkpoints
@@ -105,7 +107,8 @@ class RunDir:
 
     # -- starting a run ---------------------------------------------------------------------------
     def _run_files(self) -> list[Path]:
-        candidates = (self.config_path, self.log_path, self.metrics_path, self.best_weights_path, self.checkpoint_dir)
+        candidates = (self.config_path, self.log_path, self.metrics_path, self.predictions_path,
+                      self.best_weights_path, self.checkpoint_dir)
         return [p for p in candidates if p.exists()]
 
     def start(self, config: dict, resume: bool = False, overwrite: bool = False,
@@ -205,6 +208,11 @@ class RunDir:
 
     def read_metrics(self) -> dict:
         return json.loads(self.metrics_path.read_text())
+
+    def write_predictions(self, rows: list[dict]) -> None:
+        """One line per test example, written atomically: what a paired comparison of two runs reads."""
+        with atomic_path(self.predictions_path) as tmp:
+            tmp.write_text("".join(json.dumps(_jsonable(row)) + "\n" for row in rows))
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict, step: int, base: str | None = None) -> str:

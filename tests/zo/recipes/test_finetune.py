@@ -66,6 +66,14 @@ def test_fine_tune_from_python_with_nested_bank_path(tmp_path, tiny_llama_dir, m
     assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0 and 0.0 <= metrics["test"]["accuracy"] <= 1.0
     assert read_json(out / "config.json")["output_dir"] == str(Path("result") / out.name)
     assert len([r for r in read_jsonl(out / "train_log.jsonl") if "loss_plus" in r]) == 2
+    # the test split's per-example file: one row per example, in order, its scores averaging to the metric,
+    # and none of its lists left in metrics.json
+    rows = read_jsonl(out / "test_predictions.jsonl")
+    assert [r["index"] for r in rows] == list(range(metrics["test"]["num_examples"]))
+    test = tasks.sample_splits(tasks.get_task("SST2", str(SHARED_DATA)), 8, 2, 2, config.train_set_seed).test
+    assert all(r["score"] == float(r["prediction"] == s.correct) and "gold" not in r for r, s in zip(rows, test))
+    assert sum(r["score"] for r in rows) / len(rows) == pytest.approx(metrics["test"]["accuracy"])
+    assert set(metrics["test"]) == {"accuracy", "num_examples"}
 
 
 @pytest.mark.parametrize("bank", ["learned_finetuner/opt-13b_copa.pth", "/abs/dir/learned_finetuner/a b/x.y.safetensors",

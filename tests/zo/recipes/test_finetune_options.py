@@ -50,7 +50,8 @@ def test_eval_only_evaluates_dev_and_test_and_writes_no_weights(tmp_path, tiny_l
     metrics = run_zo_fine_tuner.main(args)  # zo_fine_tuner (the default mode) needs no bank when not training
     assert metrics["steps"] == 0 and metrics["train_mode"] == "none" and "without training" in metrics["status"]
     assert metrics["dev"]["num_examples"] == 3 and metrics["test"]["num_examples"] == 5
-    assert sorted(os.listdir(out)) == ["config.json", "metrics.json"]  # no train log, no weights
+    # no train log, no weights; the test split per example
+    assert sorted(os.listdir(out)) == ["config.json", "metrics.json", "test_predictions.jsonl"]
 
 
 @requires_shared_data

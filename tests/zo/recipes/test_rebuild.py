@@ -1,0 +1,75 @@
+"""zo.recipes.rebuild: a finished run's evaluated weights come back from its step log alone, and its test split
+is scored again only when the result matches metrics.json."""
+import json
+
+import pytest
+
+from conftest import SHARED_DATA
+from run_helpers import assert_same_weights, read_jsonl, requires_shared_data, snapshot, weights_differ
+from zo.init_bank import init_bank
+from zo.loop import BEST_STATE_FILE, load_weights
+from zo.models import load_model
+from zo.recipes.finetune import FineTuneConfig, fine_tune
+from zo.recipes.rebuild import RebuildError, main, rebuild, rescore_test
+
+pytestmark = requires_shared_data
+
+
+def _finished_run(tmp_path, model_dir, train_mode, **overrides):
+    out = tmp_path / train_mode
+    settings = dict(task_name="SST2", model_name=str(model_dir), train_mode=train_mode, data_dir=str(SHARED_DATA),
+                    output_dir=str(out), max_steps=6, eval_steps=2, num_train=16, num_dev=4, num_eval=6,
+                    per_device_train_batch_size=2, threads=1, progress=False, learning_rate=1e-3)
+    return out, fine_tune(FineTuneConfig(**{**settings, **overrides}))
+
+
+@pytest.mark.parametrize("train_mode", ["mezo", "zo_fine_tuner"])
+def test_the_rebuilt_weights_are_the_evaluated_ones_and_the_rescore_matches(tmp_path, tiny_llama_dir, train_mode):
+    overrides = {}
+    if train_mode == "zo_fine_tuner":
+        bank = tmp_path / "bank.safetensors"
+        init_bank(str(tiny_llama_dir), bank, seed=3)
+        overrides["load_mlp_path"] = str(bank)
+    out, metrics = _finished_run(tmp_path, tiny_llama_dir, train_mode, **overrides)
+    assert metrics["best_step"] in (2, 4, 6)
+
+    rebuilt = rebuild(out, threads=1)
+    assert rebuilt.step == metrics["best_step"]
+    best, _ = load_model(str(tiny_llama_dir))
+    load_weights(best, out / BEST_STATE_FILE)
+    assert_same_weights(rebuilt.model, snapshot(best))  # bit for bit, from the log alone
+    pretrained, _ = load_model(str(tiny_llama_dir))
+    assert weights_differ(rebuilt.model, snapshot(pretrained))  # the replay did move them
+
+    written = (out / "test_predictions.jsonl").read_text()
+    (out / "test_predictions.jsonl").unlink()
+    assert rescore_test(out, threads=1) == metrics["test"]
+    assert (out / "test_predictions.jsonl").read_text() == written
+
+
+def test_a_rescore_that_disagrees_with_metrics_json_writes_nothing(tmp_path, tiny_llama_dir):
+    out, metrics = _finished_run(tmp_path, tiny_llama_dir, "mezo")
+    (out / "test_predictions.jsonl").unlink()
+    recorded = json.loads((out / "metrics.json").read_text())
+    recorded["test"]["accuracy"] = metrics["test"]["accuracy"] + 1 / 6  # one example more than measured
+    (out / "metrics.json").write_text(json.dumps(recorded))
+    with pytest.raises(RebuildError, match="not written"):
+        rescore_test(out, threads=1)
+    assert not (out / "test_predictions.jsonl").exists()
+    # the CLI says so and exits 1; a folder without a run is one more clear error, not a crash
+    assert main([str(out), str(tmp_path / "nothing"), "--rescore_test", "--threads", "1"]) == 1
+
+
+def test_a_method_without_replay_is_refused(tmp_path, tiny_llama_dir):
+    out, _ = _finished_run(tmp_path, tiny_llama_dir, "mezo_adam", max_steps=2, eval_steps=0)
+    with pytest.raises(RebuildError, match="cannot replay"):
+        rebuild(out, threads=1)
+
+
+def test_the_cli_saves_the_weights_of_any_step(tmp_path, tiny_llama_dir):
+    out, _ = _finished_run(tmp_path, tiny_llama_dir, "mezo")
+    assert main([str(out), "--save_model", str(tmp_path / "at3"), "--step", "3", "--threads", "1"]) == 0
+    saved, _ = load_model(str(tmp_path / "at3"))
+    assert_same_weights(saved, snapshot(rebuild(out, step=3, threads=1).model))
+    steps = [r["step"] for r in read_jsonl(out / "train_log.jsonl") if r.get("kind") == "step"]
+    assert steps == list(range(6))

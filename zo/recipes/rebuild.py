@@ -1,0 +1,153 @@
+"""Rebuild a finished fine-tuning run's weights from its step log, and score its test split again.
+
+A ZO step is fully described by its record (seed, L+, L-, projected gradient, lr), and train_log.jsonl holds
+every record. So the weights of any step, including the best-dev state that was evaluated on test, come back
+from the pretrained model with the optimizer's `replay`, without any forward pass (exact in fp32:
+tests/zo/run/test_resume.py). A campaign can therefore keep only a run's small files and still hand out its
+weights, or score its test split again, here to write the per-example file (test_predictions.jsonl) that runs
+finished before it existed lack. The rescored metric must equal the one in metrics.json, or nothing is
+written: that check also proves the rebuild.
+
+    python -m zo.recipes.rebuild RUN_DIR [RUN_DIR ...] --rescore_test       # write test_predictions.jsonl
+    python -m zo.recipes.rebuild RUN_DIR --save_model DIR [--step N]        # the weights as an HF model folder
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import tasks
+from zo.blocks import parameter_blocks
+from zo.models import load_model, resolve_dtype
+from zo.recipes.finetune import FineTuneConfig, build_optimizer, evaluate_test
+from zo.run.folder import RunDir
+
+log = logging.getLogger(__name__)
+
+
+class RebuildError(RuntimeError):
+    """The run cannot be rebuilt (unfinished, no replay for its method, log missing steps) or rescored."""
+
+
+@dataclass
+class Rebuilt:
+    config: FineTuneConfig
+    model: torch.nn.Module
+    tokenizer: object
+    task: tasks.Task
+    splits: tasks.Splits
+    step: int  # the number of steps re-applied
+
+
+def run_config(run: RunDir, threads: int | None = None, model_name: str | None = None,
+               data_dir: str | None = None) -> FineTuneConfig:
+    """The run's FineTuneConfig from its config.json (settings newer than the run keep their defaults);
+    `model_name` / `data_dir` replace the saved paths, for a run folder moved to another machine."""
+    saved = run.read_config()
+    fields = {f.name for f in dataclasses.fields(FineTuneConfig)}
+    values = {k: v for k, v in saved.items() if k in fields}
+    values.update(resume=False, overwrite=False, progress=False, report_to="none", threads=threads,
+                  num_train_sets=None)
+    values.update({k: v for k, v in (("model_name", model_name), ("data_dir", data_dir)) if v is not None})
+    return FineTuneConfig(**values)
+
+
+def evaluated_step(metrics: dict) -> int:
+    """The step whose state was evaluated on test: the best dev state, else the last one."""
+    best = metrics.get("best_step")
+    return int(best) if best is not None else int(metrics.get("steps") or 0)
+
+
+def rebuild(run_dir: str | Path, step: int | None = None, threads: int | None = None, model_name: str | None = None,
+            data_dir: str | None = None) -> Rebuilt:
+    """The model of a finished run after `step` steps (default: the state it evaluated on test)."""
+    run = RunDir(run_dir)
+    if not run.config_path.exists() or not run.metrics_path.exists():
+        raise RebuildError(f"{run.path} holds no finished fine-tuning run (config.json and metrics.json)")
+    metrics = run.read_metrics()
+    config = run_config(run, threads, model_name, data_dir)
+    saved = run.read_config()
+    step = evaluated_step(metrics) if step is None else step
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    task = tasks.get_task(config.task_ref, config.data_dir)
+    splits = tasks.sample_splits(task, config.num_train, config.num_dev, config.num_eval, config.train_set_seed,
+                                 upstream_split=config.upstream_split)
+    model, tokenizer = load_model(config.model_name, resolve_dtype(config.load_float16, config.load_bfloat16),
+                                  native_opt_bos=config.native_opt_bos)
+    records = [r for r in run.read_log("step") if int(r["step"]) < step]
+    if step and config.trains:
+        if [int(r["step"]) for r in records] != list(range(step)):
+            raise RebuildError(f"{run.path}: the log does not hold steps 0..{step - 1} exactly once")
+        batch = int(saved.get("global_batch_size") or config.per_device_train_batch_size)
+        optimizer = build_optimizer(config, model, parameter_blocks(model), batch)
+        if not callable(getattr(optimizer, "replay", None)):
+            raise RebuildError(f"{config.train_mode} cannot replay a step from its record (its state is more than "
+                               f"the log holds): its weights cannot be rebuilt")
+        for record in records:
+            optimizer.replay(record)
+    log.info("%s: rebuilt the weights after %d steps", run.path, step)
+    return Rebuilt(config, model, tokenizer, task, splits, step)
+
+
+def rescore_test(run_dir: str | Path, threads: int | None = None, model_name: str | None = None,
+                 data_dir: str | None = None, tolerance: float = 1e-9) -> dict:
+    """Scores the test split of the evaluated state again and writes test_predictions.jsonl, but only if the
+    metric equals metrics.json's; returns the rescored test entry."""
+    run = RunDir(run_dir)
+    recorded = (run.read_metrics() if run.metrics_path.exists() else {}).get("test")
+    if not recorded:
+        raise RebuildError(f"{run.path}: metrics.json has no test result to check a rescore against")
+    rebuilt = rebuild(run_dir, threads=threads, model_name=model_name, data_dir=data_dir)
+    result, rows = evaluate_test(rebuilt.config, rebuilt.model, rebuilt.tokenizer, rebuilt.task, rebuilt.splits.test)
+    name = rebuilt.task.metric_name
+    if result["num_examples"] != recorded.get("num_examples") or not math.isclose(
+            result[name], recorded[name], rel_tol=0, abs_tol=tolerance):
+        raise RebuildError(f"{run.path}: rescored test {name} {result[name]} on {result['num_examples']} examples, "
+                           f"metrics.json says {recorded[name]} on {recorded.get('num_examples')}: not written")
+    run.write_predictions(rows)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("--rescore_test", action="store_true", help="write test_predictions.jsonl (checked)")
+    parser.add_argument("--save_model", type=Path, help="save the rebuilt weights as an HF model folder")
+    parser.add_argument("--step", type=int, help="with --save_model: after this many steps (default: evaluated)")
+    parser.add_argument("--skip_done", action="store_true", help="skip runs that have test_predictions.jsonl")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--model_name", help="the base model's folder, when it moved since the run")
+    parser.add_argument("--data_dir", help="the data folder, when it moved since the run")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if not args.rescore_test and args.save_model is None:
+        parser.error("nothing to do: pass --rescore_test and/or --save_model")
+    if args.save_model is not None and len(args.run_dirs) != 1:
+        parser.error("--save_model takes one run folder")
+    failed = 0
+    for run_dir in args.run_dirs:
+        try:
+            if args.rescore_test and not (args.skip_done and RunDir(run_dir).predictions_path.exists()):
+                result = rescore_test(run_dir, args.threads, args.model_name, args.data_dir)
+                log.info("%s: test %s, test_predictions.jsonl written", run_dir, result)
+            if args.save_model is not None:
+                rebuilt = rebuild(run_dir, args.step, args.threads, args.model_name, args.data_dir)
+                rebuilt.model.save_pretrained(args.save_model)
+                rebuilt.tokenizer.save_pretrained(args.save_model)
+                log.info("%s: weights after %d steps saved to %s", run_dir, rebuilt.step, args.save_model)
+        except RebuildError as error:
+            log.error("%s", error)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
