@@ -163,4 +163,3 @@ def evaluate(model, tokenizer, task: Task, samples: list[Sample], batch_size: in
             preds = classify(model, tokenizer, task, samples, batch_size, max_length, progress, option_scoring,
                              demonstrations, calibration)
     return score_predictions(task.metric_name, preds, [s.correct for s in samples], per_example)
-

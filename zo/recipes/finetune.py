@@ -529,7 +529,8 @@ def evaluate_test(config: FineTuneConfig, model, tokenizer, task, samples) -> tu
     if config.num_demos:
         result["num_demos"] = config.num_demos
     # no gold answers: a results folder holds no dataset text (the index finds the example in the seed's sample)
-    return result, [{"index": i, "prediction": p, "score": score} for i, (p, score) in enumerate(zip(predictions, scores))]
+    rows = [{"index": i, "prediction": p, "score": score} for i, (p, score) in enumerate(zip(predictions, scores))]
+    return result, rows
 
 
 def _calibration(config: FineTuneConfig) -> str | None:
