@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Check the GPU path on every visible accelerator: the invariant tests on that device, a 20-step SST-2 run
-# with MeZO and with ZO Fine-tuner, and the step benchmark (ZO-FT/MeZO, MeZO/(2 x forward), peak memory of
+# with MeZO and with ZO Fine-tuner (each rebuilt from its step log and rescored), and the step benchmark (ZO-FT/MeZO, MeZO/(2 x forward), peak memory of
 # a step relative to inference from torch.cuda.max_memory_allocated). Without an accelerator: says so, exit 0.
 #   DATA_DIR=../shared/data bash scripts/gpu_check.sh        (MODEL=/path/to/model to use another model)
 set -euo pipefail
@@ -42,6 +42,8 @@ for DEVICE in $DEVICES; do
       DEV=50 EVAL=100 OUTPUT_DIR="$OUT/$MODE-${DEVICE/:/}" MODEL=$MODEL bash scripts/zo_fine_tuner.sh
     python -c "import json,sys; m=json.load(open(sys.argv[1])); print('$MODE on $DEVICE:', m['status'], 'test', m.get('test'), 'train s', m['train_seconds'])" \
       "$OUT/$MODE-${DEVICE/:/}/metrics.json"
+    # 2b. the run's evaluated weights rebuilt on this device from its step log: the test accuracy must come back
+    python -m zo.recipes.rebuild "$OUT/$MODE-${DEVICE/:/}" --rescore_test
   done
   # 3. step times and peak memory relative to inference
   python scripts/benchmark_step.py --data_dir "$DATA_DIR" --device "$DEVICE" --repeats 5 "${MODEL_ARGS[@]}"

@@ -25,7 +25,7 @@ import torch
 
 import tasks
 from zo.blocks import parameter_blocks
-from zo.models import load_model, resolve_dtype
+from zo.models import load_model, resolve_device, resolve_dtype
 from zo.recipes.finetune import FineTuneConfig, build_optimizer, evaluate_test
 from zo.run.folder import RunDir
 
@@ -66,8 +66,10 @@ def evaluated_step(metrics: dict) -> int:
 
 
 def rebuild(run_dir: str | Path, step: int | None = None, threads: int | None = None, model_name: str | None = None,
-            data_dir: str | None = None) -> Rebuilt:
-    """The model of a finished run after `step` steps (default: the state it evaluated on test)."""
+            data_dir: str | None = None, device: str | None = None) -> Rebuilt:
+    """The model of a finished run after `step` steps (default: the state it evaluated on test), on the run's
+    device unless `device` says otherwise: the noise is drawn on the device, so another device type draws
+    other noise and rebuilds other weights (a rescore then refuses to write)."""
     run = RunDir(run_dir)
     if not run.config_path.exists() or not run.metrics_path.exists():
         raise RebuildError(f"{run.path} holds no finished fine-tuning run (config.json and metrics.json)")
@@ -80,8 +82,14 @@ def rebuild(run_dir: str | Path, step: int | None = None, threads: int | None = 
     task = tasks.get_task(config.task_ref, config.data_dir)
     splits = tasks.sample_splits(task, config.num_train, config.num_dev, config.num_eval, config.train_set_seed,
                                  upstream_split=config.upstream_split)
+    run_device = saved.get("device") or "cpu"
+    if not isinstance(run_device, str):  # hf_device_map: the noise was drawn on several devices
+        raise RebuildError(f"{run.path} ran with a device map ({config.device_map}); rebuilding it is not supported")
+    target = resolve_device(device or run_device)
+    if target.type != torch.device(run_device).type:
+        log.warning("%s ran on %s; rebuilding on %s draws other noise", run.path, run_device, target)
     model, tokenizer = load_model(config.model_name, resolve_dtype(config.load_float16, config.load_bfloat16),
-                                  native_opt_bos=config.native_opt_bos)
+                                  device=target, native_opt_bos=config.native_opt_bos)
     records = [r for r in run.read_log("step") if int(r["step"]) < step]
     if step and config.trains:
         if [int(r["step"]) for r in records] != list(range(step)):
@@ -98,14 +106,14 @@ def rebuild(run_dir: str | Path, step: int | None = None, threads: int | None = 
 
 
 def rescore_test(run_dir: str | Path, threads: int | None = None, model_name: str | None = None,
-                 data_dir: str | None = None, tolerance: float = 1e-9) -> dict:
+                 data_dir: str | None = None, device: str | None = None, tolerance: float = 1e-9) -> dict:
     """Scores the test split of the evaluated state again and writes test_predictions.jsonl, but only if the
     metric equals metrics.json's; returns the rescored test entry."""
     run = RunDir(run_dir)
     recorded = (run.read_metrics() if run.metrics_path.exists() else {}).get("test")
     if not recorded:
         raise RebuildError(f"{run.path}: metrics.json has no test result to check a rescore against")
-    rebuilt = rebuild(run_dir, threads=threads, model_name=model_name, data_dir=data_dir)
+    rebuilt = rebuild(run_dir, threads=threads, model_name=model_name, data_dir=data_dir, device=device)
     result, rows = evaluate_test(rebuilt.config, rebuilt.model, rebuilt.tokenizer, rebuilt.task, rebuilt.splits.test)
     name = rebuilt.task.metric_name
     if result["num_examples"] != recorded.get("num_examples") or not math.isclose(
@@ -126,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--model_name", help="the base model's folder, when it moved since the run")
     parser.add_argument("--data_dir", help="the data folder, when it moved since the run")
+    parser.add_argument("--device", help="default: the run's own (the noise is drawn there)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if not args.rescore_test and args.save_model is None:
@@ -136,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     for run_dir in args.run_dirs:
         try:
             if args.rescore_test and not (args.skip_done and RunDir(run_dir).predictions_path.exists()):
-                result = rescore_test(run_dir, args.threads, args.model_name, args.data_dir)
+                result = rescore_test(run_dir, args.threads, args.model_name, args.data_dir, args.device)
                 log.info("%s: test %s, test_predictions.jsonl written", run_dir, result)
             if args.save_model is not None:
-                rebuilt = rebuild(run_dir, args.step, args.threads, args.model_name, args.data_dir)
+                rebuilt = rebuild(run_dir, args.step, args.threads, args.model_name, args.data_dir, args.device)
                 rebuilt.model.save_pretrained(args.save_model)
                 rebuilt.tokenizer.save_pretrained(args.save_model)
                 log.info("%s: weights after %d steps saved to %s", run_dir, rebuilt.step, args.save_model)
