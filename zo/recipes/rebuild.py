@@ -25,6 +25,7 @@ import torch
 
 import tasks
 from zo.blocks import parameter_blocks
+from zo.methods import has_replay
 from zo.models import load_model, resolve_device, resolve_dtype
 from zo.recipes.finetune import FineTuneConfig, build_optimizer, evaluate_test
 from zo.run.folder import RunDir
@@ -77,6 +78,13 @@ def rebuild(run_dir: str | Path, step: int | None = None, threads: int | None = 
     config = run_config(run, threads, model_name, data_dir)
     saved = run.read_config()
     step = evaluated_step(metrics) if step is None else step
+    records = [r for r in run.read_log("step") if int(r["step"]) < step]
+    replaying = bool(step) and config.trains
+    if replaying and not has_replay(config.train_mode):
+        raise RebuildError(f"{config.train_mode} cannot replay a step from its record (its state is more than the "
+                           f"log holds): its weights cannot be rebuilt")
+    if replaying and [int(r["step"]) for r in records] != list(range(step)):
+        raise RebuildError(f"{run.path}: the log does not hold steps 0..{step - 1} exactly once")
     if config.threads:
         torch.set_num_threads(config.threads)
     task = tasks.get_task(config.task_ref, config.data_dir)
@@ -90,15 +98,9 @@ def rebuild(run_dir: str | Path, step: int | None = None, threads: int | None = 
         log.warning("%s ran on %s; rebuilding on %s draws other noise", run.path, run_device, target)
     model, tokenizer = load_model(config.model_name, resolve_dtype(config.load_float16, config.load_bfloat16),
                                   device=target, native_opt_bos=config.native_opt_bos)
-    records = [r for r in run.read_log("step") if int(r["step"]) < step]
-    if step and config.trains:
-        if [int(r["step"]) for r in records] != list(range(step)):
-            raise RebuildError(f"{run.path}: the log does not hold steps 0..{step - 1} exactly once")
+    if replaying:
         batch = int(saved.get("global_batch_size") or config.per_device_train_batch_size)
         optimizer = build_optimizer(config, model, parameter_blocks(model), batch)
-        if not callable(getattr(optimizer, "replay", None)):
-            raise RebuildError(f"{config.train_mode} cannot replay a step from its record (its state is more than "
-                               f"the log holds): its weights cannot be rebuilt")
         for record in records:
             optimizer.replay(record)
     log.info("%s: rebuilt the weights after %d steps", run.path, step)

@@ -73,3 +73,5 @@ def test_the_cli_saves_the_weights_of_any_step(tmp_path, tiny_llama_dir):
     assert_same_weights(saved, snapshot(rebuild(out, step=3, threads=1).model))
     steps = [r["step"] for r in read_jsonl(out / "train_log.jsonl") if r.get("kind") == "step"]
     assert steps == list(range(6))
+    with pytest.raises(RebuildError, match="steps 0..6 exactly once"):  # a step beyond the run
+        rebuild(out, step=7, threads=1)
