@@ -88,6 +88,10 @@ class TrainBatches:
         n = len(self.samples) / self.batch_size
         return int(n) if self.drop_last else math.ceil(n)
 
+    def _example_length(self, index: int) -> int:
+        encoded = self.encoded[index] if self.encoded is not None else None
+        return max(len(o.input_ids) for o in encoded.options) if encoded is not None else 0
+
     def _batch(self, indices: list[int]):
         if self.for_generation_objective:
             return [self.samples[i] for i in indices]
@@ -100,12 +104,16 @@ class TrainBatches:
                                              self.pad_to_multiple_of)
                             for group in split_by_length(lengths, self.length_groups))
 
-    def epoch(self, shuffle: bool = True) -> Iterator:
-        """One pass over the samples; shuffled with the next permutation of the seeded generator."""
+    def epoch(self, shuffle: bool = True, by_length: bool = False) -> Iterator:
+        """One pass over the samples; shuffled with the next permutation of the seeded generator. Unshuffled,
+        `by_length` batches the examples longest first, so that each batch pads little (and a short last batch
+        holds the shortest): for a loss that does not depend on which examples share a batch (the per-example
+        dev loss), the same value in less time."""
         n = len(self.samples)
         if not shuffle:
+            order = sorted(range(n), key=self._example_length, reverse=True) if by_length else list(range(n))
             for start in range(0, len(self) * self.batch_size, self.batch_size):
-                yield self._batch(list(range(n))[start:start + self.batch_size])
+                yield self._batch(order[start:start + self.batch_size])
             return
         self.epochs_started += 1
         self._epoch_generator_state = self.generator.get_state()

@@ -68,3 +68,22 @@ def test_bad_group_count_is_refused():
     stub = SimpleNamespace(name="stub", train_as_classification=True, template=None)
     with pytest.raises(ValueError, match="length_groups"):
         tasks.TrainBatches([1], stub, None, 1, for_generation_objective=True, length_groups=0)
+
+
+@requires_data
+@pytest.mark.parametrize("name, as_classification", [("CB", True), ("Copa", False)])
+def test_an_unshuffled_pass_by_length_has_the_same_per_example_losses_with_less_padding(tiny_tokenizer, name,
+                                                                                        as_classification):
+    task = shared_task(name)
+    samples = task.load_split("train")[:13]  # a last batch that is not full
+    model = build_tiny_model("llama", vocab_size=len(tiny_tokenizer))
+    stream = tasks.TrainBatches(samples, task, tiny_tokenizer, 4, as_classification=as_classification,
+                                max_length=512)
+    plain, by_length = list(stream.epoch(shuffle=False)), list(stream.epoch(shuffle=False, by_length=True))
+    widths = [b["input_ids"].shape[1] for b in by_length]
+    assert widths == sorted(widths, reverse=True) and sum(widths) <= sum(b["input_ids"].shape[1] for b in plain)
+    with torch.no_grad():
+        losses = [torch.cat([tasks.example_losses(model, b) for b in batches]) for batches in (plain, by_length)]
+    assert len(losses[1]) == 13  # every example once
+    torch.testing.assert_close(losses[1].sort().values, losses[0].sort().values, rtol=1e-5, atol=1e-6)
+    assert stream.epochs_started == 0  # an unshuffled pass leaves the shuffled stream where it was
