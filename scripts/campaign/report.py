@@ -163,7 +163,7 @@ def sampling_noise_line(pairs: list[tuple[Cell, Cell]]) -> str:
         parts.append(f"{mine.task} {difference:+.3f} ± {se:.3f} ({how})")
     return (f"ZO-FT − MeZO test metric per task, ± the standard error that sampling the test examples alone gives "
             f"the difference (paired: over the same examples, from each run's test_predictions.jsonl; binomial, "
-            f"for runs without that file: as if the methods saw independent examples, which overstates it). "
+            f"for runs without that file: as if the methods saw independent examples, which usually overstates it). "
             f"Neither counts the seed-to-seed spread: {'; '.join(parts)}. "
             f"Within one standard error: {within} of {counted}.")
 
