@@ -1,9 +1,9 @@
 """Rebuild a finished fine-tuning run's weights from its step log, and score its test split again.
 
-A ZO step is fully described by its record (seed, L+, L-, projected gradient, lr), and train_log.jsonl holds
-every record. So the weights of any step, including the best-dev state that was evaluated on test, come back
-from the pretrained model with the optimizer's `replay`, without any forward pass (exact in fp32:
-tests/zo/run/test_resume.py). A campaign can therefore keep only a run's small files and still hand out its
+A MeZO or ZO Fine-tuner step is fully described by its record (seed, L+, L-, projected gradient, lr), and
+train_log.jsonl holds every record. So the weights of any step, including the best-dev state that was evaluated
+on test, come back from the pretrained model with the optimizer's `replay`, without any forward pass (bit for bit
+in fp32: tests/zo/recipes/test_rebuild.py). Methods with more state than the log holds are refused. A campaign can therefore keep only a run's small files and still hand out its
 weights, or score its test split again, here to write the per-example file (test_predictions.jsonl) that runs
 finished before it existed lack. The rescored metric must equal the one in metrics.json, or nothing is
 written: that check also proves the rebuild.
