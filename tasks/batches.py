@@ -89,8 +89,10 @@ class TrainBatches:
         return int(n) if self.drop_last else math.ceil(n)
 
     def _example_length(self, index: int) -> int:
-        encoded = self.encoded[index] if self.encoded is not None else None
-        return max(len(o.input_ids) for o in encoded.options) if encoded is not None else 0
+        """Tokens of the example's longest row (0 unencoded: the generation objective batches raw samples)."""
+        if self.encoded is None:
+            return 0
+        return max(len(o.input_ids) for o in self.encoded[index].options)
 
     def _batch(self, indices: list[int]):
         if self.for_generation_objective:
@@ -99,7 +101,7 @@ class TrainBatches:
         examples = [self.encoded[i] for i in indices]
         if self.length_groups == 1:
             return collate_examples(examples, self.tokenizer, self.option_scoring, self.pad_to_multiple_of)
-        lengths = [max(len(o.input_ids) for o in e.options) for e in examples]
+        lengths = [self._example_length(i) for i in indices]
         return LengthGroups(collate_examples([examples[i] for i in group], self.tokenizer, self.option_scoring,
                                              self.pad_to_multiple_of)
                             for group in split_by_length(lengths, self.length_groups))

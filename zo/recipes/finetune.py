@@ -248,6 +248,13 @@ def _mean_example_loss(model, batches, loss_kwargs: dict) -> float:
     return total / max(count, 1)
 
 
+def task_and_splits(config: FineTuneConfig) -> tuple[tasks.Task, tasks.Splits]:
+    """The task and the train / dev / test sample of `config.train_set_seed`: what a run trains and is scored on."""
+    task = tasks.get_task(config.task_ref, config.data_dir)
+    return task, tasks.sample_splits(task, config.num_train, config.num_dev, config.num_eval, config.train_set_seed,
+                                     upstream_split=config.upstream_split)
+
+
 def build_optimizer(config: FineTuneConfig, model, blocks, global_batch_size: int):
     """The method of `config.train_mode` from the registry (zo.methods), its state built and checked (the bank)."""
     zo_config = ZOConfig(lr=config.learning_rate, eps=config.zo_eps, weight_decay=config.weight_decay,
@@ -290,9 +297,7 @@ def fine_tune(config: FineTuneConfig) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
 
-    task = tasks.get_task(config.task_ref, config.data_dir)
-    splits = tasks.sample_splits(task, config.num_train, config.num_dev, config.num_eval, config.train_set_seed,
-                                 upstream_split=config.upstream_split)
+    task, splits = task_and_splits(config)
     as_classification = (task.train_as_classification if config.train_as_classification is None
                          else config.train_as_classification)
     if not config.only_train_option and as_classification:

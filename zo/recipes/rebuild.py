@@ -3,9 +3,9 @@
 A MeZO or ZO Fine-tuner step is fully described by its record (seed, L+, L-, projected gradient, lr), and
 train_log.jsonl holds every record. So the weights of any step, including the best-dev state that was evaluated
 on test, come back from the pretrained model with the optimizer's `replay`, without any forward pass (bit for bit
-in fp32: tests/zo/recipes/test_rebuild.py). Methods with more state than the log holds are refused. A campaign can therefore keep only a run's small files and still hand out its
-weights, or score its test split again, here to write the per-example file (test_predictions.jsonl) that runs
-finished before it existed lack. The rescored metric must equal the one in metrics.json, or nothing is
+in fp32: tests/zo/recipes/test_rebuild.py). Methods with more state than the log holds are refused. A campaign
+can therefore keep only a run's small files and still hand out its weights, or score its test split again,
+here to write the per-example file (test_predictions.jsonl) that runs finished before it existed lack. The rescored metric must equal the one in metrics.json, or nothing is
 written: that check also proves the rebuild.
 
     python -m zo.recipes.rebuild RUN_DIR [RUN_DIR ...] --rescore_test       # write test_predictions.jsonl
@@ -27,7 +27,7 @@ import tasks
 from zo.blocks import parameter_blocks
 from zo.methods import has_replay
 from zo.models import load_model, resolve_device, resolve_dtype
-from zo.recipes.finetune import FineTuneConfig, build_optimizer, evaluate_test
+from zo.recipes.finetune import FineTuneConfig, build_optimizer, evaluate_test, task_and_splits
 from zo.run.folder import RunDir
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,10 @@ class Rebuilt:
     step: int  # the number of steps re-applied
 
 
-def run_config(run: RunDir, threads: int | None = None, model_name: str | None = None,
+def run_config(saved: dict, threads: int | None = None, model_name: str | None = None,
                data_dir: str | None = None) -> FineTuneConfig:
-    """The run's FineTuneConfig from its config.json (settings newer than the run keep their defaults);
+    """The FineTuneConfig of a run's config.json (settings newer than the run keep their defaults);
     `model_name` / `data_dir` replace the saved paths, for a run folder moved to another machine."""
-    saved = run.read_config()
     fields = {f.name for f in dataclasses.fields(FineTuneConfig)}
     values = {k: v for k, v in saved.items() if k in fields}
     values.update(resume=False, overwrite=False, progress=False, report_to="none", threads=threads,
@@ -75,8 +74,8 @@ def rebuild(run_dir: str | Path, step: int | None = None, threads: int | None = 
     if not run.config_path.exists() or not run.metrics_path.exists():
         raise RebuildError(f"{run.path} holds no finished fine-tuning run (config.json and metrics.json)")
     metrics = run.read_metrics()
-    config = run_config(run, threads, model_name, data_dir)
     saved = run.read_config()
+    config = run_config(saved, threads, model_name, data_dir)
     step = evaluated_step(metrics) if step is None else step
     records = [r for r in run.read_log("step") if int(r["step"]) < step]
     replaying = bool(step) and config.trains
@@ -87,9 +86,7 @@ def rebuild(run_dir: str | Path, step: int | None = None, threads: int | None = 
         raise RebuildError(f"{run.path}: the log does not hold steps 0..{step - 1} exactly once")
     if config.threads:
         torch.set_num_threads(config.threads)
-    task = tasks.get_task(config.task_ref, config.data_dir)
-    splits = tasks.sample_splits(task, config.num_train, config.num_dev, config.num_eval, config.train_set_seed,
-                                 upstream_split=config.upstream_split)
+    task, splits = task_and_splits(config)
     run_device = saved.get("device") or "cpu"
     if not isinstance(run_device, str):  # hf_device_map: the noise was drawn on several devices
         raise RebuildError(f"{run.path} ran with a device map ({config.device_map}); rebuilding it is not supported")
