@@ -1,12 +1,14 @@
 """The paper's protocol as a resumable campaign: LR grid per (task, method) on one seed, best LR on dev, more seeds.
 
     python scripts/reproduce_paper.py            # run what is missing, one run at a time (kill and restart at will)
+    WORKERS=2 python scripts/reproduce_paper.py  # two runs at a time, each on its share of the cores
     python scripts/reproduce_paper.py --status   # the plan: done / pending / blocked per phase, CPU-hours spent
 Settings are env vars (scripts/reproduce_paper.sh lists them; docs/campaign.md explains the protocol).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import statistics
 import sys
@@ -15,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from campaign.plan import PHASES, Plan, build_plan  # noqa: E402
-from campaign.runner import execute, scratch_dir  # noqa: E402
+from campaign import runner  # noqa: E402
+from campaign.runner import scratch_dir  # noqa: E402
 from campaign.settings import Settings, load_settings  # noqa: E402
 from campaign.store import all_runs  # noqa: E402
 
@@ -80,40 +83,87 @@ def estimate_text(plan: Plan, finished: list) -> str:
 
 
 def _stop_on_sigterm(*_):
-    raise KeyboardInterrupt  # subprocess.run kills the running child on the way out
+    raise KeyboardInterrupt  # run_campaign stops the runs in progress on the way out
+
+
+def worker_threads(settings: Settings, workers: int) -> int | None:
+    """Threads per run: THREADS, else the cores split evenly between the workers (None: one worker, the run's
+    own default)."""
+    if settings.get("THREADS"):
+        return int(settings.get("THREADS"))
+    if workers == 1:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // workers)
+
+
+def label(run) -> str:
+    return f"{run.task} {run.method.name} lr {run.lr} seed {run.seed}"
+
+
+def run_campaign(settings: Settings, workers: int, max_runs: int = 0) -> int:
+    """Keep up to `workers` runs going until the plan has nothing runnable left; 0, 1 if a run failed, 130 if
+    interrupted (the runs in progress get SIGTERM, checkpoint and stop; the next start resumes them)."""
+    threads = worker_threads(settings, workers)
+    failed: set[Path] = set()  # a run that fails is tried once per invocation, then left for the next start
+    elsewhere: set[Path] = set()  # runs another driver holds (or published since our plan)
+    running: dict[int, runner.Attempt] = {}
+    started = 0
+    try:
+        while True:
+            while len(running) < workers and (not max_runs or started < max_runs):
+                plan = build_plan(settings)  # rebuilt before every start: a finished grid unblocks its seeds
+                skip = failed | elsewhere | {a.run.folder for a in running.values()}
+                todo = [r for r in plan.pending() if r.folder not in skip]
+                if not todo:
+                    break
+                run = todo[0]
+                attempt = runner.start(settings, run, threads)
+                if attempt is None:
+                    print(f"[{time.strftime('%H:%M:%S')}] skipped {label(run)}: another driver is running it or "
+                          f"has finished it", flush=True)
+                    elsewhere.add(run.folder)
+                    continue
+                running[attempt.proc.pid] = attempt
+                started += 1
+                print(f"[{time.strftime('%H:%M:%S')}] phase {run.phase}: {label(run)} ({len(todo)} runnable"
+                      + (f", {len(running)} running" if workers > 1 else "") + ")", flush=True)
+            if not running:
+                break
+            pid, status, usage = os.wait4(-1, 0)  # whichever run ends first, with its own CPU time
+            attempt = running.pop(pid, None)
+            if attempt is None:
+                continue
+            ok, message = runner.finish(attempt, os.waitstatus_to_exitcode(status), usage)
+            print(f"    {'done' if ok else 'FAILED'}: {message}" + (f" ({label(attempt.run)})" if workers > 1 else ""),
+                  flush=True)
+            if not ok:
+                failed.add(attempt.run.folder)
+    except KeyboardInterrupt:
+        runner.stop(running.values())
+        print("interrupted: start again to resume (a run in progress continues from its last checkpoint)", flush=True)
+        return 130
+    print(status_text(settings, build_plan(settings)), flush=True)
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--status", action="store_true", help="print the plan and exit")
-    parser.add_argument("--max_runs", type=int, default=0, help="stop after this many runs (0: all)")
+    parser.add_argument("--max_runs", type=int, default=0, help="start at most this many runs (0: all)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="runs at a time (default: WORKERS, else 1); each gets THREADS threads, else an even "
+                             "share of the cores")
     args = parser.parse_args(argv)
     settings = load_settings()
     if args.status:
         print(status_text(settings, build_plan(settings)))
         return 0
+    workers = args.workers if args.workers is not None else int(settings.get("WORKERS", "1"))
+    if workers < 1:
+        parser.error(f"--workers / WORKERS must be at least 1, got {workers}")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    failed: set[Path] = set()  # a run that fails is tried once per invocation, then left for the next start
-    count = 0
-    while not args.max_runs or count < args.max_runs:
-        plan = build_plan(settings)  # rebuilt after every run: a finished grid unblocks its seeds
-        todo = [r for r in plan.pending() if r.folder not in failed]
-        if not todo:
-            break
-        run = todo[0]
-        print(f"[{time.strftime('%H:%M:%S')}] phase {run.phase}: {run.task} {run.method.name} lr {run.lr} "
-              f"seed {run.seed} ({len(todo)} runnable)", flush=True)
-        try:
-            ok, message = execute(settings, run)
-        except KeyboardInterrupt:
-            print("interrupted: start again to resume (the run in progress continues from its last checkpoint)", flush=True)
-            return 130
-        print(f"    {'done' if ok else 'FAILED'}: {message}", flush=True)
-        if not ok:
-            failed.add(run.folder)
-        count += 1
-    print(status_text(settings, build_plan(settings)), flush=True)
-    return 1 if failed else 0
+    return run_campaign(settings, workers, args.max_runs)
 
 
 if __name__ == "__main__":

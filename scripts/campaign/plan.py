@@ -102,6 +102,11 @@ def _state(folder: Path, wanted: dict) -> str:
     return "done" if campaign.get("fingerprint") == wanted else "stale"
 
 
+def run_state(run: PlannedRun) -> str:
+    """The run's state now, read again from disk (another driver may have published it since the plan)."""
+    return _state(run.folder, run.fingerprint)
+
+
 def build_plan(settings: Settings) -> Plan:
     plan, digests = Plan(), {}
 

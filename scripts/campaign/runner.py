@@ -7,6 +7,7 @@ where the method has them), and the next start resumes it from there if its fing
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import platform
@@ -16,9 +17,11 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
-from .plan import TRAIN_LOSS_SUBSET, PlannedRun, resolve_bank
+from .plan import TRAIN_LOSS_SUBSET, PlannedRun, resolve_bank, run_state
 from .settings import REPO_ROOT, Settings, put_repo_on_path, split_words
 from .store import CAMPAIGN_FILE, SMALL_FILES, is_final, read_json
 
@@ -41,7 +44,8 @@ def checkpoint_flags(settings: Settings, train_mode: str) -> list[str]:
             "--checkpoint_minutes", settings.get("CHECKPOINT_MINUTES", "5")]
 
 
-def command(settings: Settings, run: PlannedRun, output_dir: Path, resume: bool = False) -> list[str]:
+def command(settings: Settings, run: PlannedRun, output_dir: Path, resume: bool = False,
+            threads: int | None = None) -> list[str]:
     caps, method = settings.caps[run.task], run.method
     args = [sys.executable, str(REPO_ROOT / "run_zo_fine_tuner.py"), "--task_name", run.task,
             "--train_mode", method.train_mode, "--learning_rate", run.lr, "--zo_eps", settings.get("EPS", "1e-3"),
@@ -65,6 +69,8 @@ def command(settings: Settings, run: PlannedRun, output_dir: Path, resume: bool 
     bank = resolve_bank(settings, method)
     if bank is not None:
         args += ["--load_mlp_path", str(bank)]
+    if threads:  # a runtime setting (not in the fingerprint): with 1 or 2 threads a run computes the same bits
+        args += ["--threads", str(threads)]
     return args + list(method.args) + list(split_words(settings.get("EXTRA_ARGS")))
 
 
@@ -113,28 +119,122 @@ def prepare_scratch(settings: Settings, run: PlannedRun) -> tuple[Path, bool]:
     return scratch, False
 
 
-def execute(settings: Settings, run: PlannedRun) -> tuple[bool, str]:
-    """Run it (or resume its killed attempt); on success publish config/metrics/train_log + campaign.json to
-    run.folder. (ok, message)."""
-    scratch, resume = prepare_scratch(settings, run)
-    ensure_generated_bank(settings, run)
-    cmd = command(settings, run, scratch / "run", resume=resume)
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
-    with open(scratch / "output.log", "a") as log:
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+@dataclass
+class Attempt:
+    """A run in progress: its child process and what publishing it needs."""
+    settings: Settings
+    run: PlannedRun
+    scratch: Path
+    resume: bool
+    cmd: list[str]
+    proc: subprocess.Popen
+    log: IO
+    lock: int
+    started: float
+
+
+def lock_path(settings: Settings, run: PlannedRun) -> Path:
+    scratch = scratch_dir(settings, run)
+    return scratch.with_name(scratch.name + ".lock")
+
+
+def claim(settings: Settings, run: PlannedRun) -> int | None:
+    """An exclusive lock on the run for as long as this process runs it (the open file descriptor), or None if
+    another driver holds it: two campaigns started on one results folder (two shells, or two machines sharing it)
+    split the runs instead of running one twice. The lock goes away with its process, even on SIGKILL."""
+    path = lock_path(settings, run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def start(settings: Settings, run: PlannedRun, threads: int | None = None) -> Attempt | None:
+    """Start the run (or resume its killed attempt) as a child process; None if another driver is running it or
+    has published it since this driver planned it."""
+    lock = claim(settings, run)
+    if lock is None:
+        return None
+    try:
+        if run_state(run) == "done":  # published by another driver between our plan and our lock
+            os.close(lock)
+            return None
+        scratch, resume = prepare_scratch(settings, run)
+        ensure_generated_bank(settings, run)
+        cmd = command(settings, run, scratch / "run", resume=resume, threads=threads)
+        log = open(scratch / "output.log", "a")
+        # its own session: a Ctrl-C or a signal to the driver's process group reaches the run once, from stop()
+        # (a second SIGTERM would make it exit at once, without its checkpoint)
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent, start_new_session=True)
+    except BaseException:
+        os.close(lock)
+        raise
+    return Attempt(settings, run, scratch, resume, cmd, proc, log, lock, time.time())
+
+
+def execute(settings: Settings, run: PlannedRun, threads: int | None = None) -> tuple[bool, str]:
+    """Run it to the end (or resume its killed attempt) and publish it: (ok, message)."""
+    attempt = start(settings, run, threads)
+    if attempt is None:
+        return False, "skipped: another driver is running it or has published it"
+    try:
+        _, status, usage = os.wait4(attempt.proc.pid, 0)
+    except BaseException:
+        stop([attempt])
+        raise
+    return finish(attempt, os.waitstatus_to_exitcode(status), usage)
+
+
+def stop(attempts, timeout: float = 90.0) -> None:
+    """SIGTERM the runs in progress (a run checkpoints on SIGTERM before it exits), wait for them, then SIGKILL
+    (within the 120 s that scripts/campaign_queue.sh gives a stage to stop)."""
+    attempts = list(attempts)
+    for attempt in attempts:
+        if attempt.proc.poll() is None:
+            attempt.proc.terminate()
+    deadline = time.time() + timeout
+    for attempt in attempts:
+        try:
+            attempt.proc.wait(max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            attempt.proc.kill()
+            attempt.proc.wait()
+        attempt.log.close()
+        os.close(attempt.lock)
+
+
+def finish(attempt: Attempt, returncode: int, usage: resource.struct_rusage) -> tuple[bool, str]:
+    """Publish a run whose child has exited (reaped by the caller with os.wait4, which gives this child's own CPU
+    time even while other runs go on): config/metrics/train_log + campaign.json to run.folder. (ok, message)."""
+    attempt.proc.returncode = returncode  # reaped already: Popen must not wait for it again
+    attempt.log.close()
+    try:
+        return _publish(attempt, returncode, usage)
+    finally:
+        os.close(attempt.lock)
+
+
+def _publish(attempt: Attempt, returncode: int, usage: resource.struct_rusage) -> tuple[bool, str]:
+    run, scratch, resume, cmd = attempt.run, attempt.scratch, attempt.resume, attempt.cmd
     metrics = read_json(scratch / "run" / "metrics.json")
-    if proc.returncode != 0 or not is_final(metrics):
+    if returncode != 0 or not is_final(metrics):
         if resume:  # a broken attempt is not resumed twice: the next start begins this run afresh
             (scratch / FINGERPRINT_FILE).unlink(missing_ok=True)
         tail = (scratch / "output.log").read_text()[-1500:]
-        return False, f"exit code {proc.returncode}; log {scratch / 'output.log'}:\n{tail}"
+        return False, f"exit code {returncode}; log {scratch / 'output.log'}:\n{tail}"
 
     # CPU and wall time of this attempt only: a killed attempt's cost is not known (resumed_from_step says so)
-    record = {"fingerprint": run.fingerprint, "phase": run.phase, "grid": list(settings.grid_for(run.method, run.task)),
+    grid = attempt.settings.grid_for(run.method, run.task)
+    record = {"fingerprint": run.fingerprint, "phase": run.phase, "grid": list(grid),
               "resumed_from_step": metrics.get("resumed_from_step"),
-              "cpu_seconds": round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 2),
-              "wall_seconds": round(time.time() - start, 2), "host": platform.node(),
+              "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+              "wall_seconds": round(time.time() - attempt.started, 2), "host": platform.node(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(attempt.started)),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": git_commit(),
               "command": [Path(a).name if a == sys.executable else a for a in cmd]}
     staging = run.folder.with_name(f".{run.folder.name}.tmp-{os.getpid()}")
@@ -148,4 +248,6 @@ def execute(settings: Settings, run: PlannedRun) -> tuple[bool, str]:
         shutil.rmtree(run.folder)
     os.replace(staging, run.folder)
     shutil.rmtree(scratch, ignore_errors=True)  # weights included
+    # while we hold it: a driver that opened it before the unlink finds the run done when it gets the lock
+    lock_path(attempt.settings, run).unlink(missing_ok=True)
     return True, f"{metrics.get('status')}, {record['cpu_seconds']:.0f} CPU-s"

@@ -168,8 +168,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_publishes_what_an_unkilled
 
     real_command, kill_after = runner.command, {"loss_calls": 7}  # steps 0-2 are loss calls 1-6 (+ dev, subset)
 
-    def killed_command(settings, run, output_dir, resume=False):  # the first attempt dies inside a later step
-        cmd = real_command(settings, run, output_dir, resume)
+    def killed_command(settings, run, output_dir, resume=False, threads=None):  # the 1st attempt dies in a step
+        cmd = real_command(settings, run, output_dir, resume, threads)
         if not resume:
             kill = ["loss", str(kill_after["loss_calls"])]
             return [cmd[0], str(REPO_ROOT / "tests" / "zo" / "run" / "kill_at.py"), *kill, "run_zo_fine_tuner", *cmd[2:]]
@@ -293,3 +293,72 @@ def test_status_counts_scratch_and_names_attempts_this_plan_will_not_resume(tmp_
     last = status_text(settings, plan).splitlines()[-1]
     assert last.startswith(f"scratch: 2 unfinished attempts, 1.0 GiB in {tmp_path / '.scratch'}")
     assert last.endswith("else delete): CB-mezo-1e-05-9")
+
+
+def _without_times(folder: Path) -> tuple[dict, list[dict]]:
+    times = {"seconds", "train_seconds", "total_seconds"}
+    metrics = {k: v for k, v in json.loads((folder / "metrics.json").read_text()).items() if k not in times}
+    log = [{k: v for k, v in json.loads(line).items() if k not in times}
+           for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    return metrics, log
+
+
+def test_two_workers_run_two_runs_at_once_and_publish_what_one_worker_would(campaign_env, tmp_path):
+    env = {**campaign_env, "TASKS": "SST2", "METHODS": "mezo zoft_new", "SEEDS": "1", "LRS_mezo": "0.001",
+           "LRS_zoft_new": "0.001", "STEPS": "4", "EVAL_STEPS": "2"}
+    one, two = ({**env, "RESULTS_DIR": str(tmp_path / name)} for name in ("one", "two"))
+    run_cmd([sys.executable, "scripts/reproduce_paper.py"], one, timeout=600)
+    out = run_cmd([sys.executable, "scripts/reproduce_paper.py", "--workers", "2"], two, timeout=600).stdout
+    assert ", 2 running)" in out and out.count("    done:") == 2, out
+    runs = sorted((tmp_path / "one" / "runs").glob("*/*/*/*/campaign.json"))
+    assert len(runs) == 2
+    for record_one in runs:
+        folder_one = record_one.parent
+        folder_two = tmp_path / "two" / folder_one.relative_to(tmp_path / "one")
+        assert _without_times(folder_one) == _without_times(folder_two)
+        record = json.loads((folder_two / "campaign.json").read_text())
+        # each run's own CPU time (os.wait4), not both runs' together: one thread each (EXTRA_ARGS)
+        assert 0 < record["cpu_seconds"] <= 1.5 * record["wall_seconds"], record
+
+
+def test_a_run_another_driver_holds_is_skipped_and_left_for_later(campaign_env, tmp_path):
+    env = {**campaign_env, "RESULTS_DIR": str(tmp_path / "results"), "TASKS": "SST2", "METHODS": "mezo",
+           "SEEDS": "1", "LRS_mezo": "0.001"}
+    settings = load_settings(env)
+    (run,) = build_plan(settings).pending()
+    lock = runner.claim(settings, run)
+    assert lock is not None and runner.claim(settings, run) is None  # one holder at a time, even in one process
+    out = run_cmd([sys.executable, "scripts/reproduce_paper.py"], env).stdout
+    assert "skipped SST2 mezo lr 0.001 seed 1: another driver is running it" in out
+    assert not run.folder.exists() and "left: 1 runnable now" in out
+    os.close(lock)  # the other driver is gone: the run is free again
+    again = runner.claim(settings, run)
+    assert again is not None
+    os.close(again)
+
+
+def test_a_terminated_driver_stops_its_runs_at_a_checkpoint_and_the_next_start_resumes_them(campaign_env, tmp_path):
+    results = tmp_path / "results"
+    env = {**campaign_env, "RESULTS_DIR": str(results), "TASKS": "SST2", "METHODS": "mezo zoft_new", "SEEDS": "1",
+           "LRS_mezo": "0.001", "LRS_zoft_new": "0.001", "STEPS": "60", "EVAL_STEPS": "30", "CHECKPOINT_STEPS": "2",
+           "WORKERS": "2"}
+    settings = load_settings(env)
+    scratches = [runner.scratch_dir(settings, r) for r in build_plan(settings).pending()]
+    driver = subprocess.Popen([sys.executable, "scripts/reproduce_paper.py"], cwd=REPO_ROOT,
+                              env={**os.environ, **QUIET_ENV, **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None and not all(
+            list((s / "run" / "checkpoints").glob("step-*.json")) for s in scratches):
+        time.sleep(0.05)
+    assert driver.poll() is None, "the runs ended before both had a checkpoint: nothing was stopped"
+    driver.send_signal(signal.SIGTERM)  # the driver's own pid only: it passes the stop on to its runs
+    output, _ = driver.communicate(timeout=150)
+    assert driver.returncode == 130 and "interrupted: start again" in output, output[-3000:]
+    assert not processes_mentioning(str(results)), "a run outlived its driver"
+    for scratch in scratches:  # each run got one SIGTERM: it finished its step, checkpointed and said so
+        assert json.loads((scratch / "run" / "metrics.json").read_text())["status"] == "interrupted"
+
+    run_cmd([sys.executable, "scripts/reproduce_paper.py"], env, timeout=600)
+    records = [json.loads(p.read_text()) for p in (results / "runs").glob("*/*/*/*/campaign.json")]
+    assert len(records) == 2 and all(r["resumed_from_step"] for r in records), records
