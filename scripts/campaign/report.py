@@ -168,14 +168,64 @@ def sampling_noise_line(pairs: list[tuple[Cell, Cell]]) -> str:
             f"Within one standard error: {within} of {counted}.")
 
 
+def _ordered(cells, settings):
+    task_order = {t: i for i, t in enumerate(settings.tasks)}
+    method_order = {m.name: i for i, m in enumerate(settings.methods)}
+    return sorted(cells.items(), key=lambda kv: (task_order.get(kv[0][0], 99), method_order.get(kv[0][1], 99)))
+
+
+def paper_table(cells, settings) -> list[str]:
+    """Methods x tasks, as the paper's Table 1: final train loss / test metric at the best LR, mean over seeds.
+    Bold: the lowest loss and the highest metric of the task among the zeroth-order methods (first order is a
+    reference); "·": no run at a selected LR yet."""
+    tasks = [t for t in settings.tasks if any(c.runs for (task, _), c in cells.items() if task == t)]
+    if not tasks:
+        return ["No (task, method) has a selected LR yet."]
+    methods = [m.name for m in settings.methods if any((t, m.name) in cells for t in tasks)]
+    rows = ["| method | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    best = {}
+    for t in tasks:
+        zo = [c for (task, m), c in cells.items() if task == t and m not in FIRST_ORDER
+              and c.loss is not None and c.metric is not None]
+        best[t] = (min(c.loss for c in zo), max(c.metric for c in zo)) if zo else (None, None)
+    for m in methods:
+        parts = []
+        for t in tasks:
+            c = cells.get((t, m))
+            if c is None or c.loss is None or c.metric is None:
+                parts.append("·")
+                continue
+            zo = m not in FIRST_ORDER
+            loss = f"**{c.loss:.3f}**" if zo and c.loss == best[t][0] else f"{c.loss:.3f}"
+            metric = f"**{c.metric:.3f}**" if zo and c.metric == best[t][1] else f"{c.metric:.3f}"
+            seeds = f" ({len(c.runs)} seeds)" if len(c.runs) > 1 else ""
+            parts.append(f"{loss} / {metric}{seeds}")
+        rows.append(f"| {m} | " + " | ".join(parts) + " |")
+    metric_names = sorted({c.runs[0].metric_name for (t, _), c in cells.items() if t in tasks and c.runs})
+    return rows + ["", f"Each cell: final train loss / test {' or '.join(metric_names)}, one seed unless it says "
+                       "more. Bold: the task's lowest loss and highest metric among the zeroth-order methods. "
+                       "·: no run at a selected LR yet."]
+
+
+def not_started_line(cells, settings) -> list[str]:
+    """The (task, method) pairs without a finished run, one line instead of a table row each."""
+    waiting: dict[str, list[str]] = {}
+    for (task, method), c in _ordered(cells, settings):
+        if not c.grid_done and not c.runs:
+            waiting.setdefault(task, []).append(method)
+    if not waiting:
+        return []
+    return ["No run finished yet (not in the table): "
+            + "; ".join(f"{task}: {', '.join(methods)}" for task, methods in waiting.items()) + "."]
+
+
 def main_table(cells, settings, reference) -> list[str]:
     ref_col = bool(reference)
     head = "| task | method | best LR (dev) | final train loss | test metric | seeds | diverged |"
     rows = [head + (" paper loss / metric |" if ref_col else ""), "|---" * (7 + ref_col) + "|"]
-    task_order = {t: i for i, t in enumerate(settings.tasks)}
-    method_order = {m.name: i for i, m in enumerate(settings.methods)}
-    for (task, method), c in sorted(cells.items(), key=lambda kv: (task_order.get(kv[0][0], 99),
-                                                                    method_order.get(kv[0][1], 99))):
+    for (task, method), c in _ordered(cells, settings):
+        if not c.grid_done and not c.runs and not ref_col:
+            continue  # named in not_started_line
         if c.best_lr is None:
             lr = f"{MISSING} (grid {c.grid_done}/{c.grid_size})"
         else:
@@ -311,7 +361,10 @@ def write_report(settings: Settings) -> Path:
     if plan.unavailable:
         lines += ["Not run (unavailable here): " + "; ".join(f"{m} ({why})" for m, why in plan.unavailable.items()),
                   ""]
+    lines += ["## Paper-style table", ""] + paper_table(main_cells, settings) + [""]
     lines += ["## Main table", ""] + main_table(main_cells, settings, reference) + [""]
+    if not reference:  # with a paper column, every row stays: the paper's number is worth seeing
+        lines += not_started_line(main_cells, settings) + [""]
     edges = sorted(f"{t} {m}" for (t, m), c in main_cells.items() if c.at_edge)
     if edges:
         lines += ["\"grid edge\": the best LR is the largest or smallest of its grid, so a better one may lie "

@@ -1,4 +1,5 @@
-"""scripts/campaign/report.py on hand-made runs: the test-sampling noise printed next to ZO-FT − MeZO."""
+"""scripts/campaign/report.py on hand-made runs: the test-sampling noise printed next to ZO-FT − MeZO, the
+paper-style table."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,8 @@ from pathlib import Path
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from campaign.report import Cell, paired_differences, sampling_noise_line  # noqa: E402
+from campaign.report import Cell, not_started_line, paired_differences, paper_table, sampling_noise_line  # noqa: E402
+from campaign.settings import load_settings  # noqa: E402
 from campaign.store import Run  # noqa: E402
 
 
@@ -65,3 +67,34 @@ def test_per_example_scores_give_the_paired_error_over_every_seed(tmp_path):
     assert paired_differences(mine, _cell("SQuAD", "lozo", [{"f1": 0.5, "num_examples": 4}], tmp_path,
                                           mezo_scores[:1])) is None
     assert paired_differences(mine, _cell("SQuAD", "hizoo", [{"f1": 0.5, "num_examples": 4}] * 2, tmp_path)) is None
+
+
+def _scored(task: str, method: str, results: list[tuple[float, float]], folder: Path, grid_done: int = 1) -> Cell:
+    """A cell whose runs (one a (train loss, test accuracy) pair) sit at its best LR."""
+    runs = [Run(task, method, "1e-4", seed, folder, {"status": "completed", "final_train_loss": loss,
+                                                     "test": {"accuracy": accuracy}}, {})
+            for seed, (loss, accuracy) in enumerate(results)]
+    return Cell(task, method, grid_done=grid_done, grid_size=3, best_lr="1e-4", runs=runs)
+
+
+def test_the_paper_table_bolds_the_best_zeroth_order_cell_and_marks_what_has_not_run(tmp_path):
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 CB BoolQ",
+                              "METHODS": "mezo zoft_new hizoo fo_adam"})
+    cells = {("SST2", "mezo"): _scored("SST2", "mezo", [(0.6, 0.7), (0.8, 0.8)], tmp_path),
+             ("SST2", "zoft_new"): _scored("SST2", "zoft_new", [(0.65, 0.74)], tmp_path),
+             # first order is a reference: its lower loss and higher accuracy take no bold from the ZO methods
+             ("SST2", "fo_adam"): _scored("SST2", "fo_adam", [(0.1, 0.95)], tmp_path),
+             ("CB", "mezo"): _scored("CB", "mezo", [(1.0, 0.5)], tmp_path),
+             ("CB", "zoft_new"): _scored("CB", "zoft_new", [(0.9, 0.5)], tmp_path),
+             ("CB", "hizoo"): Cell("CB", "hizoo", grid_done=1, grid_size=3),  # grid under way, no LR chosen
+             ("BoolQ", "mezo"): Cell("BoolQ", "mezo", grid_size=3)}
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in paper_table(cells, settings) if line.startswith("| ") and "---" not in line}
+    assert rows["method"] == ["SST2", "CB"]  # BoolQ: no run at a selected LR yet, no column
+    assert rows["mezo"] == ["0.700 / **0.750** (2 seeds)", "1.000 / **0.500**"]  # means over seeds; a tie: both
+    assert rows["zoft_new"] == ["**0.650** / 0.740", "**0.900** / **0.500**"]
+    assert rows["hizoo"] == ["·", "·"] and rows["fo_adam"] == ["0.100 / 0.950", "·"]
+
+    line = not_started_line(cells, settings)[0]
+    assert line.endswith("BoolQ: mezo.") and "hizoo" not in line  # a grid under way is in the main table
+    assert paper_table({}, settings) == ["No (task, method) has a selected LR yet."]
