@@ -34,6 +34,8 @@ def launch(args: argparse.Namespace, out: Path, threads: int) -> subprocess.Pope
         cmd += ["--data_dir", args.data_dir]
     if args.model:
         cmd += ["--model_name", args.model]
+    if args.method == "zo_fine_tuner":
+        cmd += ["--load_mlp_path", args.bank]
     log = open(out.with_suffix(".log"), "w")
     return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
 
@@ -60,6 +62,8 @@ def main() -> None:
     parser.add_argument("--model", default="")
     parser.add_argument("--task", default="SST2")
     parser.add_argument("--method", default="mezo")
+    parser.add_argument("--bank", default=str(REPO_ROOT / "learned_finetuner" / "smollm2-135m_copa.safetensors"),
+                        help="the PertNN bank of --method zo_fine_tuner")
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--max_length", type=int, default=2048)
     parser.add_argument("--length_groups", type=int, default=1)
