@@ -104,7 +104,6 @@ def label(run) -> str:
 def run_campaign(settings: Settings, workers: int, max_runs: int = 0) -> int:
     """Keep up to `workers` runs going until the plan has nothing runnable left; 0, 1 if a run failed, 130 if
     interrupted (the runs in progress get SIGTERM, checkpoint and stop; the next start resumes them)."""
-    threads = worker_threads(settings, workers)
     failed: set[Path] = set()  # a run that fails is tried once per invocation, then left for the next start
     elsewhere: set[Path] = set()  # runs another driver holds (or published since our plan)
     running: dict[int, runner.Attempt] = {}
@@ -118,6 +117,8 @@ def run_campaign(settings: Settings, workers: int, max_runs: int = 0) -> int:
                 if not todo:
                     break
                 run = todo[0]
+                # the cores are split between the runs that can go at once: a last run alone gets them all
+                threads = worker_threads(settings, min(workers, len(todo) + len(running)))
                 attempt = runner.start(settings, run, threads)
                 if attempt is None:
                     print(f"[{time.strftime('%H:%M:%S')}] skipped {label(run)}: another driver is running it or "

@@ -362,3 +362,17 @@ def test_a_terminated_driver_stops_its_runs_at_a_checkpoint_and_the_next_start_r
     run_cmd([sys.executable, "scripts/reproduce_paper.py"], env, timeout=600)
     records = [json.loads(p.read_text()) for p in (results / "runs").glob("*/*/*/*/campaign.json")]
     assert len(records) == 2 and all(r["resumed_from_step"] for r in records), records
+
+
+def test_workers_split_the_cores_and_threads_wins(monkeypatch, tmp_path):
+    from reproduce_paper import worker_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    settings = load_settings({"RESULTS_DIR": str(tmp_path)})
+    assert worker_threads(settings, 1) is None  # one run at a time: the run's own default (every core)
+    assert worker_threads(settings, 2) == 4 and worker_threads(settings, 3) == 2 and worker_threads(settings, 16) == 1
+    assert worker_threads(load_settings({"RESULTS_DIR": str(tmp_path), "THREADS": "3"}), 1) == 3
+    run = build_plan(load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2", "METHODS": "mezo",
+                                    "SEEDS": "1", "LRS_mezo": "0.001"})).runs[0]
+    cmd = runner.command(settings, run, tmp_path, threads=4)
+    assert cmd[cmd.index("--threads") + 1] == "4" and "--threads" not in runner.command(settings, run, tmp_path)
