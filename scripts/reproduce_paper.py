@@ -71,15 +71,39 @@ def scratch_lines(settings: Settings, plan: Plan) -> list[str]:
 
 
 def estimate_text(plan: Plan, finished: list) -> str:
-    """What the runnable runs will cost, at the median CPU time of each task's finished, undiverged runs."""
-    costs: dict[str, list[float]] = {}
+    """What the runnable runs will cost: each at the median CPU time of the finished, undiverged runs of its
+    (task, method); else at MeZO's on that task times the method's measured cost ratio to MeZO on other tasks
+    (FZOO costs ~5x, HiZOO ~1.4x); else at the task's median over all methods, said so."""
+    costs: dict[tuple[str, str], list[float]] = {}
     for r in finished:
         if not r.diverged and r.cpu_seconds > 0:
-            costs.setdefault(r.task, []).append(r.cpu_seconds)
-    known = [statistics.median(costs[r.task]) for r in plan.pending() if r.task in costs]
-    unknown = sorted({r.task for r in plan.pending() if r.task not in costs})
-    text = f"estimate for the runnable runs: {sum(known) / 3600:.1f} CPU-hours for {len(known)} of them"
-    return text + (f" (no finished run yet to measure {', '.join(unknown)})" if unknown else "")
+            costs.setdefault((r.task, r.method), []).append(r.cpu_seconds)
+    median = {key: statistics.median(values) for key, values in costs.items()}
+    by_task: dict[str, list[float]] = {}
+    for (task, _), values in costs.items():
+        by_task.setdefault(task, []).extend(values)
+    ratios: dict[str, list[float]] = {}
+    for (task, method), value in median.items():
+        if method != "mezo" and (task, "mezo") in median:
+            ratios.setdefault(method, []).append(value / median[task, "mezo"])
+    known, guessed, unknown = [], set(), set()
+    for r in plan.pending():
+        task, method = r.task, r.method.name
+        if (task, method) in median:
+            known.append(median[task, method])
+        elif method in ratios and (task, "mezo") in median:
+            known.append(median[task, "mezo"] * statistics.median(ratios[method]))
+        elif task in by_task:
+            known.append(statistics.median(by_task[task]))
+            guessed.add(method)
+        else:
+            unknown.add(task)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    text = (f"estimate for the runnable runs: {sum(known) / 3600:.1f} CPU-hours (about "
+            f"{sum(known) / 3600 / cores:.1f} wall-hours on {cores} busy cores) for {len(known)} of them")
+    if guessed:
+        text += f"; at their task's median, no finished run to measure the method yet: {', '.join(sorted(guessed))}"
+    return text + (f" (no finished run yet to measure {', '.join(sorted(unknown))})" if unknown else "")
 
 
 def _stop_on_sigterm(*_):

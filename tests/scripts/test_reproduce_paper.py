@@ -376,3 +376,25 @@ def test_workers_split_the_cores_and_threads_wins(monkeypatch, tmp_path):
                                     "SEEDS": "1", "LRS_mezo": "0.001"})).runs[0]
     cmd = runner.command(settings, run, tmp_path, threads=4)
     assert cmd[cmd.index("--threads") + 1] == "4" and "--threads" not in runner.command(settings, run, tmp_path)
+
+
+def test_the_estimate_prices_a_method_by_its_own_runs_else_by_its_ratio_to_mezo(monkeypatch):
+    from reproduce_paper import estimate_text
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+
+    def done(task, method, cpu, status="completed"):
+        return Run(task, method, "1e-4", 42, Path("."), {"status": status}, {"cpu_seconds": cpu})
+
+    finished = [done("SST2", "mezo", 3600), done("SST2", "mezo", 7200), done("SST2", "fzoo", 5 * 5400),
+                done("CB", "mezo", 1800), done("CB", "mezo", 999999, status="stopped: loss is nan"),
+                done("CB", "hizoo", 2700)]
+    pending = [SimpleNamespace(task=t, method=SimpleNamespace(name=m))
+               for t, m in (("SST2", "mezo"), ("CB", "fzoo"), ("CB", "lozo"), ("DROP", "mezo"))]
+    text = estimate_text(SimpleNamespace(pending=lambda: pending), finished)
+    # SST2 mezo: its median 5400 s; CB fzoo: CB's MeZO 1800 s x fzoo's ratio 5 on SST2; CB lozo: no lozo run
+    # anywhere, so CB's median over all methods (1800, 2700): 2250 s; the diverged run does not count; DROP: unknown
+    hours = (5400 + 5 * 1800 + 2250) / 3600
+    assert text.startswith(f"estimate for the runnable runs: {hours:.1f} CPU-hours (about {hours / 2:.1f} "
+                           f"wall-hours on 2 busy cores) for 3 of them")
+    assert "no finished run to measure the method yet: lozo" in text and text.endswith("measure DROP)")
