@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from campaign.plan import PHASES, Plan, build_plan  # noqa: E402
 from campaign import runner  # noqa: E402
 from campaign.runner import scratch_dir  # noqa: E402
-from campaign.settings import Settings, load_settings  # noqa: E402
+from campaign.settings import Settings, load_settings, split_words  # noqa: E402
 from campaign.store import all_runs  # noqa: E402
 
 
@@ -127,7 +127,9 @@ def label(run) -> str:
 
 def run_campaign(settings: Settings, workers: int, max_runs: int = 0) -> int:
     """Keep up to `workers` runs going until the plan has nothing runnable left; 0, 1 if a run failed, 130 if
-    interrupted (the runs in progress get SIGTERM, checkpoint and stop; the next start resumes them)."""
+    interrupted (the runs in progress get SIGTERM, checkpoint and stop; the next start resumes them).
+    GPUS="0 1 ...": each run gets one of them to itself (CUDA_VISIBLE_DEVICES); list one twice for two runs on it."""
+    free_gpus = list(split_words(settings.get("GPUS")))
     failed: set[Path] = set()  # a run that fails is tried once per invocation, then left for the next start
     elsewhere: set[Path] = set()  # runs another driver holds (or published since our plan)
     running: dict[int, runner.Attempt] = {}
@@ -143,8 +145,11 @@ def run_campaign(settings: Settings, workers: int, max_runs: int = 0) -> int:
                 run = todo[0]
                 # the cores are split between the runs that can go at once: a last run alone gets them all
                 threads = worker_threads(settings, min(workers, len(todo) + len(running)))
-                attempt = runner.start(settings, run, threads)
+                gpu = free_gpus.pop(0) if free_gpus else None
+                attempt = runner.start(settings, run, threads, gpu)
                 if attempt is None:
+                    if gpu is not None:
+                        free_gpus.insert(0, gpu)
                     print(f"[{time.strftime('%H:%M:%S')}] skipped {label(run)}: another driver is running it or "
                           f"has finished it", flush=True)
                     elsewhere.add(run.folder)
@@ -152,13 +157,16 @@ def run_campaign(settings: Settings, workers: int, max_runs: int = 0) -> int:
                 running[attempt.proc.pid] = attempt
                 started += 1
                 print(f"[{time.strftime('%H:%M:%S')}] phase {run.phase}: {label(run)} ({len(todo)} runnable"
-                      + (f", {len(running)} running" if workers > 1 else "") + ")", flush=True)
+                      + (f", {len(running)} running" if workers > 1 else "")
+                      + (f", GPU {gpu}" if gpu is not None else "") + ")", flush=True)
             if not running:
                 break
             pid, status, usage = os.wait4(-1, 0)  # whichever run ends first, with its own CPU time
             attempt = running.pop(pid, None)
             if attempt is None:
                 continue
+            if attempt.gpu is not None:
+                free_gpus.append(attempt.gpu)
             ok, message = runner.finish(attempt, os.waitstatus_to_exitcode(status), usage)
             print(f"    {'done' if ok else 'FAILED'}: {message}" + (f" ({label(attempt.run)})" if workers > 1 else ""),
                   flush=True)
@@ -177,16 +185,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--status", action="store_true", help="print the plan and exit")
     parser.add_argument("--max_runs", type=int, default=0, help="start at most this many runs (0: all)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="runs at a time (default: WORKERS, else 1); each gets THREADS threads, else an even "
-                             "share of the cores")
+                        help="runs at a time (default: WORKERS, else one a GPU of GPUS, else 1); each gets THREADS "
+                             "threads, else an even share of the cores")
     args = parser.parse_args(argv)
     settings = load_settings()
     if args.status:
         print(status_text(settings, build_plan(settings)))
         return 0
-    workers = args.workers if args.workers is not None else int(settings.get("WORKERS", "1"))
+    gpus = split_words(settings.get("GPUS"))
+    workers = args.workers if args.workers is not None else int(settings.get("WORKERS", str(len(gpus) or 1)))
     if workers < 1:
         parser.error(f"--workers / WORKERS must be at least 1, got {workers}")
+    if gpus and workers > len(gpus):
+        parser.error(f"{workers} workers but GPUS lists {len(gpus)}: each run needs a GPU of its own "
+                     f"(list a GPU twice to run two runs on it)")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     return run_campaign(settings, workers, args.max_runs)
 

@@ -9,6 +9,7 @@
 #   TASKS_<method>="SST2"  STEPS, EVAL_STEPS, TRAIN, DEV, EVAL, MAX_LENGTH, MAX_NEW_TOKENS (also <VAR>_<task>)
 #   BS (16)  EPS (1e-3)  DTYPE (float32|float16|bfloat16)  SELECT_BY (dev_loss|dev_metric)  EXTRA_ARGS
 #   WORKERS (1: runs at a time)  THREADS (threads a run; default: the cores / WORKERS when WORKERS > 1)
+#   GPUS="0 1 ..." (one run a GPU at a time, CUDA_VISIBLE_DEVICES; WORKERS defaults to how many are listed)
 #   CHECKPOINT_STEPS (10, MeZO / ZO-FT)  CHECKPOINT_MINUTES (5, other methods): a killed run resumes from there
 #   MODEL (empty: embedded SmolLM2-135M)  DATA_DIR (../shared/data)  RESULTS_DIR (results)  PRESET (scripts/presets/*.env)
 # Then: python scripts/make_report.py

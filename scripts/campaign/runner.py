@@ -131,6 +131,7 @@ class Attempt:
     log: IO
     lock: int
     started: float
+    gpu: str | None = None  # the run's CUDA_VISIBLE_DEVICES (GPUS), None: the driver's own
 
 
 def lock_path(settings: Settings, run: PlannedRun) -> Path:
@@ -153,9 +154,10 @@ def claim(settings: Settings, run: PlannedRun) -> int | None:
     return fd
 
 
-def start(settings: Settings, run: PlannedRun, threads: int | None = None) -> Attempt | None:
+def start(settings: Settings, run: PlannedRun, threads: int | None = None, gpu: str | None = None) -> Attempt | None:
     """Start the run (or resume its killed attempt) as a child process; None if another driver is running it or
-    has published it since this driver planned it."""
+    has published it since this driver planned it. `gpu`: the run sees only this GPU, as its cuda:0 (so a killed
+    run resumes on whichever GPU is free next: its config says cuda:0 either way)."""
     lock = claim(settings, run)
     if lock is None:
         return None
@@ -167,14 +169,15 @@ def start(settings: Settings, run: PlannedRun, threads: int | None = None) -> At
         ensure_generated_bank(settings, run)
         cmd = command(settings, run, scratch / "run", resume=resume, threads=threads)
         log = open(scratch / "output.log", "a")
+        env = None if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
         # its own session: a Ctrl-C or a signal to the driver's process group reaches the run once, from stop()
         # (a second SIGTERM would make it exit at once, without its checkpoint)
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 preexec_fn=_die_with_parent, start_new_session=True)
     except BaseException:
         os.close(lock)
         raise
-    return Attempt(settings, run, scratch, resume, cmd, proc, log, lock, time.time())
+    return Attempt(settings, run, scratch, resume, cmd, proc, log, lock, time.time(), gpu)
 
 
 def execute(settings: Settings, run: PlannedRun, threads: int | None = None) -> tuple[bool, str]:
@@ -236,6 +239,7 @@ def _publish(attempt: Attempt, returncode: int, usage: resource.struct_rusage) -
               "wall_seconds": round(time.time() - attempt.started, 2), "host": platform.node(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(attempt.started)),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": git_commit(),
+              **({"cuda_visible_devices": attempt.gpu} if attempt.gpu is not None else {}),
               "command": [Path(a).name if a == sys.executable else a for a in cmd]}
     staging = run.folder.with_name(f".{run.folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)

@@ -303,15 +303,20 @@ def _without_times(folder: Path) -> tuple[dict, list[dict]]:
     return metrics, log
 
 
-def test_two_workers_run_two_runs_at_once_and_publish_what_one_worker_would(campaign_env, tmp_path):
+def test_two_workers_run_two_runs_at_once_on_their_own_gpus_and_publish_what_one_worker_would(campaign_env, tmp_path):
     env = {**campaign_env, "TASKS": "SST2", "METHODS": "mezo zoft_new", "SEEDS": "1", "LRS_mezo": "0.001",
            "LRS_zoft_new": "0.001", "STEPS": "4", "EVAL_STEPS": "2"}
     one, two = ({**env, "RESULTS_DIR": str(tmp_path / name)} for name in ("one", "two"))
     run_cmd([sys.executable, "scripts/reproduce_paper.py"], one, timeout=600)
-    out = run_cmd([sys.executable, "scripts/reproduce_paper.py", "--workers", "2"], two, timeout=600).stdout
-    assert ", 2 running)" in out and out.count("    done:") == 2, out
+    refused = run_cmd([sys.executable, "scripts/reproduce_paper.py", "--workers", "3"], {**two, "GPUS": "7 9"},
+                      check=False)
+    assert refused.returncode == 2 and "3 workers but GPUS lists 2" in refused.stderr
+    # GPUS alone sets the workers, one a GPU; on this CPU-only machine the runs ignore CUDA_VISIBLE_DEVICES
+    out = run_cmd([sys.executable, "scripts/reproduce_paper.py"], {**two, "GPUS": "7 9"}, timeout=600).stdout
+    assert ", 2 running, GPU 9)" in out and out.count("    done:") == 2, out
     runs = sorted((tmp_path / "one" / "runs").glob("*/*/*/*/campaign.json"))
     assert len(runs) == 2
+    gpus = []
     for record_one in runs:
         folder_one = record_one.parent
         folder_two = tmp_path / "two" / folder_one.relative_to(tmp_path / "one")
@@ -319,6 +324,8 @@ def test_two_workers_run_two_runs_at_once_and_publish_what_one_worker_would(camp
         record = json.loads((folder_two / "campaign.json").read_text())
         # each run's own CPU time (os.wait4), not both runs' together: one thread each (EXTRA_ARGS)
         assert 0 < record["cpu_seconds"] <= 1.5 * record["wall_seconds"], record
+        gpus.append(record["cuda_visible_devices"])
+    assert sorted(gpus) == ["7", "9"]  # at once, so each on its own GPU
 
 
 def test_a_run_another_driver_holds_is_skipped_and_left_for_later(campaign_env, tmp_path):
