@@ -2,6 +2,7 @@
 # Check the GPU path on every visible accelerator: the invariant tests on that device, a 20-step SST-2 run
 # with MeZO and with ZO Fine-tuner (each rebuilt from its step log and rescored), and the step benchmark (ZO-FT/MeZO, MeZO/(2 x forward), peak memory of
 # a step relative to inference from torch.cuda.max_memory_allocated). Without an accelerator: says so, exit 0.
+# With two CUDA devices or more, also a two-run campaign with one run a GPU (GPUS="0 1").
 #   DATA_DIR=../shared/data bash scripts/gpu_check.sh        (MODEL=/path/to/model to use another model)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,3 +49,19 @@ for DEVICE in $DEVICES; do
   # 3. step times and peak memory relative to inference
   python scripts/benchmark_step.py --data_dir "$DATA_DIR" --device "$DEVICE" --repeats 5 "${MODEL_ARGS[@]}"
 done
+
+# 4. two or more CUDA devices: a two-run campaign with one run a GPU (GPUS); campaign.json names each run's GPU
+if [ "$(echo "$DEVICES" | tr ' ' '\n' | grep -c '^cuda:')" -ge 2 ]; then
+  rm -rf "$OUT/campaign"
+  RESULTS_DIR="$OUT/campaign" TASKS=SST2 METHODS=mezo LRS_mezo="1e-5 1e-6" SEEDS=42 STEPS=10 EVAL_STEPS=10 DEV=50 \
+    EVAL=100 GPUS="0 1" MODEL=$MODEL DATA_DIR=$DATA_DIR python scripts/reproduce_paper.py
+  python - "$OUT/campaign" <<'PY'
+import json, sys
+from pathlib import Path
+records = [json.loads(p.read_text()) for p in Path(sys.argv[1]).glob("runs/*/*/*/*/campaign.json")]
+for r in records:
+    print("campaign run", r["fingerprint"]["lr"], "on GPU", r.get("cuda_visible_devices"), f"{r['wall_seconds']:.0f} s")
+gpus = sorted(r.get("cuda_visible_devices") for r in records)
+print("two runs, one on each GPU:", gpus == ["0", "1"])
+PY
+fi
