@@ -173,6 +173,8 @@ def run_campaign(settings: Settings, workers: int, max_runs: int = 0) -> int:
             if not ok:
                 failed.add(attempt.run.folder)
     except KeyboardInterrupt:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut the runs' checkpoints short
+            signal.signal(sig, signal.SIG_IGN)
         runner.stop(running.values())
         print("interrupted: start again to resume (a run in progress continues from its last checkpoint)", flush=True)
         return 130

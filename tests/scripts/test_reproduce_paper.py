@@ -360,6 +360,8 @@ def test_a_terminated_driver_stops_its_runs_at_a_checkpoint_and_the_next_start_r
         time.sleep(0.05)
     assert driver.poll() is None, "the runs ended before both had a checkpoint: nothing was stopped"
     driver.send_signal(signal.SIGTERM)  # the driver's own pid only: it passes the stop on to its runs
+    time.sleep(1)
+    driver.send_signal(signal.SIGTERM)  # a second kill (an impatient user, a queue and a script) changes nothing
     output, _ = driver.communicate(timeout=150)
     assert driver.returncode == 130 and "interrupted: start again" in output, output[-3000:]
     assert not processes_mentioning(str(results)), "a run outlived its driver"
