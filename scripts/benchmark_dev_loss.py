@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tasks  # noqa: E402
+from campaign.settings import DEFAULT_CAPS, TaskCaps  # noqa: E402
 from zo.models import load_model  # noqa: E402
 from zo.recipes.finetune import _mean_example_loss  # noqa: E402
 
-CAPS = {"BoolQ": 256, "SQuAD": 320, "DROP": 320}  # the campaign's max_length; 2048 elsewhere
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     for name in args.tasks:
         task = tasks.get_task(name, args.data_dir)
         dev = tasks.sample_splits(task, 1000, args.dev, 0, 42).dev
-        stream = tasks.TrainBatches(dev, task, tokenizer, args.batch_size, max_length=CAPS.get(name, 2048))
+        stream = tasks.TrainBatches(dev, task, tokenizer, args.batch_size, max_length=DEFAULT_CAPS.get(name, TaskCaps()).max_length)
         seconds, values = {False: [], True: []}, {}
         for _ in range(args.rounds):
             for by_length in (False, True):

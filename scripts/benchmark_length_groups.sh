@@ -4,7 +4,7 @@
 # time of steps 2-4 and its ratio to one padded batch. Run it on a quiet machine.
 #   DATA_DIR=../shared/data bash scripts/benchmark_length_groups.sh
 #   TASKS="CB" GROUPS_LIST="1 2 4" MODEL=/path/to/model bash scripts/benchmark_length_groups.sh
-# max_length is the campaign's cap of the task (docs/campaign.md): BoolQ 256, SQuAD and DROP 320, else 2048.
+# max_length is the campaign's cap of the task (scripts/campaign/settings.py, docs/campaign.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASKS=${TASKS:-"CB WSC BoolQ SST2"}
@@ -14,7 +14,8 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 for task in $TASKS; do
   for g in $GROUPS_LIST; do
-    case $task in BoolQ) max_length=256 ;; SQuAD|DROP) max_length=320 ;; *) max_length=2048 ;; esac  # the campaign's caps
+    max_length=$(cd scripts && python -c "from campaign.settings import DEFAULT_CAPS, TaskCaps
+print(DEFAULT_CAPS.get('$task', TaskCaps()).max_length)")
     python run_zo_fine_tuner.py --task_name "$task" --train_mode mezo --data_dir "$DATA_DIR" --max_steps 4 \
       --eval_steps 0 --num_train 200 --num_dev 0 --num_eval 0 --per_device_train_batch_size 16 \
       --max_length "$max_length" --learning_rate 1e-5 --train_loss_subset 0 --progress False \

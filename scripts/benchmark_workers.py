@@ -1,7 +1,7 @@
 """Campaign throughput: one run on all the cores against WORKERS runs at once on a share each, side by side.
 
     python scripts/benchmark_workers.py --data_dir ../shared/data                      # SST-2, MeZO, 16 steps
-    python scripts/benchmark_workers.py --data_dir ../shared/data --task BoolQ --max_length 256 --length_groups 2
+    python scripts/benchmark_workers.py --data_dir ../shared/data --task BoolQ --steps 8   # its campaign caps
 
 The same short run (same data, seed and steps) is timed alone with every core, then `--workers` copies of it
 at once with cores / workers threads each. Throughput ratio = workers x (time alone) / (time of the copies
@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from campaign.settings import DEFAULT_CAPS, TaskCaps  # noqa: E402
 
 
 def launch(args: argparse.Namespace, out: Path, threads: int) -> subprocess.Popen:
@@ -65,10 +67,13 @@ def main() -> None:
     parser.add_argument("--bank", default=str(REPO_ROOT / "learned_finetuner" / "smollm2-135m_copa.safetensors"),
                         help="the PertNN bank of --method zo_fine_tuner")
     parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--max_length", type=int, default=2048)
-    parser.add_argument("--length_groups", type=int, default=1)
+    parser.add_argument("--max_length", type=int, default=None, help="default: the campaign's cap of the task")
+    parser.add_argument("--length_groups", type=int, default=None, help="default: the campaign's, for the task")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    caps = DEFAULT_CAPS.get(args.task, TaskCaps())
+    args.max_length = args.max_length or caps.max_length
+    args.length_groups = args.length_groups or caps.length_groups
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = max(1, cores // args.workers)
 
