@@ -70,6 +70,10 @@ def scratch_lines(settings: Settings, plan: Plan) -> list[str]:
     return [line]
 
 
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def estimate_text(plan: Plan, finished: list) -> str:
     """What the runnable runs will cost: each at the median CPU time of the finished, undiverged runs of its
     (task, method); else at MeZO's on that task times the method's measured cost ratio to MeZO on other tasks
@@ -98,7 +102,7 @@ def estimate_text(plan: Plan, finished: list) -> str:
             guessed.add(method)
         else:
             unknown.add(task)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     text = (f"estimate for the runnable runs: {sum(known) / 3600:.1f} CPU-hours (about "
             f"{sum(known) / 3600 / cores:.1f} wall-hours on {cores} busy cores) for {len(known)} of them")
     if guessed:
@@ -117,7 +121,7 @@ def worker_threads(settings: Settings, workers: int) -> int | None:
         return int(settings.get("THREADS"))
     if workers == 1:
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     return max(1, cores // workers)
 
 
