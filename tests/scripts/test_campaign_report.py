@@ -11,7 +11,8 @@ from pathlib import Path
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from campaign.report import Cell, not_started_line, paired_differences, paper_table, sampling_noise_line  # noqa: E402
+from campaign.report import (Cell, lr_robustness_plot, not_started_line, paired_differences, paper_table,  # noqa: E402
+                             sampling_noise_line)
 from campaign.settings import load_settings  # noqa: E402
 from campaign.store import Run  # noqa: E402
 
@@ -98,3 +99,16 @@ def test_the_paper_table_bolds_the_best_zeroth_order_cell_and_marks_what_has_not
     line = not_started_line(cells, settings)[0]
     assert line.endswith("BoolQ: mezo.") and "hizoo" not in line  # a grid under way is in the main table
     assert paper_table({}, settings) == ["No (task, method) has a selected LR yet."]
+
+
+def test_the_lr_robustness_plot_takes_blow_ups_and_diverged_runs(tmp_path):
+    def grid(method, losses):
+        runs = [Run("SST2", method, lr, 42, tmp_path, {"status": status, "last_step_train_loss": loss}, {})
+                for lr, loss, status in losses]
+        return Cell("SST2", method, grid_done=len(runs), grid_size=len(runs), grid_runs=runs)
+
+    cells = [grid("mezo", [("1e-4", 0.6, "completed"), ("3e-4", 1908.0, "completed"),
+                           ("1e-3", None, "stopped: loss is nan")]),
+             grid("zoft_new", [("1e-4", 0.55, "completed"), ("1e-5", 0.61, "completed")])]
+    path = lr_robustness_plot(cells, "SST2", tmp_path / "lr.png")
+    assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
