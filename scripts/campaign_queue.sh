@@ -14,6 +14,7 @@
 #   core_seeds      MeZO and ZO-FT: 3 seeds at the best LR on SST2 Copa WSC CB
 #   others          the LR grid (seed 42) of every other method on SST2 Copa WSC CB
 #   seeds           3 seeds at the best LR for the other methods on SST2 Copa WSC CB
+# After each stage of runs the report (results/README.md, plots) is made again (REPORT=0: not).
 # Other env vars (DATA_DIR, RESULTS_DIR, MODEL, LRS_*, ...) reach the stages unchanged. WORKERS defaults to 2
 # here: two 1-thread runs at once get more done on a 2-core CPU than one 2-thread run (1.1-1.3x,
 # scripts/benchmark_workers.py).
@@ -76,6 +77,10 @@ for stage in $STAGES; do
   if [ $rc != 0 ]; then
     echo "== stage $stage ended with exit code $rc; going on with the next stage"
     failed="$failed $stage"
+  fi
+  if [ "$stage" != ablation_banks ] && [ "${REPORT:-1}" = 1 ]; then  # the report follows the runs (REPORT=0: not)
+    python scripts/make_report.py > /dev/null 2>&1 && echo "== report updated: ${RESULTS_DIR:-results}/README.md" \
+      || echo "== the report could not be made: run python scripts/make_report.py to see why"
   fi
 done
 [ "${1:-}" = "--status" ] && exit 0
