@@ -62,6 +62,9 @@ def scratch_lines(settings: Settings, plan: Plan) -> list[str]:
         return []
     size = sum(f.stat().st_size for folder in folders for f in folder.rglob("*") if f.is_file())
     line = f"scratch: {len(folders)} unfinished attempt{'s' * (len(folders) != 1)}, {size / 2**30:.1f} GiB in {root}"
+    running = [p.name for p in folders if runner.held_now(p.with_name(p.name + ".lock"))]
+    if running:
+        line += f"; running now (a driver on this machine holds them): {', '.join(running)}"
     pending = {scratch_dir(settings, r).name for r in plan.pending()}
     others = [p.name for p in folders if p.name not in pending]
     if others:

@@ -154,6 +154,21 @@ def claim(settings: Settings, run: PlannedRun) -> int | None:
     return fd
 
 
+def held_now(path: Path) -> bool | None:
+    """Whether a process on this machine holds the lock file `path`, read from /proc/locks (Linux) rather than by
+    trying the lock, which a driver claiming the run at that moment would find taken; None without /proc/locks."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return False
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    return any(wanted in line.split() for line in table.splitlines())
+
+
 def start(settings: Settings, run: PlannedRun, threads: int | None = None, gpu: str | None = None) -> Attempt | None:
     """Start the run (or resume its killed attempt) as a child process; None if another driver is running it or
     has published it since this driver planned it. `gpu`: the run sees only this GPU, as its cuda:0 (so a killed

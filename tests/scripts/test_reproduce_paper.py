@@ -294,6 +294,14 @@ def test_status_counts_scratch_and_names_attempts_this_plan_will_not_resume(tmp_
     assert last.startswith(f"scratch: 2 unfinished attempts, 1.0 GiB in {tmp_path / '.scratch'}")
     assert last.endswith("else delete): CB-mezo-1e-05-9")
 
+    lock = runner.claim(settings, run)  # as a driver running it would
+    try:
+        last = status_text(settings, plan).splitlines()[-1]
+        assert f"; running now (a driver on this machine holds them): {mine.name}; not pending" in last
+    finally:
+        os.close(lock)
+    assert "running now" not in status_text(settings, plan)
+
 
 def _without_times(folder: Path) -> tuple[dict, list[dict]]:
     times = {"seconds", "train_seconds", "total_seconds"}
