@@ -415,3 +415,15 @@ def test_the_estimate_prices_a_method_by_its_own_runs_else_by_its_ratio_to_mezo(
     assert text.startswith(f"estimate for the runnable runs: {hours:.1f} CPU-hours (about {hours / 2:.1f} "
                            f"wall-hours on 2 busy cores) for 3 of them")
     assert "no finished run to measure the method yet: lozo" in text and text.endswith("measure DROP)")
+
+
+def test_with_two_workers_a_failed_run_is_reported_and_the_other_still_published(campaign_env, tmp_path):
+    env = {**campaign_env, "RESULTS_DIR": str(tmp_path / "results"), "TASKS": "SST2", "METHODS": "mezo zoft_new",
+           "SEEDS": "1", "LRS_mezo": "0.001", "LRS_zoft_new": "0.001", "ARGS_mezo": "--no_such_flag 1"}
+    proc = run_cmd([sys.executable, "scripts/reproduce_paper.py", "--workers", "2"], env, timeout=600, check=False)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "    FAILED: exit code 2" in proc.stdout and "(SST2 mezo lr 0.001 seed 1)" in proc.stdout
+    assert "    done: completed" in proc.stdout and "left: 1 runnable now" in proc.stdout
+    published = sorted(p.parent.relative_to(tmp_path / "results" / "runs").as_posix()
+                       for p in (tmp_path / "results" / "runs").glob("*/*/*/*/campaign.json"))
+    assert published == ["SST2/zoft_new/0.001/1"]
