@@ -45,7 +45,8 @@ def status_text(settings: Settings, plan: Plan) -> str:
             lines.append(f"  {task:6s} {method:15s} {marks}")
     edges = [f"{t} {m} {plan.best_lr[t, m]}" for t, m in sorted(plan.at_edge)]
     if edges:
-        lines.append("best LR at the edge of its grid (extend it with LRS_<method>_<task>): " + ", ".join(edges))
+        lines.append("best LR at the edge of its grid after EXTEND_GRID extensions (extend it with "
+                     "LRS_<method>_<task>): " + ", ".join(edges))
     finished = all_runs(settings.runs_dir)
     cpu = sum(r.cpu_seconds for r in finished)
     left = len(plan.pending()) + sum(plan.blocked.values())

@@ -8,6 +8,7 @@
 #   LRS_<method>="1e-5 3e-6 ..." (LRS_<method>_<task> for one task)  SEEDS="42 43 44" (SEEDS_<task> per task)  BANK_<method>=path  ARGS_<method>="--flag v"
 #   TASKS_<method>="SST2"  STEPS, EVAL_STEPS, TRAIN, DEV, EVAL, MAX_LENGTH, MAX_NEW_TOKENS (also <VAR>_<task>)
 #   BS (16)  EPS (1e-3)  DTYPE (float32|float16|bfloat16)  SELECT_BY (dev_loss|dev_metric)  EXTRA_ARGS
+#   EXTEND_GRID (1: a best LR at its grid's edge gets one more LR beyond it, before the seeds; 0: never)
 #   WORKERS (1: runs at a time)  THREADS (threads a run; default: the cores / WORKERS when WORKERS > 1)
 #   GPUS="0 1 ..." (one run a GPU at a time, CUDA_VISIBLE_DEVICES; WORKERS defaults to how many are listed)
 #   CHECKPOINT_STEPS (10, MeZO / ZO-FT)  CHECKPOINT_MINUTES (5, other methods): a killed run resumes from there

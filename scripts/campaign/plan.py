@@ -7,6 +7,7 @@ Phase 3: LR grids of every other method.  Phase 4: their seeds.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,6 +142,12 @@ def build_plan(settings: Settings) -> Plan:
                     continue
                 extra_seeds = settings.seeds_for(task)[1:]
                 chosen = selected_lr(grid, settings.select_by)
+                # a best LR at the grid's edge may not be the best: go one LR further, up to EXTEND_GRID times
+                for _ in range(int(settings.get("EXTEND_GRID", "1"))):
+                    if chosen is None or not at_grid_edge(chosen, grid):
+                        break
+                    grid.append(add(grid_phase, task, method, lr_beyond(chosen, grid), grid[0].seed))
+                    chosen = selected_lr(grid, settings.select_by)
                 if chosen is not None:
                     plan.best_lr[task, method.name] = chosen
                     if at_grid_edge(chosen, grid):
@@ -160,6 +167,21 @@ def at_grid_edge(lr: str, grid: list[PlannedRun]) -> bool:
     """The chosen LR is the largest or the smallest of its grid: the best may lie outside it."""
     values = sorted(float(r.lr) for r in grid)
     return len(values) > 1 and float(lr) in (values[0], values[-1])
+
+
+def lr_beyond(lr: str, grid: list[PlannedRun]) -> str:
+    """The next LR outside the grid, past the edge that `lr` sits on: one step of the 1-3-10 ladder the grids
+    use (1e-4 -> 3e-4, 3e-6 -> 1e-6), or of the grid's own outermost ratio for other values."""
+    values = sorted(float(r.lr) for r in grid)
+    value, up = float(lr), float(lr) == values[-1]
+    exponent = math.floor(math.log10(value))
+    mantissa = round(value / 10 ** exponent, 6)
+    if mantissa == 1.0:  # 1e-4: up 3e-4, down 3e-5
+        return lr_key(3 * 10.0 ** (exponent if up else exponent - 1))
+    if mantissa == 3.0:  # 3e-5: up 1e-4, down 1e-5
+        return lr_key(10.0 ** (exponent + 1 if up else exponent))
+    ratio = values[-1] / values[-2] if up else values[1] / values[0]
+    return lr_key(value * ratio if up else value / ratio)
 
 
 def selected_lr(grid: list[PlannedRun], select_by: str) -> str | None:

@@ -38,7 +38,8 @@ TABLE3 = ("zoft_layerwise", "zoft_reset_norm")
 #   (5-40 here), and FZOO's normalized step by about lr / 3: their grids sit higher.
 # - The old bank (upstream's effective-dimension rule) steps about k^2 = 200x MeZO's step on the tied embedding /
 #   head (docs/smollm2_bank.md): on SST-2 it diverged at 1e-5 and beat MeZO at 1e-6, so its grid sits 10x lower.
-# A best LR at the edge of its grid is extended (LRS_<method>, or LRS_<method>_<task> for one task).
+# A best LR at the edge of its grid is extended: by the plan, EXTEND_GRID times (default 1), or by hand
+# (LRS_<method>, or LRS_<method>_<task> for one task).
 ZO_SGD_GRID = "1e-4 3e-5 1e-5"
 DEFAULT_GRIDS = {"mezo": ZO_SGD_GRID, "hizoo": ZO_SGD_GRID, "lozo": ZO_SGD_GRID, "zoft": ZO_SGD_GRID,
                  "zoft_old": "1e-5 3e-6 1e-6",

@@ -38,7 +38,7 @@ def campaign_env(tiny_llama_dir, tiny_llama_bank, tmp_path_factory):
             "METHODS": " ".join(METHODS) + " no_such_mode zoft_missing=/nonexistent/bank.safetensors",
             "BANK_zoft_new": str(bank), "LRS_mezo": " ".join(LRS), "LRS_zoft_new": " ".join(LRS),
             "STEPS": "2", "EVAL_STEPS": "1", "TRAIN": "8", "DEV": "4", "EVAL": "4", "BS": "2", "MAX_LENGTH": "128",
-            "MAX_NEW_TOKENS": "4", "EXTRA_ARGS": "--threads 1"}
+            "MAX_NEW_TOKENS": "4", "EXTRA_ARGS": "--threads 1", "EXTEND_GRID": "0"}  # grids of 2: always an edge
 
 
 def finished(results: Path) -> dict[Path, float]:
@@ -427,3 +427,45 @@ def test_with_two_workers_a_failed_run_is_reported_and_the_other_still_published
     published = sorted(p.parent.relative_to(tmp_path / "results" / "runs").as_posix()
                        for p in (tmp_path / "results" / "runs").glob("*/*/*/*/campaign.json"))
     assert published == ["SST2/zoft_new/0.001/1"]
+
+
+def _publish_fake(run, dev_loss: float) -> None:
+    """A finished run as the campaign publishes it, with this dev loss (no training: the plan reads only these)."""
+    run.folder.mkdir(parents=True)
+    (run.folder / "metrics.json").write_text(json.dumps({"status": "completed", "best_dev_loss": dev_loss,
+                                                          "dev": {"accuracy": 0.5}}))
+    (run.folder / "campaign.json").write_text(json.dumps({"fingerprint": run.fingerprint}))
+
+
+def test_a_best_lr_at_the_grid_edge_extends_the_grid_before_the_seeds_run(tmp_path):
+    env = {"RESULTS_DIR": str(tmp_path), "TASKS": "SST2", "METHODS": "mezo", "SEEDS": "1 2",
+           "LRS_mezo": "1e-4 3e-5 1e-5"}
+    plan = build_plan(load_settings(env))
+    for run, dev_loss in zip(plan.pending(), (0.60, 0.65, 0.70)):  # the largest LR is best: at the edge
+        _publish_fake(run, dev_loss)
+    plan = build_plan(load_settings(env))
+    (extension,) = plan.pending()  # one LR further up the 1-3-10 ladder, same seed; the seed run waits for it
+    assert (extension.phase, extension.lr, extension.seed) == (1, "0.0003", 1) and plan.blocked == {2: 1}
+    assert ("SST2", "mezo") not in plan.best_lr  # no choice while the extended grid is incomplete
+
+    _publish_fake(extension, 0.62)  # worse than 1e-4: the best is inside the grid now, the seed runs there
+    plan = build_plan(load_settings(env))
+    assert [(r.phase, r.lr, r.seed) for r in plan.pending()] == [(2, "0.0001", 2)]
+    assert not plan.at_edge and not plan.blocked
+
+    no_extension = build_plan(load_settings({**env, "EXTEND_GRID": "0", "RESULTS_DIR": str(tmp_path / "other")}))
+    assert len(no_extension.runs) == 3  # EXTEND_GRID=0: the grid as given (and its seeds blocked until done)
+
+
+def test_a_grid_extends_downward_and_at_most_extend_grid_times(tmp_path):
+    env = {"RESULTS_DIR": str(tmp_path), "TASKS": "SST2", "METHODS": "mezo", "SEEDS": "1",
+           "LRS_mezo": "1e-4 3e-5", "EXTEND_GRID": "2"}
+    for run, dev_loss in zip(build_plan(load_settings(env)).pending(), (0.9, 0.8)):  # the smallest LR is best
+        _publish_fake(run, dev_loss)
+    for expected, dev_loss in (("1e-05", 0.7), ("3e-06", 0.6)):  # and each new smallest LR is best again
+        (run,) = build_plan(load_settings(env)).pending()
+        assert run.lr == expected
+        _publish_fake(run, dev_loss)
+    plan = build_plan(load_settings(env))
+    assert not plan.pending() and len(plan.runs) == 4  # two extensions, no more
+    assert plan.best_lr["SST2", "mezo"] == "3e-06" and ("SST2", "mezo") in plan.at_edge  # the report says so
