@@ -76,7 +76,8 @@ def test_campaign_survives_a_kill_and_the_report_has_the_right_cells(campaign_en
                                                             "test_predictions.jsonl", "train_log.jsonl"]
     assert f"{len(before)} done" in status(env).splitlines()[3]  # phase 1 line (after two 'unavailable' lines)
     estimate = [line for line in status(env).splitlines() if line.startswith("estimate for the runnable runs: ")]
-    assert len(estimate) == 1 and "CPU-hours for" in estimate[0]  # from the finished runs' CPU time, per task
+    assert len(estimate) == 1 and re.match(r"estimate for the runnable runs: [\d.]+ CPU-hours \(about [\d.]+ "
+                                           r"wall-hours on \d+ busy cores\) for [1-9]\d* of them", estimate[0])
 
     rerun = run_cmd([sys.executable, "scripts/reproduce_paper.py"], env, timeout=600)
     after = finished(results)
