@@ -38,8 +38,8 @@ def launch(args: argparse.Namespace, out: Path, threads: int) -> subprocess.Pope
         cmd += ["--model_name", args.model]
     if args.method == "zo_fine_tuner":
         cmd += ["--load_mlp_path", args.bank]
-    log = open(out.with_suffix(".log"), "w")
-    return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    with open(out.with_suffix(".log"), "w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_all(procs: list[subprocess.Popen]) -> None:
