@@ -14,7 +14,10 @@
 #   core_seeds      MeZO and ZO-FT: 3 seeds at the best LR on SST2 Copa WSC CB
 #   others          the LR grid (seed 42) of every other method on SST2 Copa WSC CB
 #   seeds           3 seeds at the best LR for the other methods on SST2 Copa WSC CB
-# After each stage of runs the report (results/README.md, plots) is made again (REPORT=0: not).
+# Consecutive stages of runs go to one driver (reproduce_paper.py --stage ...), in order: a stage's runs start
+# once the earlier stages have none left to start, so a stage's last run and the next stage's first share the
+# cores. After each such group (and before the banks) the report (results/README.md, plots) is made again
+# (REPORT=0: not).
 # Other env vars (DATA_DIR, RESULTS_DIR, MODEL, LRS_*, ...) reach the stages unchanged. WORKERS defaults to 2
 # here: two 1-thread runs at once get more done on a 2-core CPU than one 2-thread run (1.1-1.3x,
 # scripts/benchmark_workers.py).
@@ -28,29 +31,29 @@ STAGES=${STAGES:-"core long ablation_banks ablations core_seeds others seeds"}
 export DATA_DIR=${DATA_DIR:-../shared/data}
 export WORKERS=${WORKERS:-2}
 
-stage_command() {  # sets CMD to the command of one stage, with the env it needs
+stage_spec() {  # sets SPEC: a stage of runs as reproduce_paper.py --stage settings, or "banks"
   case $1 in
-    core)           CMD=(env TASKS="$SHORT_TASKS" METHODS="mezo zoft_new" SEEDS=42 bash scripts/reproduce_paper.sh) ;;
-    ablation_banks) CMD=(bash scripts/train_ablation_banks.sh) ;;
-    ablations)      CMD=(env TASKS=SST2 METHODS="$ABLATION_METHODS" SEEDS=42 bash scripts/reproduce_paper.sh) ;;
-    others)         CMD=(env TASKS="$SHORT_TASKS" SEEDS=42 bash scripts/reproduce_paper.sh) ;;
-    long)           CMD=(env TASKS="$LONG_TASKS" METHODS="mezo zoft_new" bash scripts/reproduce_paper.sh) ;;
-    core_seeds)     CMD=(env TASKS="$SHORT_TASKS" METHODS="mezo zoft_new" bash scripts/reproduce_paper.sh) ;;
-    seeds)          CMD=(env TASKS="$SHORT_TASKS" bash scripts/reproduce_paper.sh) ;;
+    core)           SPEC="TASKS=$SHORT_TASKS;METHODS=mezo zoft_new;SEEDS=42" ;;
+    long)           SPEC="TASKS=$LONG_TASKS;METHODS=mezo zoft_new" ;;
+    ablation_banks) SPEC=banks ;;
+    ablations)      SPEC="TASKS=SST2;METHODS=$ABLATION_METHODS;SEEDS=42" ;;
+    core_seeds)     SPEC="TASKS=$SHORT_TASKS;METHODS=mezo zoft_new" ;;
+    others)         SPEC="TASKS=$SHORT_TASKS;SEEDS=42" ;;
+    seeds)          SPEC="TASKS=$SHORT_TASKS" ;;
     *) return 1 ;;
   esac
 }
 
 for stage in $STAGES; do  # refuse a typo before any work
-  stage_command "$stage" || {
+  stage_spec "$stage" || {
     echo "unknown stage '$stage' (core long ablation_banks ablations core_seeds others seeds)" >&2; exit 2; }
 done
 
 child=""
-stop() {  # a kill of the queue stops the stage in progress (its whole process group) and nothing else
+stop() {  # a kill of the queue stops the step in progress (its whole process group) and nothing else
   if [ -n "$child" ]; then
     kill -TERM -- "-$child" 2>/dev/null
-    # a run checkpoints on SIGTERM before it exits: wait for every process of the group, not just its leader
+    # the driver stops its runs (each checkpoints on SIGTERM) before it exits: wait for the whole group
     for _ in $(seq 600); do kill -0 -- "-$child" 2>/dev/null || break; sleep 0.2; done
     kill -KILL -- "-$child" 2>/dev/null
     wait "$child"
@@ -60,29 +63,52 @@ stop() {  # a kill of the queue stops the stage in progress (its whole process g
 }
 trap stop TERM INT
 
-failed=""
+# the queue as steps: each group of consecutive run stages (one driver), and the banks stage on its own
+STEP_NAMES=(); STEP_ARGS=(); names=""; args=()
+flush() {
+  if [ -n "$names" ]; then
+    STEP_NAMES+=("${names# }"); STEP_ARGS+=("$(printf '%q ' "${args[@]}")"); names=""; args=()
+  fi
+}
 for stage in $STAGES; do
-  stage_command "$stage"
+  stage_spec "$stage"
+  if [ "$SPEC" = banks ]; then
+    flush; STEP_NAMES+=(ablation_banks); STEP_ARGS+=(banks)
+  else
+    names="$names $stage"; args+=(--stage "$SPEC")
+  fi
+done
+flush
+
+failed=""
+for i in "${!STEP_NAMES[@]}"; do
+  name=${STEP_NAMES[$i]}
+  if [ "${STEP_ARGS[$i]}" = banks ]; then
+    CMD=(bash scripts/train_ablation_banks.sh)
+  else
+    eval "stage_args=(${STEP_ARGS[$i]})"
+    CMD=(bash scripts/reproduce_paper.sh "${stage_args[@]}")
+  fi
   if [ "${1:-}" = "--status" ]; then
-    echo "== stage $stage: ${CMD[*]} --status"
+    echo "== $name: ${CMD[*]} --status"
     "${CMD[@]}" --status | grep -vE '^  [^ ]+ +[^ ]+ +[^ ]+/s[0-9]+:'  # one line a run: the stage's own --status
     continue
   fi
-  echo "== [$(date +%H:%M:%S)] stage $stage: ${CMD[*]}"
-  setsid -w "${CMD[@]}" &  # its own process group, so that stop() reaches every process the stage starts
+  echo "== [$(date +%H:%M:%S)] $name: ${CMD[*]}"
+  setsid -w "${CMD[@]}" &  # its own process group, so that stop() reaches every process the step starts
   child=$!
   wait "$child"
   rc=$?
   child=""
   if [ $rc != 0 ]; then
-    echo "== stage $stage ended with exit code $rc; going on with the next stage"
-    failed="$failed $stage"
+    echo "== $name ended with exit code $rc; going on with the next step"
+    failed="$failed $name"
   fi
-  if [ "$stage" != ablation_banks ] && [ "${REPORT:-1}" = 1 ]; then  # the report follows the runs (REPORT=0: not)
+  if [ "$name" != ablation_banks ] && [ "${REPORT:-1}" = 1 ]; then  # the report follows the runs (REPORT=0: not)
     python scripts/make_report.py > /dev/null 2>&1 && echo "== report updated: ${RESULTS_DIR:-results}/README.md" \
       || echo "== the report could not be made: run python scripts/make_report.py to see why"
   fi
 done
 [ "${1:-}" = "--status" ] && exit 0
-if [ -n "$failed" ]; then echo "queue done; stages with failures:$failed (rerun to retry them)"; exit 1; fi
+if [ -n "$failed" ]; then echo "queue done; with failures:$failed (rerun to retry them)"; exit 1; fi
 echo "queue done"

@@ -133,11 +133,27 @@ def label(run) -> str:
     return f"{run.task} {run.method.name} lr {run.lr} seed {run.seed}"
 
 
-def run_campaign(settings: Settings, workers: int, max_runs: int = 0) -> int:
-    """Keep up to `workers` runs going until the plan has nothing runnable left; 0, 1 if a run failed, 130 if
+def next_runs(stages: list[Settings], skip: set[Path]) -> tuple[Settings, list, int] | None:
+    """The first stage that has a runnable run (not in `skip`), its runnable runs in plan order, and how many
+    runs all the stages have runnable. A later stage's run starts only when every earlier stage has none left to
+    start: at a stage's end its last runs and the next stage's first ones share the cores."""
+    found, runnable, seen = None, 0, set(skip)
+    for settings in stages:
+        plan = build_plan(settings)  # rebuilt before every start: a finished grid unblocks its seeds
+        todo = [r for r in plan.pending() if r.folder not in seen]
+        seen |= {r.folder for r in todo}  # a run two stages plan (the seeds of two stages) counts once
+        runnable += len(todo)
+        if todo and found is None:
+            found = settings, todo
+    return None if found is None else (*found, runnable)
+
+
+def run_campaign(stages: Settings | list[Settings], workers: int, max_runs: int = 0) -> int:
+    """Keep up to `workers` runs going until no stage has anything runnable left; 0, 1 if a run failed, 130 if
     interrupted (the runs in progress get SIGTERM, checkpoint and stop; the next start resumes them).
     GPUS="0 1 ...": each run gets one of them to itself (CUDA_VISIBLE_DEVICES); list one twice for two runs on it."""
-    free_gpus = list(split_words(settings.get("GPUS")))
+    stages = stages if isinstance(stages, list) else [stages]
+    free_gpus = list(split_words(stages[0].get("GPUS")))
     failed: set[Path] = set()  # a run that fails is tried once per invocation, then left for the next start
     elsewhere: set[Path] = set()  # runs another driver holds (or published since our plan)
     running: dict[int, runner.Attempt] = {}
@@ -145,14 +161,13 @@ def run_campaign(settings: Settings, workers: int, max_runs: int = 0) -> int:
     try:
         while True:
             while len(running) < workers and (not max_runs or started < max_runs):
-                plan = build_plan(settings)  # rebuilt before every start: a finished grid unblocks its seeds
-                skip = failed | elsewhere | {a.run.folder for a in running.values()}
-                todo = [r for r in plan.pending() if r.folder not in skip]
-                if not todo:
+                found = next_runs(stages, failed | elsewhere | {a.run.folder for a in running.values()})
+                if found is None:
                     break
+                settings, todo, runnable = found
                 run = todo[0]
                 # the cores are split between the runs that can go at once: a last run alone gets them all
-                threads = worker_threads(settings, min(workers, len(todo) + len(running)))
+                threads = worker_threads(settings, min(workers, runnable + len(running)))
                 gpu = free_gpus.pop(0) if free_gpus else None
                 attempt = runner.start(settings, run, threads, gpu)
                 if attempt is None:
@@ -186,8 +201,20 @@ def run_campaign(settings: Settings, workers: int, max_runs: int = 0) -> int:
         runner.stop(running.values())
         print("interrupted: start again to resume (a run in progress continues from its last checkpoint)", flush=True)
         return 130
-    print(status_text(settings, build_plan(settings)), flush=True)
+    for settings in stages:
+        print(status_text(settings, build_plan(settings)), flush=True)
     return 1 if failed else 0
+
+
+def stage_settings(assignments: str) -> Settings:
+    """The env plus one stage's own settings, `NAME=value;NAME=value` (a value may hold spaces)."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in assignments.split(";"))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--stage wants NAME=value;NAME=value, got {item!r} in {assignments!r}")
+        overrides[name.strip()] = value.strip()
+    return load_settings({**os.environ, **overrides})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,10 +224,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None,
                         help="runs at a time (default: WORKERS, else one a GPU of GPUS, else 1); each gets THREADS "
                              "threads, else an even share of the cores")
+    parser.add_argument("--stage", action="append", default=[], metavar="'NAME=value;NAME=value'",
+                        help="a stage: the env plus these settings (e.g. 'TASKS=SST2 CB;SEEDS=42'); repeat it for "
+                             "stages run in this order, a stage's runs starting once the earlier stages have none "
+                             "left to start (default: one stage, the env)")
     args = parser.parse_args(argv)
-    settings = load_settings()
+    try:
+        stages = [stage_settings(text) for text in args.stage] or [load_settings()]
+    except ValueError as err:
+        parser.error(str(err))
+    settings = stages[0]
     if args.status:
-        print(status_text(settings, build_plan(settings)))
+        for stage in stages:
+            print(status_text(stage, build_plan(stage)))
         return 0
     gpus = split_words(settings.get("GPUS"))
     workers = args.workers if args.workers is not None else int(settings.get("WORKERS", str(len(gpus) or 1)))
@@ -210,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{workers} workers but GPUS lists {len(gpus)}: each run needs a GPU of its own "
                      f"(list a GPU twice to run two runs on it)")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    return run_campaign(settings, workers, args.max_runs)
+    return run_campaign(stages, workers, args.max_runs)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 # The paper's comparison as a campaign you can kill and restart at any time (docs/campaign.md).
 #   bash scripts/reproduce_paper.sh                 # run what is missing, one run at a time
 #   bash scripts/reproduce_paper.sh --status        # done / pending per phase, CPU-hours spent
+#   bash scripts/reproduce_paper.sh --stage 'TASKS=SST2;SEEDS=42' --stage 'TASKS=CB'   # stages, in order
 #   PRESET=llama-3.2-1b MODEL=/path/Llama-3.2-1B bash scripts/reproduce_paper.sh   # the authors' settings
 # Env vars (defaults in scripts/campaign/settings.py):
 #   TASKS="SST2 Copa CB WSC BoolQ SQuAD DROP"   METHODS="mezo zoft_new zoft_old zoft_untrained mezo_adam hizoo lozo fzoo fo_adam"

@@ -52,3 +52,12 @@ def test_a_killed_queue_stops_its_stage_and_the_next_start_resumes_it(tmp_path, 
 
 def _status(env) -> str:
     return run_cmd(["bash", REPO_ROOT / "scripts" / QUEUE, "--status"], env, timeout=120).stdout
+
+
+def test_consecutive_run_stages_go_to_one_driver_and_the_banks_stage_splits_them(tmp_path, tiny_llama_dir):
+    env = {**_env(tiny_llama_dir, tmp_path), "RESULTS_DIR": str(tmp_path / "results"),
+           "STAGES": "core long ablation_banks core_seeds"}
+    steps = [line for line in _status(env).splitlines() if line.startswith("== ")]
+    assert [line.split(":")[0] for line in steps] == ["== core long", "== ablation_banks", "== core_seeds"]
+    assert steps[0].count("--stage") == 2 and "TASKS=BoolQ SQuAD DROP;METHODS=mezo zoft_new" in steps[0]
+    assert steps[2].count("--stage") == 1

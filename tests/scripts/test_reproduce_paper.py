@@ -470,3 +470,20 @@ def test_a_grid_extends_downward_and_at_most_extend_grid_times(tmp_path):
     plan = build_plan(load_settings(env))
     assert not plan.pending() and len(plan.runs) == 4  # two extensions, no more
     assert plan.best_lr["SST2", "mezo"] == "3e-06" and ("SST2", "mezo") in plan.at_edge  # the report says so
+
+
+def test_stages_run_in_order_and_a_stage_end_shares_the_cores_with_the_next(campaign_env, tmp_path):
+    env = {**campaign_env, "RESULTS_DIR": str(tmp_path / "results"), "TASKS": "SST2", "SEEDS": "1",
+           "LRS_mezo": "0.001", "LRS_zoft_new": "0.001"}
+    stages = ["--stage", "METHODS=mezo", "--stage", "METHODS=zoft_new;TASKS=SST2"]
+    plan = run_cmd([sys.executable, "scripts/reproduce_paper.py", "--status", *stages], env).stdout
+    assert plan.count("campaign: model") == 2 and plan.count("left: 1 runnable now") == 2
+    bad = run_cmd([sys.executable, "scripts/reproduce_paper.py", "--stage", "METHODS"], env, check=False)
+    assert bad.returncode == 2 and "--stage wants NAME=value" in bad.stderr
+
+    out = run_cmd([sys.executable, "scripts/reproduce_paper.py", "--workers", "2", *stages], env, timeout=600).stdout
+    starts = [line for line in out.splitlines() if "] phase 1: SST2" in line]
+    assert [line.split("phase 1: ")[1].split(" (")[0] for line in starts] == [
+        "SST2 mezo lr 0.001 seed 1", "SST2 zoft_new lr 0.001 seed 1"]  # the first stage first
+    assert starts[1].endswith(", 2 running)")  # the second stage did not wait for the first one's last run
+    assert out.count("    done:") == 2 and out.count("left: 0 runnable now") == 2
