@@ -177,7 +177,7 @@ def _ordered(cells, settings):
 def paper_table(cells, settings) -> list[str]:
     """Methods x tasks, as the paper's Table 1: final train loss / test metric at the best LR, mean over seeds.
     Bold: the lowest loss and the highest metric of the task among the zeroth-order methods (first order is a
-    reference); "·": no run at a selected LR yet."""
+    reference), where two or more have results; "·": no run at a selected LR yet."""
     tasks = [t for t in settings.tasks if any(c.runs for (task, _), c in cells.items() if task == t)]
     if not tasks:
         return ["No (task, method) has a selected LR yet."]
@@ -187,7 +187,8 @@ def paper_table(cells, settings) -> list[str]:
     for t in tasks:
         zo = [c for (task, m), c in cells.items() if task == t and m not in FIRST_ORDER
               and c.loss is not None and c.metric is not None]
-        best[t] = (min(c.loss for c in zo), max(c.metric for c in zo)) if zo else (None, None)
+        # nothing to win against with fewer than two methods
+        best[t] = (min(c.loss for c in zo), max(c.metric for c in zo)) if len(zo) > 1 else (None, None)
     for m in methods:
         parts = []
         for t in tasks:
@@ -203,8 +204,8 @@ def paper_table(cells, settings) -> list[str]:
         rows.append(f"| {m} | " + " | ".join(parts) + " |")
     metric_names = sorted({c.runs[0].metric_name for (t, _), c in cells.items() if t in tasks and c.runs})
     return rows + ["", f"Each cell: final train loss / test {' or '.join(metric_names)}, one seed unless it says "
-                       "more. Bold: the task's lowest loss and highest metric among the zeroth-order methods. "
-                       "·: no run at a selected LR yet."]
+                       "more. Bold: the task's lowest loss and highest metric among the zeroth-order methods, "
+                       "where two or more have results. ·: no run at a selected LR yet."]
 
 
 def not_started_line(cells, settings) -> list[str]:

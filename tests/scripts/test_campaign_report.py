@@ -79,7 +79,7 @@ def _scored(task: str, method: str, results: list[tuple[float, float]], folder: 
 
 
 def test_the_paper_table_bolds_the_best_zeroth_order_cell_and_marks_what_has_not_run(tmp_path):
-    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 CB BoolQ",
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 CB WSC BoolQ",
                               "METHODS": "mezo zoft_new hizoo fo_adam"})
     cells = {("SST2", "mezo"): _scored("SST2", "mezo", [(0.6, 0.7), (0.8, 0.8)], tmp_path),
              ("SST2", "zoft_new"): _scored("SST2", "zoft_new", [(0.65, 0.74)], tmp_path),
@@ -88,13 +88,15 @@ def test_the_paper_table_bolds_the_best_zeroth_order_cell_and_marks_what_has_not
              ("CB", "mezo"): _scored("CB", "mezo", [(1.0, 0.5)], tmp_path),
              ("CB", "zoft_new"): _scored("CB", "zoft_new", [(0.9, 0.5)], tmp_path),
              ("CB", "hizoo"): Cell("CB", "hizoo", grid_done=1, grid_size=3),  # grid under way, no LR chosen
+             ("WSC", "mezo"): _scored("WSC", "mezo", [(0.7, 0.6)], tmp_path),  # alone: no bold
+             ("WSC", "fo_adam"): _scored("WSC", "fo_adam", [(0.5, 0.7)], tmp_path),
              ("BoolQ", "mezo"): Cell("BoolQ", "mezo", grid_size=3)}
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in paper_table(cells, settings) if line.startswith("| ") and "---" not in line}
-    assert rows["method"] == ["SST2", "CB"]  # BoolQ: no run at a selected LR yet, no column
-    assert rows["mezo"] == ["0.700 / **0.750** (2 seeds)", "1.000 / **0.500**"]  # means over seeds; a tie: both
-    assert rows["zoft_new"] == ["**0.650** / 0.740", "**0.900** / **0.500**"]
-    assert rows["hizoo"] == ["·", "·"] and rows["fo_adam"] == ["0.100 / 0.950", "·"]
+    assert rows["method"] == ["SST2", "CB", "WSC"]  # BoolQ: no run at a selected LR yet, no column
+    assert rows["mezo"] == ["0.700 / **0.750** (2 seeds)", "1.000 / **0.500**", "0.700 / 0.600"]  # a tie: both
+    assert rows["zoft_new"] == ["**0.650** / 0.740", "**0.900** / **0.500**", "·"]
+    assert rows["hizoo"] == ["·", "·", "·"] and rows["fo_adam"] == ["0.100 / 0.950", "·", "0.500 / 0.700"]
 
     line = not_started_line(cells, settings)[0]
     assert line.endswith("BoolQ: mezo.") and "hizoo" not in line  # a grid under way is in the main table
