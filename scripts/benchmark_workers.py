@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from campaign.settings import DEFAULT_CAPS, TaskCaps  # noqa: E402
+from campaign.settings import DEFAULT_CAPS, TaskCaps, available_cores  # noqa: E402
 
 
 def launch(args: argparse.Namespace, out: Path, threads: int) -> subprocess.Popen:
@@ -74,7 +73,7 @@ def main() -> None:
     caps = DEFAULT_CAPS.get(args.task, TaskCaps())
     args.max_length = args.max_length or caps.max_length
     args.length_groups = args.length_groups or caps.length_groups
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     share = max(1, cores // args.workers)
 
     with tempfile.TemporaryDirectory() as tmp:

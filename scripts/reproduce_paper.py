@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from campaign.plan import PHASES, Plan, build_plan  # noqa: E402
 from campaign import runner  # noqa: E402
 from campaign.runner import scratch_dir  # noqa: E402
-from campaign.settings import Settings, load_settings, split_words  # noqa: E402
+from campaign.settings import Settings, available_cores, load_settings, split_words  # noqa: E402
 from campaign.store import all_runs  # noqa: E402
 
 
@@ -72,10 +72,6 @@ def scratch_lines(settings: Settings, plan: Plan) -> list[str]:
         line += ("; not pending in this plan (another TASKS / METHODS may still resume them, else delete): "
                  + ", ".join(others))
     return [line]
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def estimate_text(plan: Plan, finished: list) -> str:

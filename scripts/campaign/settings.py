@@ -119,6 +119,11 @@ def _builtin(name: str) -> dict | None:
     return None
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. under taskset or a CPU quota'd container)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def split_words(text: str | None) -> tuple[str, ...]:
     return tuple((text or "").split())
 

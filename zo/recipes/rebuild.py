@@ -5,8 +5,8 @@ train_log.jsonl holds every record. So the weights of any step, including the be
 on test, come back from the pretrained model with the optimizer's `replay`, without any forward pass (bit for bit
 in fp32: tests/zo/recipes/test_rebuild.py). Methods with more state than the log holds are refused. A campaign
 can therefore keep only a run's small files and still hand out its weights, or score its test split again,
-here to write the per-example file (test_predictions.jsonl) that runs finished before it existed lack. The rescored metric must equal the one in metrics.json, or nothing is
-written: that check also proves the rebuild.
+here to write the per-example file (test_predictions.jsonl) that runs finished before it existed lack. The
+rescored metric must equal the one in metrics.json, or nothing is written: that check also proves the rebuild.
 
     python -m zo.recipes.rebuild RUN_DIR [RUN_DIR ...] --rescore_test       # write test_predictions.jsonl
     python -m zo.recipes.rebuild RUN_DIR --save_model DIR [--step N]        # the weights as an HF model folder
