@@ -50,8 +50,11 @@ def status_text(settings: Settings, plan: Plan) -> str:
     finished = all_runs(settings.runs_dir)
     cpu = sum(r.cpu_seconds for r in finished)
     left = len(plan.pending()) + sum(plan.blocked.values())
+    partial = sum(not r.cost_complete for r in finished)
     lines.append(f"left: {len(plan.pending())} runnable now, {sum(plan.blocked.values())} blocked; "
-                 f"{left} runs in all. CPU-hours spent on finished runs: {cpu / 3600:.2f}")
+                 f"{left} runs in all. CPU-hours spent on finished runs: {cpu / 3600:.2f}"
+                 + (f" (at least: {partial} resumed run{'s' * (partial != 1)} count their last attempt only)"
+                    if partial else ""))
     return "\n".join(lines + [estimate_text(plan, finished)] + scratch_lines(settings, plan))
 
 
@@ -77,10 +80,11 @@ def scratch_lines(settings: Settings, plan: Plan) -> list[str]:
 def estimate_text(plan: Plan, finished: list) -> str:
     """What the runnable runs will cost: each at the median CPU time of the finished, undiverged runs of its
     (task, method); else at MeZO's on that task times the method's measured cost ratio to MeZO on other tasks
-    (FZOO costs ~5x, HiZOO ~1.4x); else at the task's median over all methods, said so."""
+    (FZOO costs ~5x, HiZOO ~1.4x); else at the task's median over all methods, said so. Runs whose cost covers
+    their last attempt only are left out: they would price a run too low."""
     costs: dict[tuple[str, str], list[float]] = {}
     for r in finished:
-        if not r.diverged and r.cpu_seconds > 0:
+        if not r.diverged and r.cpu_seconds > 0 and r.cost_complete:
             costs.setdefault((r.task, r.method), []).append(r.cpu_seconds)
     median = {key: statistics.median(values) for key, values in costs.items()}
     by_task: dict[str, list[float]] = {}

@@ -68,7 +68,13 @@ class LoopResult:
     train_eval_losses: list[tuple[int, float]] = field(default_factory=list)
     best_train_eval_loss: float | None = None  # at best_step (the state evaluated on test)
     mean_perturbed_loss_last10: float | None = None  # mean L+ of the last 10 steps (inflated by the noise)
+    # wall and CPU seconds of the training (steps and dev evaluations) over every attempt: a resumed run adds its
+    # own to what its checkpoint carried (work done after that checkpoint and lost to the kill is not counted)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    # the earlier attempts' share, from the checkpoint resumed (None: a checkpoint of an older version, unknown)
+    carried_seconds: float | None = None
+    carried_cpu_seconds: float | None = None
     resumed_from: int | None = None
     window: list[float] = field(default_factory=list)  # the last L+ values behind mean_perturbed_loss_last10
 
@@ -84,6 +90,21 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import load_model
 
     load_model(model, str(path))
+
+
+class _Clock:
+    """Training time so far, this attempt's plus what the resumed checkpoint carried. CPU time is the process's
+    (every thread's), so it is the run's own even while other runs share the machine."""
+
+    def __init__(self, result: LoopResult):
+        self.result = result
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+
+    def seconds(self) -> float:
+        return round((self.result.carried_seconds or 0.0) + time.perf_counter() - self.wall0, 3)
+
+    def cpu_seconds(self) -> float:
+        return round((self.result.carried_cpu_seconds or 0.0) + time.process_time() - self.cpu0, 3)
 
 
 class _Checkpointer:
@@ -105,7 +126,7 @@ class _Checkpointer:
         if self.replay:
             self.since_base.append(record)
 
-    def save(self, result: LoopResult, run_log: RunLog) -> None:
+    def save(self, result: LoopResult, run_log: RunLog, clock: _Clock) -> None:
         full = not self.replay or self.base is None or len(self.since_base) >= self.policy.replay_limit
         state = {"kind": "finetune", "optimizer": self.optimizer.state_dict(),
                  "model": self.optimizer.model.state_dict() if full else None,
@@ -115,7 +136,8 @@ class _Checkpointer:
                           "best_dev_loss": result.best_dev_loss, "dev_losses": list(result.dev_losses),
                           "train_eval_losses": list(result.train_eval_losses),
                           "best_train_eval_loss": result.best_train_eval_loss,
-                          "window": list(result.window)},
+                          "window": list(result.window),
+                          "seconds": clock.seconds(), "cpu_seconds": clock.cpu_seconds()},
                  "rng": global_rng_state(), "log_offset": run_log.offset()}
         name = self.run.save_checkpoint(state, result.steps_done, base=None if full else self.base)
         if full:
@@ -146,6 +168,7 @@ class _Checkpointer:
         result.train_eval_losses = [tuple(x) for x in loop.get("train_eval_losses", [])]
         result.best_train_eval_loss = loop.get("best_train_eval_loss")
         result.mean_perturbed_loss_last10 = sum(result.window) / len(result.window) if result.window else None
+        result.carried_seconds, result.carried_cpu_seconds = loop.get("seconds"), loop.get("cpu_seconds")
         result.resumed_from = result.steps_done
 
 
@@ -204,7 +227,7 @@ def train_zo(optimizer, batches, loss_fn: Callable[[object], torch.Tensor], step
     if resume is not None:
         train_log.event("resumed", step=result.steps_done)
         log.info("resumed from step %d", result.steps_done)
-    start = time.perf_counter()
+    clock = _Clock(result)
     bar = progress_bar(steps, "ZO steps", progress, initial=result.steps_done)
 
     def evaluate_dev(step: int) -> None:
@@ -216,11 +239,11 @@ def train_zo(optimizer, batches, loss_fn: Callable[[object], torch.Tensor], step
                 result.best_train_eval_loss = line["train_eval_loss"]
         if dev_loss_fn is None:
             if train_eval_fn is not None:
-                train_log.dev({**line, "seconds": round(time.perf_counter() - start, 3)})
+                train_log.dev({**line, "seconds": clock.seconds()})
             return
         loss = float(dev_loss_fn())
         result.dev_losses.append((step, loss))
-        train_log.dev({**line, "dev_loss": loss, "seconds": round(time.perf_counter() - start, 3)})
+        train_log.dev({**line, "dev_loss": loss, "seconds": clock.seconds()})
         reporter.log({"dev_loss": loss, **{k: v for k, v in line.items() if k != "step"}}, step)
         if math.isfinite(loss) and (result.best_dev_loss is None or loss < result.best_dev_loss):
             result.best_dev_loss, result.best_step = loss, step
@@ -257,18 +280,18 @@ def train_zo(optimizer, batches, loss_fn: Callable[[object], torch.Tensor], step
             if stop is not None and stop.requested is not None:
                 result.status = INTERRUPTED
                 train_log.event("interrupted", step=result.steps_done, signal=signal.Signals(stop.requested).name)
-                checkpointer.save(result, train_log)
+                checkpointer.save(result, train_log, clock)
                 log.warning("interrupted after step %d: checkpoint written; resume with --resume", result.steps_done)
                 return result
             if step + 1 < steps and checkpointer.due(step + 1):
-                checkpointer.save(result, train_log)
+                checkpointer.save(result, train_log, clock)
         last_eval = (result.dev_losses or result.train_eval_losses or [(None, None)])[-1][0]
         if result.steps_done and last_eval != result.steps_done:
             evaluate_dev(result.steps_done)
     finally:
         bar.close()
         train_log.close()
-        result.seconds = time.perf_counter() - start
+        result.seconds, result.cpu_seconds = clock.seconds(), clock.cpu_seconds()
 
     if result.best_step is not None and result.best_step != result.steps_done:
         log.info("restoring the best state (step %d, dev loss %.4f)", result.best_step, result.best_dev_loss)

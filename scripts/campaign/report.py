@@ -282,7 +282,10 @@ def cpu_lines(cells) -> list[str]:
         by_phase[r.campaign.get("phase", 0)] = by_phase.get(r.campaign.get("phase", 0), 0.0) + r.cpu_seconds
     total = sum(by_phase.values())
     detail = ", ".join(f"phase {p}: {s / 3600:.2f}" for p, s in sorted(by_phase.items()))
-    return [f"CPU-hours spent on the {len(runs)} finished runs: {total / 3600:.2f} ({detail or 'none'})."]
+    partial = sum(not r.cost_complete for r in runs)
+    note = (f" At least: {partial} of them were resumed before runs carried their time across attempts, and count "
+            "their last attempt only." if partial else "")
+    return [f"CPU-hours spent on the {len(runs)} finished runs: {total / 3600:.2f} ({detail or 'none'}).{note}"]
 
 
 def plots(cells, settings, out_dir: Path) -> list[Path]:

@@ -226,6 +226,21 @@ def stop(attempts, timeout: float = 90.0) -> None:
         os.close(attempt.lock)
 
 
+def run_cost(metrics: dict, cpu: float, wall: float) -> dict:
+    """The run's CPU and wall seconds: this attempt's (the whole process: loading, training, evaluation) plus the
+    training time the earlier attempts kept, which the resumed checkpoint carried. Work redone after a kill is not
+    counted. A run resumed from a checkpoint that carried no time (an older version's) counts its last attempt
+    only, and says so."""
+    cost = {"cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2)}
+    if metrics.get("resumed_from_step") is None:
+        return cost
+    if "carried_train_cpu_seconds" not in metrics:
+        return {**cost, "cost_counts": "last attempt only"}
+    return {"cpu_seconds": round(cpu + metrics["carried_train_cpu_seconds"], 2),
+            "wall_seconds": round(wall + metrics["carried_train_seconds"], 2),
+            "last_attempt_cpu_seconds": cost["cpu_seconds"], "last_attempt_wall_seconds": cost["wall_seconds"]}
+
+
 def finish(attempt: Attempt, returncode: int, usage: resource.struct_rusage) -> tuple[bool, str]:
     """Publish a run whose child has exited (reaped by the caller with os.wait4, which gives this child's own CPU
     time even while other runs go on): config/metrics/train_log + campaign.json to run.folder. (ok, message)."""
@@ -246,12 +261,11 @@ def _publish(attempt: Attempt, returncode: int, usage: resource.struct_rusage) -
         tail = (scratch / "output.log").read_text()[-1500:]
         return False, f"exit code {returncode}; log {scratch / 'output.log'}:\n{tail}"
 
-    # CPU and wall time of this attempt only: a killed attempt's cost is not known (resumed_from_step says so)
     grid = attempt.settings.grid_for(run.method, run.task)
+    cpu, wall = usage.ru_utime + usage.ru_stime, time.time() - attempt.started
     record = {"fingerprint": run.fingerprint, "phase": run.phase, "grid": list(grid),
-              "resumed_from_step": metrics.get("resumed_from_step"),
-              "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
-              "wall_seconds": round(time.time() - attempt.started, 2), "host": platform.node(),
+              "resumed_from_step": metrics.get("resumed_from_step"), **run_cost(metrics, cpu, wall),
+              "host": platform.node(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(attempt.started)),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": git_commit(),
               **({"cuda_visible_devices": attempt.gpu} if attempt.gpu is not None else {}),

@@ -87,6 +87,13 @@ class Run:
     def cpu_seconds(self) -> float:
         return float(self.campaign.get("cpu_seconds") or 0.0)
 
+    @property
+    def cost_complete(self) -> bool:
+        """False for a run resumed before runs carried their training time across attempts: its CPU seconds are
+        its last attempt's only (campaign.json: resumed_from_step without the carried time)."""
+        return not (self.campaign.get("resumed_from_step") is not None and "last_attempt_cpu_seconds" not in
+                    self.campaign)
+
     def test_scores(self) -> list[float] | None:
         """Each test example's score (1/0, or F1) in the run's test order; None for a run finished before runs
         wrote test_predictions.jsonl, or a file that does not cover the whole test split."""

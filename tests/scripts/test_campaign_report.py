@@ -11,8 +11,8 @@ from pathlib import Path
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from campaign.report import (Cell, lr_robustness_plot, not_started_line, paired_differences, paper_table,  # noqa: E402
-                             sampling_noise_line)
+from campaign.report import (Cell, cpu_lines, lr_robustness_plot, not_started_line, paired_differences,  # noqa: E402
+                             paper_table, sampling_noise_line)
 from campaign.settings import load_settings  # noqa: E402
 from campaign.store import Run  # noqa: E402
 
@@ -114,3 +114,17 @@ def test_the_lr_robustness_plot_takes_blow_ups_and_diverged_runs(tmp_path):
              grid("zoft_new", [("1e-4", 0.55, "completed"), ("1e-5", 0.61, "completed")])]
     path = lr_robustness_plot(cells, "SST2", tmp_path / "lr.png")
     assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_cpu_hours_count_each_run_once_by_phase_and_say_when_a_resumed_run_counts_its_last_attempt_only():
+    def run(lr, cpu, **campaign):
+        return Run("SST2", "mezo", lr, 42, Path(lr), {}, {"cpu_seconds": cpu, "phase": 1, **campaign})
+
+    full = run("1e-4", 3600)
+    resumed = run("3e-5", 1800, resumed_from_step=50, last_attempt_cpu_seconds=900)
+    cells = {("SST2", "mezo"): Cell("SST2", "mezo", runs=[full], grid_runs=[full, resumed])}
+    (line,) = cpu_lines(cells)
+    assert line == "CPU-hours spent on the 2 finished runs: 1.50 (phase 1: 1.50)."
+    cells["SST2", "mezo"].grid_runs.append(run("1e-5", 360, resumed_from_step=50))  # resumed before the carry
+    (line,) = cpu_lines(cells)
+    assert line.startswith("CPU-hours spent on the 3 finished runs: 1.60 (phase 1: 1.60). At least: 1 of them")

@@ -189,8 +189,13 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_publishes_what_an_unkilled
     assert not scratch.exists()  # weights deleted once published
     record = json.loads((run.folder / "campaign.json").read_text())
     assert record["resumed_from_step"] in (2, 4)
+    # its cost: the last attempt's, plus the training time the killed attempt kept (its checkpoint carried it)
+    carried = json.loads((run.folder / "metrics.json").read_text())["carried_train_cpu_seconds"]
+    assert carried > 0 and record["cpu_seconds"] == pytest.approx(record["last_attempt_cpu_seconds"] + carried, abs=0.02)
+    assert Run(run.task, run.method.name, run.lr, run.seed, run.folder, {}, record).cost_complete
     reference = the_run(reference_env).folder
-    drop = {"seconds", "train_seconds", "total_seconds", "resumed_from_step", "model", "bank"}
+    drop = {"seconds", "train_seconds", "total_seconds", "resumed_from_step", "model", "bank", "train_cpu_seconds",
+            "carried_train_seconds", "carried_train_cpu_seconds"}
     for name in ("metrics.json", "config.json"):
         ours, theirs = (json.loads((f / name).read_text()) for f in (run.folder, reference))
         strip = {"output_dir", "resume", *drop}  # runtime settings
@@ -305,7 +310,7 @@ def test_status_counts_scratch_and_names_attempts_this_plan_will_not_resume(tmp_
 
 
 def _without_times(folder: Path) -> tuple[dict, list[dict]]:
-    times = {"seconds", "train_seconds", "total_seconds"}
+    times = {"seconds", "train_seconds", "total_seconds", "train_cpu_seconds"}
     metrics = {k: v for k, v in json.loads((folder / "metrics.json").read_text()).items() if k not in times}
     log = [{k: v for k, v in json.loads(line).items() if k not in times}
            for line in (folder / "train_log.jsonl").read_text().splitlines()]
@@ -396,15 +401,30 @@ def test_workers_split_the_cores_and_threads_wins(monkeypatch, tmp_path):
     assert cmd[cmd.index("--threads") + 1] == "4" and "--threads" not in runner.command(settings, run, tmp_path)
 
 
+def test_a_resumed_runs_cost_adds_the_time_its_checkpoint_carried_or_says_it_is_partial():
+    assert runner.run_cost({"status": "completed"}, 100.0, 120.0) == {"cpu_seconds": 100.0, "wall_seconds": 120.0}
+    resumed = {"resumed_from_step": 40, "carried_train_cpu_seconds": 250.5, "carried_train_seconds": 300.0}
+    assert runner.run_cost(resumed, 100.0, 120.0) == {
+        "cpu_seconds": 350.5, "wall_seconds": 420.0, "last_attempt_cpu_seconds": 100.0, "last_attempt_wall_seconds": 120.0}
+    old_checkpoint = {"resumed_from_step": 40}  # written before checkpoints carried the time
+    cost = runner.run_cost(old_checkpoint, 100.0, 120.0)
+    assert cost == {"cpu_seconds": 100.0, "wall_seconds": 120.0, "cost_counts": "last attempt only"}
+    # published before any of this: resumed_from_step alone
+    assert not Run("SST2", "mezo", "1e-4", 42, Path("."), {}, {"resumed_from_step": 40, **cost}).cost_complete
+    assert not Run("SST2", "mezo", "1e-4", 42, Path("."), {}, {"resumed_from_step": 40, "cpu_seconds": 1}).cost_complete
+    assert Run("SST2", "mezo", "1e-4", 42, Path("."), {}, {"resumed_from_step": None, "cpu_seconds": 1}).cost_complete
+
+
 def test_the_estimate_prices_a_method_by_its_own_runs_else_by_its_ratio_to_mezo(monkeypatch):
     from reproduce_paper import estimate_text
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
 
-    def done(task, method, cpu, status="completed"):
-        return Run(task, method, "1e-4", 42, Path("."), {"status": status}, {"cpu_seconds": cpu})
+    def done(task, method, cpu, status="completed", **campaign):
+        return Run(task, method, "1e-4", 42, Path("."), {"status": status}, {"cpu_seconds": cpu, **campaign})
 
     finished = [done("SST2", "mezo", 3600), done("SST2", "mezo", 7200), done("SST2", "fzoo", 5 * 5400),
+                done("SST2", "mezo", 60, resumed_from_step=90),  # its last attempt only: would price too low
                 done("CB", "mezo", 1800), done("CB", "mezo", 999999, status="stopped: loss is nan"),
                 done("CB", "hizoo", 2700)]
     pending = [SimpleNamespace(task=t, method=SimpleNamespace(name=m))

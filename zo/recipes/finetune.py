@@ -367,9 +367,13 @@ def fine_tune(config: FineTuneConfig) -> dict:
                      "final_train_loss": result.best_train_eval_loss,
                      "last_step_train_loss": (result.train_eval_losses[-1][1] if result.train_eval_losses else None),
                      "mean_perturbed_loss_last10": result.mean_perturbed_loss_last10,
-                     "train_seconds": round(result.seconds, 2)}
+                     # the training's wall / CPU time over all attempts (the work each attempt kept)
+                     "train_seconds": round(result.seconds, 2), "train_cpu_seconds": round(result.cpu_seconds, 2)}
     if result.resumed_from is not None:  # provenance: this attempt continued a checkpoint of that step
         metrics["resumed_from_step"] = result.resumed_from
+        if result.carried_cpu_seconds is not None:  # the earlier attempts' share of the two above
+            metrics["carried_train_seconds"] = round(result.carried_seconds, 2)
+            metrics["carried_train_cpu_seconds"] = round(result.carried_cpu_seconds, 2)
     if task.eval_note:
         metrics["eval_note"] = task.eval_note
     if result.status == INTERRUPTED:  # the checkpoint is written; evaluation waits for the resumed run

@@ -17,7 +17,8 @@ from zo import distributed
 from zo.recipes.finetune import FineTuneConfig, fine_tune, summarize_sets
 from zo.run.folder import RunFolderError
 
-TIMING = {"train_seconds", "total_seconds", "seconds"}
+TIMING = {"train_seconds", "total_seconds", "seconds", "train_cpu_seconds", "carried_train_seconds",
+          "carried_train_cpu_seconds"}
 KILL_AT = REPO_ROOT / "tests" / "zo" / "run" / "kill_at.py"
 
 

@@ -1,5 +1,7 @@
 """Kill a run (SIGKILL inside a step, or in the middle of a checkpoint write), resume it, and end with the
 same weights, metrics and log as a run that was never stopped. Also SIGTERM, refusals and a corrupt checkpoint."""
+import hashlib
+import json
 import os
 import random
 import signal
@@ -18,7 +20,8 @@ from zo.run.folder import RunFolderError
 pytestmark = requires_shared_data
 
 KILL_AT = REPO_ROOT / "tests" / "zo" / "run" / "kill_at.py"
-TIMING = {"seconds", "train_seconds", "total_seconds"}
+TIMING = {"seconds", "train_seconds", "total_seconds", "train_cpu_seconds", "carried_train_seconds",
+          "carried_train_cpu_seconds"}
 PROVENANCE = {"bank", "resumed_from_step"}  # where the run came from, not what it computed
 # Kill points are random; the seed is printed with any failure so it can be replayed (KILL_SEED=...).
 KILL_SEED = int(os.environ.get("KILL_SEED", time.time_ns() % 10**6))
@@ -91,10 +94,8 @@ def test_fine_tuning_killed_anywhere_resumes_bit_exactly(tmp_path, tiny_llama_di
     assert not (out / "checkpoints").exists() and not temp_leftovers(out)  # a finished run drops its checkpoints
 
 
-def test_sigterm_checkpoints_then_resume_finishes_the_same(tmp_path, tiny_llama_dir):
-    reference_dir = tmp_path / "reference"
-    run_zo_fine_tuner.main(_ft_args(tiny_llama_dir, reference_dir, "--train_mode", "mezo"))
-    out = tmp_path / "run"
+def _interrupt_with_sigterm(tiny_llama_dir, out):
+    """Run MeZO with slow steps and SIGTERM it after its 2nd step: it checkpoints and exits."""
     env = {**os.environ, **QUIET_ENV}
     # slow steps (sleep in the loss), so that SIGTERM lands in the middle of the run
     cmd = [sys.executable, "-c", "import sys, time, tasks; real = tasks.batch_loss; "
@@ -109,8 +110,16 @@ def test_sigterm_checkpoints_then_resume_finishes_the_same(tmp_path, tiny_llama_
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    metrics = read_json(out / "metrics.json")
+    return read_json(out / "metrics.json")
+
+
+def test_sigterm_checkpoints_then_resume_finishes_the_same(tmp_path, tiny_llama_dir):
+    reference_dir = tmp_path / "reference"
+    run_zo_fine_tuner.main(_ft_args(tiny_llama_dir, reference_dir, "--train_mode", "mezo"))
+    out = tmp_path / "run"
+    metrics = _interrupt_with_sigterm(tiny_llama_dir, out)
     assert metrics["status"] == "interrupted" and 2 <= metrics["steps"] < 8, metrics
+    log = out / "train_log.jsonl"
     lines = read_jsonl(log)
     assert lines[-1] == {**lines[-1], "kind": "event", "event": "interrupted", "signal": "SIGTERM"}
     assert [r["step"] for r in lines if r["kind"] == "step"] == list(range(metrics["steps"]))
@@ -127,6 +136,37 @@ def test_sigterm_checkpoints_then_resume_finishes_the_same(tmp_path, tiny_llama_
     assert read_json(out / "metrics.json")["resumed_from_step"] == metrics["steps"]
     assert "resumed_from_step" not in read_json(reference_dir / "metrics.json")
     _assert_same(_outcome(out), _outcome(reference_dir), "sigterm")
+
+    # the time carries over: the first attempt slept 0.3 s per loss call (2 per step), the second did not
+    final = read_json(out / "metrics.json")
+    assert 0.6 * metrics["steps"] <= final["carried_train_seconds"] <= metrics["train_seconds"], (metrics, final)
+    assert final["train_seconds"] > final["carried_train_seconds"]
+    assert 0 < final["carried_train_cpu_seconds"] <= metrics["train_cpu_seconds"] < final["train_cpu_seconds"]
+    dev_seconds = [r["seconds"] for r in read_jsonl(out / "train_log.jsonl") if r["kind"] == "dev"]
+    assert dev_seconds == sorted(dev_seconds) and dev_seconds[-1] <= final["train_seconds"] + 0.01, dev_seconds
+
+
+def test_resume_from_a_checkpoint_without_time_says_its_time_is_partial(tmp_path, tiny_llama_dir):
+    """Checkpoints written before runs carried their time: the resumed run still finishes, its metrics count this
+    attempt's time only and carry no `carried_*` fields (the campaign marks such a run's cost as partial)."""
+    import torch
+
+    out = tmp_path / "run"
+    metrics = _interrupt_with_sigterm(tiny_llama_dir, out)
+    last = out / "checkpoints" / f"step-{metrics['steps']:08d}"
+    state = torch.load(last.with_suffix(".pt"), weights_only=False)
+    del state["loop"]["seconds"], state["loop"]["cpu_seconds"]
+    torch.save(state, last.with_suffix(".pt"))
+    manifest = read_json(last.with_suffix(".json"))
+    data = last.with_suffix(".pt").read_bytes()
+    manifest.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    last.with_suffix(".json").write_text(json.dumps(manifest))
+
+    proc = _run("run_zo_fine_tuner", _ft_args(tiny_llama_dir, out, "--train_mode", "mezo", "--resume"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = read_json(out / "metrics.json")
+    assert final["resumed_from_step"] == metrics["steps"] and final["status"] == "completed"
+    assert "carried_train_seconds" not in final and "carried_train_cpu_seconds" not in final
 
 
 def _l2l_args(model_dir, out, *extra):
