@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from campaign.plan import PHASES, Plan, build_plan  # noqa: E402
 from campaign import runner  # noqa: E402
 from campaign.runner import scratch_dir  # noqa: E402
-from campaign.settings import Settings, available_cores, load_settings, split_words  # noqa: E402
+from campaign.settings import STEP_COST_VS_MEZO, Settings, available_cores, load_settings, split_words  # noqa: E402
 from campaign.store import all_runs  # noqa: E402
 
 
@@ -79,9 +79,10 @@ def scratch_lines(settings: Settings, plan: Plan) -> list[str]:
 
 def estimate_text(plan: Plan, finished: list) -> str:
     """What the runnable runs will cost: each at the median CPU time of the finished, undiverged runs of its
-    (task, method); else at MeZO's on that task times the method's measured cost ratio to MeZO on other tasks
-    (FZOO costs ~5x, HiZOO ~1.4x); else at the task's median over all methods, said so. Runs whose cost covers
-    their last attempt only are left out: they would price a run too low."""
+    (task, method); else at MeZO's on that task times the method's cost ratio to MeZO, measured by the campaign on
+    other tasks, else by the step benchmark (FZOO ~5x, HiZOO ~1.4x: STEP_COST_VS_MEZO), said so; else at the
+    task's median over all methods, said so. Runs whose cost covers their last attempt only are left out: they
+    would price a run too low."""
     costs: dict[tuple[str, str], list[float]] = {}
     for r in finished:
         if not r.diverged and r.cpu_seconds > 0 and r.cost_complete:
@@ -94,13 +95,16 @@ def estimate_text(plan: Plan, finished: list) -> str:
     for (task, method), value in median.items():
         if method != "mezo" and (task, "mezo") in median:
             ratios.setdefault(method, []).append(value / median[task, "mezo"])
-    known, guessed, unknown = [], set(), set()
+    known, benchmarked, guessed, unknown = [], set(), set(), set()
     for r in plan.pending():
         task, method = r.task, r.method.name
         if (task, method) in median:
             known.append(median[task, method])
         elif method in ratios and (task, "mezo") in median:
             known.append(median[task, "mezo"] * statistics.median(ratios[method]))
+        elif r.method.train_mode in STEP_COST_VS_MEZO and (task, "mezo") in median:
+            known.append(median[task, "mezo"] * STEP_COST_VS_MEZO[r.method.train_mode])
+            benchmarked.add(method)
         elif task in by_task:
             known.append(statistics.median(by_task[task]))
             guessed.add(method)
@@ -109,6 +113,9 @@ def estimate_text(plan: Plan, finished: list) -> str:
     cores = available_cores()
     text = (f"estimate for the runnable runs: {sum(known) / 3600:.1f} CPU-hours (about "
             f"{sum(known) / 3600 / cores:.1f} wall-hours on {cores} busy cores) for {len(known)} of them")
+    if benchmarked:
+        text += (f"; at MeZO's times the step benchmark's ratio, no finished run to measure the method yet: "
+                 f"{', '.join(sorted(benchmarked))}")
     if guessed:
         text += f"; at their task's median, no finished run to measure the method yet: {', '.join(sorted(guessed))}"
     return text + (f" (no finished run yet to measure {', '.join(sorted(unknown))})" if unknown else "")

@@ -52,6 +52,13 @@ DEFAULT_TASK_GRIDS = {(method, task): grid for method in ("mezo", "zoft_new")
                       for task, grid in (("SST2", "3e-4 1e-4 3e-5 1e-5 3e-6"), ("Copa", "1e-4 3e-5 1e-5 3e-6"),
                                          ("WSC", "3e-4 1e-4 3e-5 1e-5 3e-6"), ("CB", "3e-4 1e-4 3e-5 1e-5"))}
 
+# A step's time against MeZO's on SST-2, measured side by side (docs/benchmarks.md: `python
+# scripts/benchmark_step.py --data_dir ../shared/data --repeats 3 --copa`). `--status` prices a method's runs with it
+# until the campaign has finished runs of the method to measure; evaluation costs every method the same, so for
+# whole runs it overstates the gaps a little.
+STEP_COST_VS_MEZO = {"mezo": 1.0, "zo_fine_tuner": 1.021, "mezo_adam": 1.031, "hizoo": 1.443, "lozo": 0.727,
+                     "fzoo": 4.851, "fo_sgd": 0.968, "fo_adam": 1.009}
+
 
 @dataclass(frozen=True)
 class TaskCaps:

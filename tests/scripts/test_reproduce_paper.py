@@ -21,7 +21,7 @@ from run_helpers import QUIET_ENV, processes_mentioning, requires_shared_data, r
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from campaign import runner  # noqa: E402
 from campaign.plan import at_grid_edge, build_plan  # noqa: E402
-from campaign.settings import PRESET_DIR, TABLE2, TABLE3, load_settings  # noqa: E402
+from campaign.settings import PRESET_DIR, STEP_COST_VS_MEZO, TABLE2, TABLE3, load_settings  # noqa: E402
 from campaign.store import Run, best_lr  # noqa: E402
 
 pytestmark = requires_shared_data
@@ -426,16 +426,19 @@ def test_the_estimate_prices_a_method_by_its_own_runs_else_by_its_ratio_to_mezo(
     finished = [done("SST2", "mezo", 3600), done("SST2", "mezo", 7200), done("SST2", "fzoo", 5 * 5400),
                 done("SST2", "mezo", 60, resumed_from_step=90),  # its last attempt only: would price too low
                 done("CB", "mezo", 1800), done("CB", "mezo", 999999, status="stopped: loss is nan"),
-                done("CB", "hizoo", 2700)]
-    pending = [SimpleNamespace(task=t, method=SimpleNamespace(name=m))
-               for t, m in (("SST2", "mezo"), ("CB", "fzoo"), ("CB", "lozo"), ("DROP", "mezo"))]
+                done("CB", "hizoo", 2700), done("WSC", "hizoo", 3000), done("WSC", "hizoo", 4000)]
+    pending = [SimpleNamespace(task=t, method=SimpleNamespace(name=m, train_mode=m))
+               for t, m in (("SST2", "mezo"), ("CB", "fzoo"), ("CB", "lozo"), ("WSC", "lozo"), ("DROP", "mezo"))]
     text = estimate_text(SimpleNamespace(pending=lambda: pending), finished)
     # SST2 mezo: its median 5400 s; CB fzoo: CB's MeZO 1800 s x fzoo's ratio 5 on SST2; CB lozo: no lozo run
-    # anywhere, so CB's median over all methods (1800, 2700): 2250 s; the diverged run does not count; DROP: unknown
-    hours = (5400 + 5 * 1800 + 2250) / 3600
+    # anywhere, so CB's MeZO times the step benchmark's ratio; WSC lozo: no MeZO run on WSC either, so WSC's
+    # median over all methods (3500 s); the diverged run does not count; DROP: unknown
+    hours = (5400 + 5 * 1800 + STEP_COST_VS_MEZO["lozo"] * 1800 + 3500) / 3600
     assert text.startswith(f"estimate for the runnable runs: {hours:.1f} CPU-hours (about {hours / 2:.1f} "
-                           f"wall-hours on 2 busy cores) for 3 of them")
-    assert "no finished run to measure the method yet: lozo" in text and text.endswith("measure DROP)")
+                           f"wall-hours on 2 busy cores) for 4 of them")
+    assert "at MeZO's times the step benchmark's ratio, no finished run to measure the method yet: lozo" in text
+    assert "at their task's median, no finished run to measure the method yet: lozo" in text
+    assert text.endswith("measure DROP)")
 
 
 def test_with_two_workers_a_failed_run_is_reported_and_the_other_still_published(campaign_env, tmp_path):
@@ -507,3 +510,9 @@ def test_stages_run_in_order_and_a_stage_end_shares_the_cores_with_the_next(camp
         "SST2 mezo lr 0.001 seed 1", "SST2 zoft_new lr 0.001 seed 1"]  # the first stage first
     assert starts[1].endswith(", 2 running)")  # the second stage did not wait for the first one's last run
     assert out.count("    done:") == 2 and out.count("left: 0 runnable now") == 2
+
+
+def test_the_step_cost_ratios_are_those_docs_benchmarks_reports():
+    table = (REPO_ROOT / "docs" / "benchmarks.md").read_text()
+    reported = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\| (\w+) \| [\d.]+ s \| ([\d.]+) \|", table, re.M)}
+    assert reported == STEP_COST_VS_MEZO
