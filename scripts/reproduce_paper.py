@@ -155,6 +155,19 @@ def next_runs(stages: list[Settings], skip: set[Path]) -> tuple[Settings, list, 
     return None if found is None else (*found, runnable)
 
 
+# A lone run started on a share of the cores is restarted on all of them (from the checkpoint its SIGTERM writes)
+# only if this many steps are left: below it, the reload would cost more than the cores gain.
+REGROW_MIN_STEPS = 10
+
+
+def worth_regrowing(attempt: runner.Attempt) -> bool:
+    """Whether the last run in progress, started on a share of the cores while others ran, should be stopped at a
+    checkpoint and resumed on all of them (a run computes the same losses on 1 or 2 threads:
+    scripts/benchmark_workers.py). Not on a GPU, nor with THREADS set, nor near its end."""
+    return (attempt.gpu is None and attempt.threads is not None and attempt.threads < available_cores()
+            and not attempt.settings.get("THREADS") and attempt.steps_left() >= REGROW_MIN_STEPS)
+
+
 def run_campaign(stages: Settings | list[Settings], workers: int, max_runs: int = 0) -> int:
     """Keep up to `workers` runs going until no stage has anything runnable left; 0, 1 if a run failed, 130 if
     interrupted (the runs in progress get SIGTERM, checkpoint and stop; the next start resumes them).
@@ -191,6 +204,17 @@ def run_campaign(stages: Settings | list[Settings], workers: int, max_runs: int 
                       + (f", GPU {gpu}" if gpu is not None else "") + ")", flush=True)
             if not running:
                 break
+            lone = next(iter(running.values())) if len(running) == 1 else None
+            if lone is not None and workers > 1 and worth_regrowing(lone):
+                del running[lone.proc.pid]
+                runner.stop([lone])  # it checkpoints on the SIGTERM, and is resumed at once on every core
+                again = runner.start(lone.settings, lone.run, available_cores())
+                if again is None:
+                    elsewhere.add(lone.run.folder)
+                    continue
+                running[again.proc.pid] = again
+                print(f"[{time.strftime('%H:%M:%S')}] {label(lone.run)}: the last run in progress, resumed from "
+                      f"its checkpoint on {again.threads} threads", flush=True)
             pid, status, usage = os.wait4(-1, 0)  # whichever run ends first, with its own CPU time
             attempt = running.pop(pid, None)
             if attempt is None:

@@ -132,6 +132,13 @@ class Attempt:
     lock: int
     started: float
     gpu: str | None = None  # the run's CUDA_VISIBLE_DEVICES (GPUS), None: the driver's own
+    threads: int | None = None  # --threads given to the run (None: its own default)
+
+    def steps_left(self) -> int:
+        """Training steps this run still has to take, from its log (0 once it is evaluating)."""
+        log = self.scratch / "run" / "train_log.jsonl"
+        done = log.read_text().count('"kind": "step"') if log.exists() else 0
+        return max(0, int(self.run.fingerprint["steps"]) - done)
 
 
 def lock_path(settings: Settings, run: PlannedRun) -> Path:
@@ -192,7 +199,7 @@ def start(settings: Settings, run: PlannedRun, threads: int | None = None, gpu: 
     except BaseException:
         os.close(lock)
         raise
-    return Attempt(settings, run, scratch, resume, cmd, proc, log, lock, time.time(), gpu)
+    return Attempt(settings, run, scratch, resume, cmd, proc, log, lock, time.time(), gpu, threads)
 
 
 def execute(settings: Settings, run: PlannedRun, threads: int | None = None) -> tuple[bool, str]:

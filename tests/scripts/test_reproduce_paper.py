@@ -516,3 +516,47 @@ def test_the_step_cost_ratios_are_those_docs_benchmarks_reports():
     table = (REPO_ROOT / "docs" / "benchmarks.md").read_text()
     reported = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\| (\w+) \| [\d.]+ s \| ([\d.]+) \|", table, re.M)}
     assert reported == STEP_COST_VS_MEZO
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores: one run each, then both for the last")
+def test_the_last_run_in_progress_is_resumed_on_every_core_and_computes_the_same(campaign_env, tmp_path):
+    # two runs at once on a core each; the short SST-2 run ends first and the long Copa run, alone, gets both cores
+    env = {**campaign_env, "TASKS": "SST2 Copa", "METHODS": "mezo", "SEEDS": "1", "LRS_mezo": "0.001",
+           "STEPS_SST2": "2", "STEPS_Copa": "300", "EVAL_STEPS": "150", "CHECKPOINT_STEPS": "20", "EXTRA_ARGS": ""}
+    one, two = ({**env, "RESULTS_DIR": str(tmp_path / name), "WORKERS": workers}
+                for name, workers in (("one", "1"), ("two", "2")))
+    out = run_cmd([sys.executable, "scripts/reproduce_paper.py"], two, timeout=900).stdout
+    assert "Copa mezo lr 0.001 seed 1: the last run in progress, resumed from its checkpoint on 2 threads" in out, out
+    copa = tmp_path / "two" / "runs" / "Copa" / "mezo" / "0.001" / "1"
+    record = json.loads((copa / "campaign.json").read_text())
+    assert record["resumed_from_step"] and record["command"][record["command"].index("--threads") + 1] == "2", record
+    assert record["cpu_seconds"] > record["last_attempt_cpu_seconds"]  # the 1-thread attempt's steps count too
+
+    run_cmd([sys.executable, "scripts/reproduce_paper.py"], one, timeout=900)  # never stopped, all cores
+    reference = tmp_path / "one" / "runs" / "Copa" / "mezo" / "0.001" / "1"
+    assert json.loads((reference / "campaign.json").read_text())["resumed_from_step"] is None
+    assert _untimed_outcome(copa) == _untimed_outcome(reference)
+
+
+def _untimed_outcome(folder: Path) -> tuple[dict, list[dict]]:
+    """metrics.json and the log's step and dev lines, without timings and the provenance of a resume."""
+    drop = {"seconds", "train_seconds", "total_seconds", "train_cpu_seconds", "resumed_from_step",
+            "carried_train_seconds", "carried_train_cpu_seconds"}
+    metrics = {k: v for k, v in json.loads((folder / "metrics.json").read_text()).items() if k not in drop}
+    lines = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    return metrics, [{k: v for k, v in r.items() if k not in drop} for r in lines if r["kind"] != "event"]
+
+
+def test_a_lone_run_is_moved_to_every_core_only_off_gpu_from_a_share_and_far_from_its_end(monkeypatch, tmp_path):
+    from reproduce_paper import REGROW_MIN_STEPS, worth_regrowing
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+
+    def attempt(threads=1, gpu=None, left=REGROW_MIN_STEPS, **env):
+        return SimpleNamespace(gpu=gpu, threads=threads, steps_left=lambda: left,
+                               settings=load_settings({"RESULTS_DIR": str(tmp_path), **env}))
+
+    assert worth_regrowing(attempt())
+    assert not worth_regrowing(attempt(left=REGROW_MIN_STEPS - 1))  # the reload would cost more than it gains
+    assert not worth_regrowing(attempt(threads=2)) and not worth_regrowing(attempt(threads=None))
+    assert not worth_regrowing(attempt(gpu="0")) and not worth_regrowing(attempt(THREADS="1"))
