@@ -2,8 +2,8 @@
 
 registry.py  names -> Task (template, metric, source)      base.py      Sample, Task, eval-pool carving
 local.py     local files -> canonical records             hub.py       HF parquet datasets -> canonical records
-records.py   canonical record -> Sample (both sources)     templates.py prompt strings (spec §4.3)
-sampling.py  train / dev / test selection (spec §4.2)      encoding.py  token ids, truncation, collation
+records.py   canonical record -> Sample (both sources)     templates.py prompt strings (MeZO's)
+sampling.py  train / dev / test selection (MeZO's)         encoding.py  token ids, truncation, collation
 batches.py   seeded training batch iterator                objective.py option loss (logits of last positions)
 metrics.py   accuracy, SQuAD F1                            evaluate.py  candidate scoring / generation + F1
 generation.py greedy answers                               nondiff.py   -F1 objective for ZO

@@ -1,4 +1,4 @@
-"""Samples -> token ids (spec §4.4, zero-shot: no demonstrations) and left-padded batches.
+"""Samples -> token ids (MeZO's `utils.py`, zero-shot: no demonstrations) and left-padded batches.
 
 Deliberate fixes against upstream: token 0 survives left-truncation only if the tokenizer really prepends a
 special token (upstream hard-codes it), and there are no tokenizer hacks keyed on the model name.

@@ -1,4 +1,4 @@
-"""Accuracy and SQuAD-style token F1 (spec §4.6). DROP also uses SQuAD F1, as upstream."""
+"""Accuracy and SQuAD-style token F1 (MeZO's `metrics.py`). DROP also uses SQuAD F1, as upstream."""
 from __future__ import annotations
 
 import re

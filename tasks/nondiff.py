@@ -1,4 +1,4 @@
-"""Non-differentiable objective (spec §2.9): -mean F1 of generated answers, usable as a ZO loss.
+"""Non-differentiable objective (the authors' `--non_diff`): -mean F1 of generated answers, usable as a ZO loss.
 
 Fix against upstream: generation gets the attention mask of the left-padded batch (upstream attends to pads).
 """

@@ -1,4 +1,4 @@
-"""The training loss on option tokens (spec §4.5), computed from the last positions' logits only.
+"""The training loss on option tokens (MeZO's `utils.py`), computed from the last positions' logits only.
 
 Two batch layouts (tasks.encoding.collate_examples), same values to fp32 round-off:
 - one row per option: rows are left-padded, so every option sits at the end of its row and the model only has

@@ -1,4 +1,4 @@
-"""Train / dev / test selection with upstream's seeded-permutation arithmetic (spec §4.2)."""
+"""Train / dev / test selection with upstream's seeded-permutation arithmetic (MeZO's `tasks.py`)."""
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,4 @@
-"""Prompt templates of the 11 tasks (upstream spec §4.3). The prompt strings are data and must not drift.
+"""Prompt templates of the 11 tasks (MeZO's `templates.py`). The prompt strings are data and must not drift.
 
 `encode(sample)` is the prompt; `verbalize(sample, candidate)` is the prompt followed by the option, so the
 option tokens are whatever the verbalized string adds after the prompt. Candidates are the option strings

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# Upstream counts "embed" tensors as if only ~15 tokens per example touched them (spec §2.1).
+# Upstream counts "embed" tensors as if only ~15 tokens per example touched them (upstream's setup).
 UPSTREAM_TOKENS_PER_EXAMPLE = 15
 
 # How the noise normalization counts an embedding (`effective_dim`):
@@ -68,7 +68,7 @@ def block_aliases(model: nn.Module) -> dict[str, list[str]]:
 def effective_dim(name: str, shape: torch.Size, batch_size: int, world_size: int = 1,
                   tokens_per_example: int = UPSTREAM_TOKENS_PER_EXAMPLE, rule: str = "upstream",
                   tied: bool = False) -> float:
-    """The "effective dimension" of one block, used by the noise normalization c (spec §2.1).
+    """The "effective dimension" of one block, used by the noise normalization c (upstream's rule).
 
     - a name containing 'embed' counts hidden_size x tokens_per_example x global batch: only the rows
       of tokens in the batch get a gradient, so the full vocabulary would swamp the budget;

@@ -1,7 +1,7 @@
 """Read the authors' PertNN banks (`learned_finetuner/*.pth`) safely and convert them to safetensors.
 
 The upstream files are pickles of {parameter name: nn.Sequential(Linear(5,64), Tanh(), Linear(64,1))}
-(upstream spec §6). Unpickling can run arbitrary code, so they are read with torch's restricted
+(docs/upstream_banks.md). Unpickling can run arbitrary code, so they are read with torch's restricted
 `weights_only` unpickler and an allow-list of just the three module classes they contain; everything
 else (os.system, exec, any other class) is refused before it can be called.
 
@@ -33,7 +33,7 @@ PERTNN_ALLOWED_GLOBALS: tuple[type, ...] = (nn.Sequential, nn.Linear, nn.Tanh)
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
-# Block-name layouts of the models the shipped banks were evidently trained on (spec §5.6, §6). Names
+# Block-name layouts of the models the shipped banks were evidently trained on (docs/upstream_banks.md). Names
 # alone cannot tell e.g. Llama-2-7B from Llama-3.1-8B, so these are only ever reported as "e.g.".
 _KNOWN_LAYOUTS = {
     ("llama", 16, False): "Llama-3.2-1B",
@@ -63,7 +63,7 @@ def read_upstream_bank(path: str | Path) -> PertNNBank:
 
 def _restricted_load(path: Path) -> Any:
     try:
-        # map_location: the storages are tagged cuda:0..7 (spec §6); this also works without CUDA.
+        # map_location: the storages are tagged cuda:0..7 (docs/upstream_banks.md); this also works without CUDA.
         with torch.serialization.safe_globals(list(PERTNN_ALLOWED_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

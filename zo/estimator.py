@@ -3,7 +3,7 @@
     g = (L+ - L-) / (2 eps)            theta_b <- theta_b - lr * g * k_b * z_b
 
 with k_b = 1 for MeZO and k_b = c * sigma_b for ZO Fine-tuner (zo.sigma). No hidden x10 / x20
-constants (upstream's cancel, spec §2.5). Three noise sweeps per step: one per perturbed forward and one for the
+constants (upstream's cancel). Three noise sweeps per step: one per perturbed forward and one for the
 update (in-place mode: +eps, -2 eps, then the restore fused with the update). With `pair_forwards=True` the + and -
 forwards run as one forward of the doubled batch (zo.paired_calls), so z is drawn twice per step, not three times.
 

@@ -1,4 +1,4 @@
-"""L2L meta-training of the PertNN bank (spec §3), with upstream's defects fixed (spec §7).
+"""L2L meta-training of the PertNN bank (the authors' `trainer_l2l.py`), with its defects fixed (docs/differences.md).
 
 One meta step on a batch, for the model at theta_t:
   1. sigma = |PertNN(features)| with autograd; k_b = c * sigma_b (c: noise normalization, a constant

@@ -1,7 +1,7 @@
 """PertNN: the tiny per-block MLP that maps block statistics to a noise scale sigma, and the bank of them.
 
 Each block b has its own PertNN_b: Linear(5, 64) -> tanh -> Linear(64, 1) -> abs. Its input is
-[mean(theta_b), unbiased var(theta_b), L+_{t-1}, L-_{t-1}, sigma_b,{t-1}] (upstream spec §2.3).
+[mean(theta_b), unbiased var(theta_b), L+_{t-1}, L-_{t-1}, sigma_b,{t-1}] (the authors' `trainer_zo_fine_tuner.py`).
 
 The bank stores the weights of all blocks stacked (w1: [B, 64, 5], ...) so that it is one small
 module to optimize and save, and evaluates each block with `F.linear` on its own slice, the same

@@ -3,7 +3,7 @@
 A sigma policy returns, once per step, the coefficient k_b by which block b's unit Gaussian z_b is
 multiplied (the perturbation is eps * k_b * z_b and the update lr * g * k_b * z_b), then observes the
 step's two perturbed losses. MeZO: k_b = 1. ZO Fine-tuner: k_b = c * sigma_b with sigma from the
-PertNN bank and c the noise-budget normalization (spec §2.4).
+PertNN bank and c the noise-budget normalization (upstream's `--need_normalization`).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prompt strings exactly as spec §4.3 (they are data: any drift changes the experiment)."""
+"""Prompt strings exactly as MeZO's `templates.py` (they are data: any drift changes the experiment)."""
 import pytest
 
 from tasks import get_task

@@ -20,7 +20,7 @@ def test_frozen_parameters_are_not_blocks():
 
 
 def test_effective_dimension_follows_upstream_embed_rule():
-    # Llama-3.2-1B embedding: hidden 2048 x 15 tokens x batch 16 (spec §2.1)
+    # Llama-3.2-1B embedding: hidden 2048 x 15 tokens x batch 16 (the authors' rule)
     assert effective_dim("model.embed_tokens.weight", torch.Size((128256, 2048)), 16) == 2048 * 15 * 16
     assert effective_dim("model.layers.0.mlp.up_proj.weight", torch.Size((8192, 2048)), 16) == 8192 * 2048
     assert effective_dim("model.norm.weight", torch.Size((2048,)), 16) == 2048

@@ -172,12 +172,12 @@ def test_sigma_bit_identical_to_original_modules(stem):
             sigma = bank32(feats)
             ref = torch.stack([m(feats[b:b + 1]).reshape(()).abs() for b, m in enumerate(refs)])
             assert torch.equal(sigma, ref), f"{stem} {label}: max diff {(sigma - ref).abs().max().item()}"
-            # upstream feeds bias/norm blocks a 1-D input (spec §2.3); same bits
+            # upstream feeds bias/norm blocks a 1-D input (`trainer_zo_fine_tuner.py`); same bits
             ref1d = torch.stack([m(feats[b]).reshape(()).abs() for b, m in enumerate(refs)])
             assert torch.equal(sigma, ref1d), f"{stem} {label} (1-D input)"
 
 
-SPEC_X0 = {  # spec §6 reference outputs, fp32, |PertNN([0,0,0,0,1])|
+SPEC_X0 = {  # reference outputs of the authors' banks (docs/upstream_banks.md), fp32, |PertNN([0,0,0,0,1])|
     "llama1B": {"model.embed_tokens.weight": 0.0782, "model.norm.weight": 0.1442},
     "llama8B": {"model.embed_tokens.weight": 0.0114, "lm_head.weight": 0.1032},
     "opt30B": {"model.decoder.embed_tokens.weight": 0.0361, "model.decoder.embed_positions.weight": 0.2296},

@@ -1,14 +1,14 @@
 """Recipe: meta-train a PertNN bank for one base LLM (L2L), on one task or round-robin over several.
 
 `meta_train(L2LConfig(...))` is the whole job; run_l2l.py only parses the command line into it.
-Fixes against upstream (spec §3.9, §7): per-task collators and state, an epoch is the longest task's
-loader (shorter ones cycle), the lr horizon counts the first-order steps really taken, no debugger
-stops, the bank is checkpointed atomically during training, ties come from the model's structure.
+Fixes against upstream's `trainer_l2l_multi_dataset.py` (docs/differences.md): per-task collators and
+state, an epoch is the longest task's loader (shorter ones cycle), the lr horizon counts the first-order steps
+really taken, no debugger stops, the bank is checkpointed atomically during training, ties come from the
+model's structure.
 """
 from __future__ import annotations
 
 import logging
-import math
 import random
 import signal
 import time
@@ -59,7 +59,7 @@ class L2LConfig:
     multi_task_training: bool = False
     multi_task_name: list[str] = field(default_factory=lambda: ["SST2", "Copa", "WSC"])
     shuffle: bool = False
-    skip_copa_every_4th: bool = False  # upstream quirk (spec §3.9), off by default
+    skip_copa_every_4th: bool = False  # upstream quirk (`trainer_l2l_multi_dataset.py`), off by default
     # Multi-task, as upstream: every epoch resets each task's loss history to (0, 0) and restarts its loader.
     # True: history persists and each task's batches run on across epochs.
     persistent_task_state: bool = False
