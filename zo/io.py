@@ -49,10 +49,6 @@ def write_json(path: str | Path, data: Any) -> None:
         tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
 def sanitize_component(text: str, max_len: int = 80) -> str:
     """A string safe as one path component: upstream put a bank path (with '/') into its run name."""
     stem = Path(text).stem if ("/" in text or "\\" in text) else text

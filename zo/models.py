@@ -145,7 +145,3 @@ def load_model(name: str | os.PathLike | None, dtype: torch.dtype = torch.float3
     log.info("loaded %s (%s, %.1fM parameters)", path, str(dtype).replace("torch.", ""),
              sum(p.numel() for p in model.parameters()) / 1e6)
     return model, tokenizer
-
-
-def model_family_name(path: str) -> str:
-    return Path(path).name if _is_local(path) else path.split("/")[-1]
