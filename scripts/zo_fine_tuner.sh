@@ -46,11 +46,11 @@ if [ "$TASK" = "custom" ]; then
   [ -n "$CUSTOM_TASK" ] || { echo "TASK=custom needs CUSTOM_TASK=path/to/spec.yaml (docs/adding_a_task.md)" >&2; exit 2; }
   TASK=$CUSTOM_TASK
 fi
-# Upstream's per-task cases.
+# Upstream's per-task cases. Its CB and Copa runs used DEV=100 whatever DEV said; a DEV you set wins here.
 TASK_ARGS=""
 case $TASK in
-  CB) DEV=${DEV_OVERRIDE:-100} ;;
-  Copa) DEV=${DEV_OVERRIDE:-100}; TASK_ARGS="--train_as_classification False" ;;
+  CB) [[ "$USER_VARS" == *" DEV "* ]] || DEV=100 ;;
+  Copa) [[ "$USER_VARS" == *" DEV "* ]] || DEV=100; TASK_ARGS="--train_as_classification False" ;;
   ReCoRD|DROP|SQuAD) TASK_ARGS="--train_as_classification False" ;;
 esac
 # The embedded model's own bank, when one is shipped and no bank was given (with CONFIG: the file says).

@@ -19,6 +19,7 @@ def test_l2l_script_then_fine_tune_another_task_with_the_bank(tmp_path, tiny_lla
                        "status": "completed"}
     config = read_json(out / "config.json")
     assert config["num_train_epochs"] == 2 and config["epochs_per_restart"] == 1 and config["num_train"] == 8
+    assert config["num_dev"] == 100  # upstream's Copa case, DEV not set
     assert config["per_device_train_batch_size"] == 4 and config["model_name"] == str(tiny_llama_dir)
     log = read_jsonl(out / "train_log.jsonl")
     assert [r["step"] for r in log if "task" in r] == [1, 2, 3, 4]

@@ -69,6 +69,16 @@ def test_launcher_generation_task_reports_f1(tmp_path, tiny_llama_dir):
     assert read_json(out / "config.json")["train_as_classification"] is False
 
 
+@pytest.mark.parametrize("dev, expected", [(None, 100), ("3", 3)])
+def test_launcher_gives_cb_upstreams_dev_100_unless_dev_is_set(tmp_path, tiny_llama_dir, dev, expected):
+    out = tmp_path / "cb"
+    env = {"MODEL": str(tiny_llama_dir), "TASK": "CB", "TRAIN_MODE": "mezo", "STEPS": "1", "EVAL_STEPS": "0",
+           "TRAIN": "4", "EVAL": "2", "BS": "2", "OUTPUT_DIR": str(out), "EXTRA_ARGS": "--threads 1"}
+    run_script("zo_fine_tuner.sh", env if dev is None else {**env, "DEV": dev})
+    assert read_json(out / "config.json")["num_dev"] == expected
+    assert read_json(out / "metrics.json")["dev"]["num_examples"] == expected
+
+
 def test_non_diff_squad_in_process(tmp_path, tiny_llama_dir):
     out = tmp_path / "nondiff"
     metrics = run_zo_fine_tuner.main([
