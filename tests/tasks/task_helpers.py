@@ -5,13 +5,10 @@ import functools
 import json
 from pathlib import Path
 
-import pytest
 
 from conftest import SHARED_DATA
+from run_helpers import requires_shared_data as requires_data  # noqa: F401  (the one skip rule, under its old name)
 import tasks
-
-requires_data = pytest.mark.skipif(not (SHARED_DATA / "SST2").is_dir(),
-                                   reason=f"benchmark data not found under {SHARED_DATA} (set DATA_DIR)")
 
 SHARED_TASKS = ("SST2", "Copa", "BoolQ", "MultiRC", "CB", "WSC", "ReCoRD", "SQuAD", "DROP")
 
