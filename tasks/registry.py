@@ -53,6 +53,11 @@ def canonical_name(name: str) -> str:
                      "(.yaml/.yml/.json, docs/adding_a_task.md)")
 
 
+def is_generation_task(name: str) -> bool:
+    """Whether the built-in task `name` (any case) is answered by generation and scored by F1 (SQuAD, DROP)."""
+    return SPECS[canonical_name(name)].is_generation
+
+
 def _converter(name: str, template: templates.Template) -> Callable[[dict, int], Sample | None]:
     if name == "Copa":
         return records.copa_sample

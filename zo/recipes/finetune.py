@@ -191,8 +191,7 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
             raise ValueError(f"dev_loss must be 'per_example' (upstream) or 'batch_mean', got {self.dev_loss!r}")
         if self.save_steps is not None and self.save_steps < 0:
             raise ValueError("save_steps (the evaluation period, as upstream) must be >= 0")
-        if (self.non_diff and not tasks.is_task_file(self.task_ref)
-                and self.task_name.lower() not in ("squad", "drop")):  # names are case-insensitive
+        if self.non_diff and not tasks.is_task_file(self.task_ref) and not tasks.is_generation_task(self.task_name):
             raise ValueError("--non_diff (-F1 objective) is for the generation tasks SQuAD and DROP")
         self.generation_options().validate()
         if self.effective_dim_rule not in (None, *EFFECTIVE_DIM_RULES):

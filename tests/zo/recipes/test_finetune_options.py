@@ -156,3 +156,11 @@ def test_dev_loss_is_the_mean_of_per_example_losses_as_upstream(tmp_path, tiny_l
     assert per_example == pytest.approx(dev_loss("per_example", 1), rel=1e-6)
     assert per_example == pytest.approx(dev_loss("batch_mean", 1), rel=1e-6)  # batches of 1: both are upstream's
     assert dev_loss("batch_mean", 4) != pytest.approx(per_example, rel=1e-4)
+
+
+def test_non_diff_is_for_the_generation_tasks_whatever_the_case_of_their_name():
+    with pytest.raises(ValueError, match="--non_diff .* is for the generation tasks"):
+        FineTuneConfig(task_name="SST2", train_mode="mezo", non_diff=True).validate()
+    for name in ("SQuAD", "drop"):
+        FineTuneConfig(task_name=name, train_mode="mezo", non_diff=True).validate()
+    assert tasks.is_generation_task("squad") and not tasks.is_generation_task("Copa")
