@@ -63,7 +63,7 @@ def read_upstream_bank(path: str | Path) -> PertNNBank:
 
 def _restricted_load(path: Path) -> Any:
     try:
-        # map_location: the storages are tagged cuda:0..7 (docs/upstream_banks.md); this also works without CUDA.
+        # map_location: the authors' files tag their storages cuda:0..7; this also works without CUDA.
         with torch.serialization.safe_globals(list(PERTNN_ALLOWED_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

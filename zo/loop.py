@@ -106,6 +106,12 @@ class _Clock:
     def cpu_seconds(self) -> float:
         return round((self.result.carried_cpu_seconds or 0.0) + time.process_time() - self.cpu0, 3)
 
+    @property
+    def complete(self) -> bool:
+        """False once a run was resumed from a checkpoint that carried no time: its earlier attempts are unknown,
+        and its own checkpoints must not pretend otherwise."""
+        return self.result.resumed_from is None or self.result.carried_cpu_seconds is not None
+
 
 class _Checkpointer:
     """Decides when to checkpoint and writes full or replay checkpoints through the run folder."""
@@ -137,7 +143,8 @@ class _Checkpointer:
                           "train_eval_losses": list(result.train_eval_losses),
                           "best_train_eval_loss": result.best_train_eval_loss,
                           "window": list(result.window),
-                          "seconds": clock.seconds(), "cpu_seconds": clock.cpu_seconds()},
+                          "seconds": clock.seconds() if clock.complete else None,
+                          "cpu_seconds": clock.cpu_seconds() if clock.complete else None},
                  "rng": global_rng_state(), "log_offset": run_log.offset()}
         name = self.run.save_checkpoint(state, result.steps_done, base=None if full else self.base)
         if full:

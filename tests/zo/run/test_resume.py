@@ -162,10 +162,16 @@ def test_resume_from_a_checkpoint_without_time_says_its_time_is_partial(tmp_path
     manifest.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     last.with_suffix(".json").write_text(json.dumps(manifest))
 
-    proc = _run("run_zo_fine_tuner", _ft_args(tiny_llama_dir, out, "--train_mode", "mezo", "--resume"))
+    # killed again after a checkpoint of its own: that checkpoint does not pretend to know the first attempt's time
+    args = _ft_args(tiny_llama_dir, out, "--train_mode", "mezo", "--resume")
+    proc = _run("run_zo_fine_tuner", args, kill=("loss", 9))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    newest = torch.load(sorted((out / "checkpoints").glob("step-*.pt"))[-1], weights_only=False)
+    assert newest["step"] > metrics["steps"] and newest["loop"]["seconds"] is None, newest["loop"]
+    proc = _run("run_zo_fine_tuner", args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = read_json(out / "metrics.json")
-    assert final["resumed_from_step"] == metrics["steps"] and final["status"] == "completed"
+    assert final["resumed_from_step"] == newest["step"] and final["status"] == "completed"
     assert "carried_train_seconds" not in final and "carried_train_cpu_seconds" not in final
 
 
