@@ -22,7 +22,8 @@ from .registry import TASK_NAMES, get_task, is_generation_task
 from .sampling import Splits, sample_splits
 
 __all__ = [
-    "TASK_NAMES", "get_task", "is_generation_task", "TaskSpecError", "is_task_file", "load_custom_task", "Sample", "Task", "carve_eval_pool", "Splits", "sample_splits",
+    "TASK_NAMES", "get_task", "is_generation_task", "TaskSpecError", "is_task_file", "load_custom_task", "Sample",
+    "Task", "carve_eval_pool", "Splits", "sample_splits",
     "EncodedOption", "EncodedExample", "encode_candidates", "encode_train_example", "collate_options",
     "collate_examples", "OPTION_SCORINGS",
     "prepends_special_token", "TrainBatches", "make_train_batches", "split_by_length", "LengthGroups", "batch_loss", "example_losses", "loss_weight", "option_scores",
