@@ -39,7 +39,7 @@ from torch.func import functional_call
 from zo.blocks import DEFAULT_EFFECTIVE_DIM_RULE, EFFECTIVE_DIM_RULES, Block, effective_dims
 from zo.noise import NoiseSource
 from zo.perturb import TwoPointProbe, add_noise_
-from zo.pertnn import PertNNBank, SigmaGrouping, bank_features, bank_granularity
+from zo.pertnn import PertNNBank, PertNNMemory, SigmaGrouping, bank_granularity
 from zo.sigma import normalization
 from zo.stats import block_stats
 
@@ -116,15 +116,6 @@ class MetaStepResult:
     c: float
 
 
-class TaskState:
-    """What the PertNN sees of the past, kept per task: previous sigma (one per bank entry: block or
-    layer group) and the two perturbed losses."""
-
-    def __init__(self, num_groups: int):
-        self.sigma_prev = torch.ones(num_groups)
-        self.history = (0.0, 0.0)
-
-
 class MetaLearner:
     def __init__(self, model: nn.Module, bank: PertNNBank, blocks: Sequence[Block], config: MetaConfig,
                  batch_size: int, seed: int = 0, noise: NoiseSource | None = None,
@@ -142,11 +133,11 @@ class MetaLearner:
         params = list(self.bank.parameters())
         self.bank_optimizer = (torch.optim.SGD(params, lr=config.lr_mlp) if config.mlp_optimizer == "sgd"
                                else torch.optim.Adam(params, lr=config.lr_mlp))
-        self.states: dict[str, TaskState] = {}
+        self.states: dict[str, PertNNMemory] = {}  # per task: one per bank entry (block or layer group)
 
-    def state_for(self, task: str) -> TaskState:
+    def state_for(self, task: str) -> PertNNMemory:
         if task not in self.states:
-            self.states[task] = TaskState(len(self.grouping))
+            self.states[task] = PertNNMemory.fresh(len(self.grouping))
         return self.states[task]
 
     def _coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -164,7 +155,7 @@ class MetaLearner:
         state = self.state_for(task)
         self.model.eval()  # ZO forwards and the meta forward without dropout (upstream: eval mode)
         mean, var = self.grouping.pool(*block_stats(self.blocks, self.noise))
-        group_sigma = self.bank(bank_features(mean, var, state.history[0], state.history[1], state.sigma_prev))
+        group_sigma = self.bank(state.features(mean, var))
         sigma = self.grouping.per_block(group_sigma)
         k, c = self._coefficients(sigma)
         k_values = k.detach().double().tolist()

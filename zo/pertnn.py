@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -292,3 +293,25 @@ def bank_features(mean: torch.Tensor, var: torch.Tensor, loss_plus: float, loss_
     losses = torch.tensor([loss_plus, loss_minus], dtype=torch.float32).expand(n, 2)
     return torch.cat([mean.reshape(n, 1).float(), var.reshape(n, 1).float(), losses,
                       sigma_prev.reshape(n, 1).float()], dim=1)
+
+
+@dataclass
+class PertNNMemory:
+    """What a bank sees of the past, its last three inputs: the previous step's (L+, L-), starting at 0, and
+    sigma_{t-1}, one per PertNN, starting at 1. Fine-tuning (zo.sigma) keeps one; L2L one per task."""
+    sigma_prev: torch.Tensor
+    history: tuple[float, float] = (0.0, 0.0)
+
+    @classmethod
+    def fresh(cls, size: int) -> PertNNMemory:
+        return cls(torch.ones(size))
+
+    def features(self, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        return bank_features(mean, var, self.history[0], self.history[1], self.sigma_prev)
+
+    def state_dict(self) -> dict:
+        return {"sigma_prev": self.sigma_prev.clone(), "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sigma_prev = state["sigma_prev"].clone().float()
+        self.history = tuple(float(x) for x in state["history"])

@@ -13,7 +13,7 @@ from typing import Protocol, Sequence
 import torch
 
 from zo.blocks import Block, effective_dims
-from zo.pertnn import (PertNNBank, SigmaGrouping, bank_effective_dim_rule, bank_features, bank_granularity,
+from zo.pertnn import (PertNNBank, PertNNMemory, SigmaGrouping, bank_effective_dim_rule, bank_granularity,
                        check_bank_granularity)
 
 
@@ -90,8 +90,7 @@ class LearnedSigma:
         self.bank_base_model = bank.metadata.get("base_model")
         self.dims = effective_dims(blocks, batch_size, rule=self.effective_dim_rule)
         self.normalize = normalize
-        self.sigma_prev = torch.ones(len(names))  # one per PertNN of the bank
-        self.history = (0.0, 0.0)
+        self.memory = PertNNMemory.fresh(len(names))  # sigma_prev: one per PertNN of the bank
         self.last_sigma = torch.ones(len(blocks))  # one per block
         self.last_c = 1.0
 
@@ -104,9 +103,8 @@ class LearnedSigma:
             raise ValueError("LearnedSigma needs block statistics")
         mean, var = stats
         with torch.no_grad():
-            features = bank_features(mean.cpu(), var.cpu(), self.history[0], self.history[1], self.sigma_prev)
-            sigma = self.bank(features.to(self.dtype)).float()
-        self.sigma_prev = sigma
+            sigma = self.bank(self.memory.features(mean.cpu(), var.cpu()).to(self.dtype)).float()
+        self.memory.sigma_prev = sigma
         self.last_sigma = sigma
         self.last_c = normalization(sigma, self.dims) if self.normalize else 1.0
         return (sigma.double() * self.last_c).tolist()
@@ -114,7 +112,7 @@ class LearnedSigma:
     def observe(self, loss_plus: float, loss_minus: float) -> None:
         if self.dtype != torch.float32:  # upstream stores the history in the model dtype
             loss_plus, loss_minus = torch.tensor([loss_plus, loss_minus]).to(self.dtype).tolist()
-        self.history = (float(loss_plus), float(loss_minus))
+        self.memory.history = (float(loss_plus), float(loss_minus))
 
     def log_extra(self) -> dict:
         return {"sigma_mean": float(self.last_sigma.mean()), "c": self.last_c}
@@ -124,11 +122,10 @@ class LearnedSigma:
                 "bank_base_model": getattr(self, "bank_base_model", None)}
 
     def state_dict(self) -> dict:
-        return {"sigma_prev": self.sigma_prev.clone(), "history": list(self.history)}
+        return self.memory.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.sigma_prev = state["sigma_prev"].clone().float()
-        self.history = tuple(float(x) for x in state["history"])
+        self.memory.load_state_dict(state)
 
 
 class LayerwiseLearnedSigma(LearnedSigma):
@@ -138,7 +135,7 @@ class LayerwiseLearnedSigma(LearnedSigma):
     The PertNN of a group sees the pooled mean and unbiased variance of all the group's elements, the
     loss history, and the group's previous sigma. coefficients() still returns one k_b per block, and the
     normalization c runs over blocks (each with its group's sigma), so the estimator is unchanged.
-    sigma_prev holds one value per group; last_sigma one per block (for the logs).
+    memory.sigma_prev holds one value per group; last_sigma one per block (for the logs).
     """
 
     granularity = "layer"
@@ -157,8 +154,8 @@ class LayerwiseLearnedSigma(LearnedSigma):
             raise ValueError("LayerwiseLearnedSigma needs block statistics")
         mean, var = self.grouping.pool(stats[0].cpu(), stats[1].cpu())  # the bank lives on the host
         with torch.no_grad():
-            group_sigma = self.bank(bank_features(mean, var, self.history[0], self.history[1], self.sigma_prev))
-        self.sigma_prev = group_sigma
+            group_sigma = self.bank(self.memory.features(mean, var))
+        self.memory.sigma_prev = group_sigma
         sigma = self.grouping.per_block(group_sigma)
         self.last_sigma = sigma
         self.last_c = normalization(sigma, self.dims) if self.normalize else 1.0

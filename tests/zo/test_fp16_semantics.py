@@ -28,7 +28,7 @@ def test_fp16_pertnn_and_history_are_rounded_to_fp16():
     half = LearnedSigma(bank, blocks, 4, dtype=torch.float16)
     assert half.bank.w1.dtype == torch.float16
     half.observe(1.2345678, 0.3)
-    assert half.history == (torch.tensor(1.2345678).half().item(), torch.tensor(0.3).half().item())
+    assert half.memory.history == (torch.tensor(1.2345678).half().item(), torch.tensor(0.3).half().item())
     full = LearnedSigma(PertNNBank([b.name for b in blocks], generator=torch.Generator().manual_seed(1)), blocks, 4)
     full.observe(1.2345678, 0.3)
     stats = (torch.randn(len(blocks)) * 1e-2, torch.rand(len(blocks)) * 1e-3)

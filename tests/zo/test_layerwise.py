@@ -60,7 +60,7 @@ def test_constant_sigma_layerwise_bank_reproduces_mezo_exactly(normalize):
         bank.w2.zero_()
         bank.b2.fill_(1.0)
     sigma = learned_sigma_for(bank, blocks, batch_size=3, normalize=normalize)
-    assert isinstance(sigma, LayerwiseLearnedSigma) and sigma.sigma_prev.shape == (3,)
+    assert isinstance(sigma, LayerwiseLearnedSigma) and sigma.memory.sigma_prev.shape == (3,)
     learned = _run(model, sigma, config, _batches(4))
     assert [r.to_dict() for r in mezo] == [r.to_dict() for r in learned]
     for p, q in zip(mezo_model.parameters(), model.parameters()):

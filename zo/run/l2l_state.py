@@ -13,8 +13,7 @@ def learner_state(learner: MetaLearner, trajectory: TrajectoryOptimizer) -> dict
     return {"model": learner.model.state_dict(), "bank": learner.bank.state_dict(),
             "bank_optimizer": learner.bank_optimizer.state_dict(),
             "seed_rng": learner.seed_rng.bit_generator.state,
-            "task_states": {task: {"sigma_prev": s.sigma_prev.clone(), "history": list(s.history)}
-                            for task, s in learner.states.items()},
+            "task_states": {task: s.state_dict() for task, s in learner.states.items()},
             "trajectory": {"optimizer": trajectory.optimizer.state_dict(),
                            "scheduler": trajectory.scheduler.state_dict()}}
 
@@ -26,9 +25,7 @@ def load_learner_state(learner: MetaLearner, trajectory: TrajectoryOptimizer, st
     learner.seed_rng.bit_generator.state = state["seed_rng"]
     learner.states = {}
     for task, saved in state["task_states"].items():
-        task_state = learner.state_for(task)
-        task_state.sigma_prev = saved["sigma_prev"].clone()
-        task_state.history = tuple(saved["history"])
+        learner.state_for(task).load_state_dict(saved)
     trajectory.optimizer.load_state_dict(state["trajectory"]["optimizer"])
     trajectory.scheduler.load_state_dict(state["trajectory"]["scheduler"])
 
