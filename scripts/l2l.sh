@@ -40,7 +40,7 @@ prepare_embedded_model
 
 if [ "$MULTI_TASK_TRAINING" != "True" ]; then   # upstream applied these cases even in multi-task mode
   case $TASK in
-    CB|Copa) [[ "$USER_VARS" == *" DEV "* ]] || DEV=100 ;;   # upstream: DEV=100 whatever DEV said
+    CB|Copa) user_set DEV || DEV=100 ;;   # upstream: DEV=100 whatever DEV said
   esac
   # Upstream's memory cases (80 GB A100): micro-batches of 2 (MultiRC, ReCoRD) or 1 (DROP), BS/micro of them per
   # step. Under L2L_ACCUMULATION=batch this is the same training as one batch of BS, in less memory. (Upstream

@@ -49,8 +49,8 @@ fi
 # Upstream's per-task cases. Its CB and Copa runs used DEV=100 whatever DEV said; a DEV you set wins here.
 TASK_ARGS=""
 case $TASK in
-  CB) [[ "$USER_VARS" == *" DEV "* ]] || DEV=100 ;;
-  Copa) [[ "$USER_VARS" == *" DEV "* ]] || DEV=100; TASK_ARGS="--train_as_classification False" ;;
+  CB) user_set DEV || DEV=100 ;;
+  Copa) user_set DEV || DEV=100; TASK_ARGS="--train_as_classification False" ;;
   ReCoRD|DROP|SQuAD) TASK_ARGS="--train_as_classification False" ;;
 esac
 # The embedded model's own bank, when one is shipped and no bank was given (with CONFIG: the file says).

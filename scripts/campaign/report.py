@@ -283,8 +283,8 @@ def cpu_lines(cells) -> list[str]:
     total = sum(by_phase.values())
     detail = ", ".join(f"phase {p}: {s / 3600:.2f}" for p, s in sorted(by_phase.items()))
     partial = sum(not r.cost_complete for r in runs)
-    note = (f" At least: {partial} of them were resumed before runs carried their time across attempts, and count "
-            "their last attempt only." if partial else "")
+    note = (f" At least: {partial} of them were resumed from checkpoints that carried no time (older versions), and "
+            "count their last attempt only." if partial else "")
     return [f"CPU-hours spent on the {len(runs)} finished runs: {total / 3600:.2f} ({detail or 'none'}).{note}"]
 
 

@@ -137,6 +137,7 @@ class Attempt:
     def steps_left(self) -> int:
         """Training steps this run still has to take, from its log (0 once it is evaluating)."""
         log = self.scratch / "run" / "train_log.jsonl"
+        # counted as text, not with zo.run.folder's reader: the driver does not import torch
         done = log.read_text().count('"kind": "step"') if log.exists() else 0
         return max(0, int(self.run.fingerprint["steps"]) - done)
 

@@ -15,9 +15,12 @@ prepare_embedded_model() {
   fi
 }
 
+# user_set VAR: whether the caller set VAR (rather than the launcher's default).
+user_set() { [[ "$USER_VARS" == *" $1 "* ]]; }
+
 # flag VAR --name: without CONFIG every setting is passed; with CONFIG only those the caller set.
 flag() {
-  if [ -z "$CONFIG" ] || [[ "$USER_VARS" == *" $1 "* ]]; then ARGS+=("$2" "${!1}"); fi
+  if [ -z "$CONFIG" ] || user_set "$1"; then ARGS+=("$2" "${!1}"); fi
 }
 
 # The arguments both launchers pass the same way: the config file, the model, data and output folders, and

@@ -310,12 +310,16 @@ def test_status_counts_scratch_and_names_attempts_this_plan_will_not_resume(tmp_
     assert "running now" not in status_text(settings, plan)
 
 
-def _without_times(folder: Path) -> tuple[dict, list[dict]]:
-    times = {"seconds", "train_seconds", "total_seconds", "train_cpu_seconds"}
-    metrics = {k: v for k, v in json.loads((folder / "metrics.json").read_text()).items() if k not in times}
-    log = [{k: v for k, v in json.loads(line).items() if k not in times}
-           for line in (folder / "train_log.jsonl").read_text().splitlines()]
-    return metrics, log
+def _without_times(folder: Path, resumed: bool = False) -> tuple[dict, list[dict]]:
+    """metrics.json and the log's lines, without timings; `resumed`: also without a resume's provenance (its
+    metrics keys and event lines), to compare a resumed run with one never stopped."""
+    drop = {"seconds", "train_seconds", "total_seconds", "train_cpu_seconds"}
+    if resumed:
+        drop |= {"resumed_from_step", "carried_train_seconds", "carried_train_cpu_seconds"}
+    metrics = {k: v for k, v in json.loads((folder / "metrics.json").read_text()).items() if k not in drop}
+    lines = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    return metrics, [{k: v for k, v in r.items() if k not in drop} for r in lines
+                     if not (resumed and r["kind"] == "event")]
 
 
 def test_two_workers_run_two_runs_at_once_on_their_own_gpus_and_publish_what_one_worker_would(campaign_env, tmp_path):
@@ -538,16 +542,7 @@ def test_the_last_run_in_progress_is_resumed_on_every_core_and_computes_the_same
     run_cmd([sys.executable, "scripts/reproduce_paper.py"], one, timeout=900)  # never stopped, all cores
     reference = tmp_path / "one" / "runs" / "Copa" / "mezo" / "0.001" / "1"
     assert json.loads((reference / "campaign.json").read_text())["resumed_from_step"] is None
-    assert _untimed_outcome(copa) == _untimed_outcome(reference)
-
-
-def _untimed_outcome(folder: Path) -> tuple[dict, list[dict]]:
-    """metrics.json and the log's step and dev lines, without timings and the provenance of a resume."""
-    drop = {"seconds", "train_seconds", "total_seconds", "train_cpu_seconds", "resumed_from_step",
-            "carried_train_seconds", "carried_train_cpu_seconds"}
-    metrics = {k: v for k, v in json.loads((folder / "metrics.json").read_text()).items() if k not in drop}
-    lines = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
-    return metrics, [{k: v for k, v in r.items() if k not in drop} for r in lines if r["kind"] != "event"]
+    assert _without_times(copa, resumed=True) == _without_times(reference, resumed=True)
 
 
 def test_a_lone_run_is_moved_to_every_core_only_off_gpu_from_a_share_and_far_from_its_end(monkeypatch, tmp_path):
