@@ -116,10 +116,10 @@ class ZOOptimizer:
     never touched). The model is kept in eval mode: dropout must be off in ZO forwards.
     """
 
-    def __init__(self, model: nn.Module, sigma: SigmaPolicy, config: ZOConfig, seed: int = 0,
+    def __init__(self, model: nn.Module, policy: SigmaPolicy, config: ZOConfig, seed: int = 0,
                  noise: NoiseSource | None = None, blocks: Sequence[Block] | None = None):
         self.model = model
-        self.sigma = sigma
+        self.policy = policy  # gives each step's k_b (zo.sigma): all that tells MeZO from ZO Fine-tuner
         self.config = config
         self.blocks = list(blocks) if blocks is not None else parameter_blocks(model)
         self.noise = noise or NoiseSource()
@@ -131,29 +131,30 @@ class ZOOptimizer:
 
     # -- pieces shared by step and replay -----------------------------------------------------
     def _block_stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if not self.sigma.needs_block_stats:
+        if not self.policy.needs_block_stats:
             return None
         if self._stats is None:
             self._stats = block_stats(self.blocks, self.noise)
         return self._stats
 
-    def _update(self, seed: int, grad: float, lr: float, coefs: list[float], restore: float = 0.0) -> None:
+    def _update(self, seed: int, grad: float, lr: float, coefficients: list[float], restore: float = 0.0) -> None:
         """theta <- (theta + restore*k*z) * decay - lr*g*k*z in one sweep; gathers next step's stats."""
         wd = self.config.weight_decay
         decay = [1.0 - lr * wd if (wd and d) else 1.0 for d in self.decayed]
-        scales = [restore * k * f - lr * grad * k for k, f in zip(coefs, decay)]
-        collector = BlockStatsCollector(self.blocks) if self.sigma.needs_block_stats else None
+        scales = [restore * k * f - lr * grad * k for k, f in zip(coefficients, decay)]
+        collector = BlockStatsCollector(self.blocks) if self.policy.needs_block_stats else None
         with torch.no_grad():
             add_noise_(self.noise, seed, self.blocks, scales, decay if wd else None,
                        after_chunk=collector.add_chunk if collector else None)
         self._stats = collector.result() if collector else None
 
-    def _perturb_inplace(self, seed: int, coefs: list[float], factor: float) -> None:
+    def _perturb_inplace(self, seed: int, coefficients: list[float], factor: float) -> None:
         with torch.no_grad():
-            add_noise_(self.noise, seed, self.blocks, [factor * k for k in coefs])
+            add_noise_(self.noise, seed, self.blocks, [factor * k for k in coefficients])
 
-    def _virtual_losses(self, loss_fn: Callable[[], torch.Tensor], seed: int, coefs: list[float]) -> tuple[float, float]:
-        scales = [self.config.eps * k for k in coefs]
+    def _virtual_losses(self, loss_fn: Callable[[], torch.Tensor], seed: int,
+                        coefficients: list[float]) -> tuple[float, float]:
+        scales = [self.config.eps * k for k in coefficients]
         return self.probe.losses(self.model, self.blocks, self.noise, seed, scales, loss_fn)
 
     # -- the step ------------------------------------------------------------------------------
@@ -161,26 +162,26 @@ class ZOOptimizer:
         """One ZO step; `loss_fn()` evaluates the minibatch loss of the model as it currently is."""
         self.model.eval()
         seed = int(self.seed_rng.integers(0, 2**62))
-        coefs = self.sigma.coefficients(self._block_stats())
+        coefficients = self.policy.coefficients(self._block_stats())
         lr = lr_at(self.config, self.step_count)
         eps = self.config.eps
         with torch.inference_mode():
             if self.config.perturbation == "virtual":
-                loss_plus, loss_minus = self._virtual_losses(loss_fn, seed, coefs)
+                loss_plus, loss_minus = self._virtual_losses(loss_fn, seed, coefficients)
             else:
-                self._perturb_inplace(seed, coefs, eps)
+                self._perturb_inplace(seed, coefficients, eps)
                 loss_plus = float(loss_fn())
-                self._perturb_inplace(seed, coefs, -2 * eps)
+                self._perturb_inplace(seed, coefficients, -2 * eps)
                 loss_minus = float(loss_fn())
         if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
             if self.config.perturbation == "inplace":
-                self._perturb_inplace(seed, coefs, eps)
+                self._perturb_inplace(seed, coefficients, eps)
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.step_count}: L+={loss_plus}, L-={loss_minus}")
         grad = (loss_plus - loss_minus) / (2 * eps)
         restore = eps if self.config.perturbation == "inplace" else 0.0
-        self._update(seed, grad, lr, coefs, restore)
-        self.sigma.observe(loss_plus, loss_minus)
+        self._update(seed, grad, lr, coefficients, restore)
+        self.policy.observe(loss_plus, loss_minus)
         record = StepRecord(self.step_count, seed, loss_plus, loss_minus, grad, lr)
         self.step_count += 1
         return record
@@ -191,32 +192,32 @@ class ZOOptimizer:
             record = StepRecord(**{k: record[k] for k in StepRecord.__dataclass_fields__})
         if record.step != self.step_count:
             raise ValueError(f"replay out of order: expected step {self.step_count}, got {record.step}")
-        coefs = self.sigma.coefficients(self._block_stats())
+        coefficients = self.policy.coefficients(self._block_stats())
         eps = self.config.eps
         restore = 0.0
         if self.config.perturbation == "inplace":  # reproduce the same roundings as the live step
-            self._perturb_inplace(record.seed, coefs, eps)
-            self._perturb_inplace(record.seed, coefs, -2 * eps)
+            self._perturb_inplace(record.seed, coefficients, eps)
+            self._perturb_inplace(record.seed, coefficients, -2 * eps)
             restore = eps
-        self._update(record.seed, record.projected_grad, record.lr, coefs, restore)
-        self.sigma.observe(record.loss_plus, record.loss_minus)
+        self._update(record.seed, record.projected_grad, record.lr, coefficients, restore)
+        self.policy.observe(record.loss_plus, record.loss_minus)
         self.step_count += 1
 
     def log_extra(self) -> dict:
         """Per-step extras for train_log.jsonl (ZO Fine-tuner: sigma mean and c)."""
-        extra = getattr(self.sigma, "log_extra", None)
+        extra = getattr(self.policy, "log_extra", None)
         return extra() if extra is not None else {}
 
     def describe(self) -> dict:
-        describe = getattr(self.sigma, "describe", None)
+        describe = getattr(self.policy, "describe", None)
         return {"extra_state_bytes": 0, **(describe() if describe is not None else {})}
 
     def state_dict(self) -> dict:
         return {"step_count": self.step_count, "seed_rng": self.seed_rng.bit_generator.state,
-                "sigma": self.sigma.state_dict()}
+                "sigma": self.policy.state_dict()}  # key kept: checkpoints written before the rename resume
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step_count"])
         self.seed_rng.bit_generator.state = state["seed_rng"]
-        self.sigma.load_state_dict(state["sigma"])
+        self.policy.load_state_dict(state["sigma"])
         self._stats = None
