@@ -63,3 +63,19 @@ def test_curvature_stays_positive_and_shrinks_at_most_by_one_minus_alpha():
         method.step(lambda ids=ids: lm_loss(model, ids))
         for i, d in method.curvature.items():
             assert (d > 0).all() and (d >= (1 - alpha) * before[i] * (1 - 1e-6)).all()
+
+
+def test_hizoo_weight_decay_with_alpha_zero_is_mezos_bit_for_bit():
+    """The decay factor, its sign and which tensors it skips (MeZO's name rule) are MeZO's; MeZO's own decay is
+    checked against a plain reference in tests/zo/test_estimator.py."""
+    config = ZOConfig(lr=1e-2, eps=1e-3, weight_decay=0.5)
+    hizoo_model, mezo_model = build_tiny_model("llama", 400), build_tiny_model("llama", 400)
+    run(make(hizoo_model, "hizoo", config, hizoo_alpha=0.0), hizoo_model, batches(3))
+    run(make(mezo_model, "mezo", config), mezo_model, batches(3))
+    undecayed = build_tiny_model("llama", 400)
+    run(make(undecayed, "hizoo", ZOConfig(lr=1e-2, eps=1e-3), hizoo_alpha=0.0), undecayed, batches(3))
+    moved = 0
+    for (name, p), q, r in zip(hizoo_model.named_parameters(), mezo_model.parameters(), undecayed.parameters()):
+        assert torch.equal(p, q), name
+        moved += not torch.equal(p, r)
+    assert moved  # the decay really acted

@@ -49,3 +49,25 @@ def test_first_step_moves_each_coordinate_by_lr_times_the_sign_of_g_z():
         big = gz.abs() > 1e-4  # |g z| >> adam eps: m_hat / sqrt(v_hat) = +-1
         step = (b.param.detach() - old)[big]
         assert torch.allclose(step, -lr * gz.sign()[big], rtol=1e-4, atol=1e-7), b.name
+
+
+def test_mezo_adam_weight_decay_is_adamws_with_mezos_exemptions():
+    """Decoupled decay theta(1 - lr wd) before the Adam step, as torch's AdamW; names with bias / layernorm are
+    exempt (MeZO's rule), so Llama's final `model.norm.weight` is decayed and its layer norms are not."""
+    lr, wd = 1e-3, 0.5
+    model, ref = build_tiny_model("llama", 400), build_tiny_model("llama", 400)
+    records = run(make(model, "mezo_adam", ZOConfig(lr=lr, eps=1e-3, weight_decay=wd)), model, batches(3))
+    blocks = parameter_blocks(ref)
+    exempt = [b for b in blocks if "layernorm" in b.name or "bias" in b.name]
+    assert exempt and any(b.name == "model.norm.weight" for b in blocks)
+    decayed = [b for b in blocks if b not in exempt]
+    adamw = torch.optim.AdamW([{"params": [b.param for b in decayed], "weight_decay": wd},
+                               {"params": [b.param for b in exempt], "weight_decay": 0.0}], lr=lr, foreach=False)
+    noise = NoiseSource(threads=1)
+    for record in records:
+        for b in blocks:
+            b.param.grad = record.projected_grad * noise.block_noise(record.seed, b.index, b.param.shape)
+        adamw.step()
+        adamw.zero_grad(set_to_none=True)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert torch.equal(p, q), name
