@@ -37,6 +37,7 @@ from torch import nn
 from torch.func import functional_call
 
 from zo.blocks import DEFAULT_EFFECTIVE_DIM_RULE, EFFECTIVE_DIM_RULES, Block, effective_dims
+from zo.models import refuse_float16_adam
 from zo.noise import NoiseSource
 from zo.perturb import TwoPointProbe, add_noise_
 from zo.pertnn import PertNNBank, PertNNMemory, SigmaGrouping, bank_granularity
@@ -227,6 +228,8 @@ class TrajectoryOptimizer:
         self.model, self.lr, self.period_steps, self.kind = model, lr, period_steps, kind
         self.momentum, self.max_grad_norm, self.dropout = momentum, max_grad_norm, dropout
         self.params = [p for p in model.parameters() if p.requires_grad]
+        if kind == "adam":
+            refuse_float16_adam(self.params, "the Adam trajectory optimizer (TRAJECTORY_OPTIMIZER=adam)")
         self.reset()
 
     def reset(self) -> None:

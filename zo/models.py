@@ -64,6 +64,15 @@ def check_trainable_placement(model) -> None:
             "use more devices); CPU / disk offload is not supported")
 
 
+def refuse_float16_adam(params, who: str) -> None:
+    """torch's Adam keeps its moments in the weights' dtype. In float16 its eps (1e-8) rounds to 0 and
+    (1 - beta2) * g^2 underflows to 0 for small gradients, so such a coordinate's step divides by 0: inf / NaN
+    weights after the first step. bfloat16 has float32's range and is fine."""
+    if any(p.dtype == torch.float16 for p in params):
+        raise ValueError(f"{who} keeps Adam's moments in the weights' dtype, and in float16 they underflow to "
+                         "NaN steps: load the model in float32 or bfloat16 (--load_bfloat16)")
+
+
 def _is_local(name: str) -> bool:
     return os.path.isdir(os.path.expanduser(name))
 

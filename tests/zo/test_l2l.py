@@ -108,6 +108,13 @@ def test_meta_step_moves_the_bank_and_keeps_theta():
     assert learner.state_for("SST2").history == (0.0, 0.0)  # per-task state
 
 
+def test_adam_trajectory_refuses_float16_and_sgd_takes_it():
+    model = build_tiny_model("llama", 400).to(torch.float16)
+    with pytest.raises(ValueError, match="TRAJECTORY_OPTIMIZER=adam"):
+        TrajectoryOptimizer(model, lr=1e-2, period_steps=4, kind="adam")
+    TrajectoryOptimizer(model, lr=1e-2, period_steps=4, kind="sgd")
+
+
 @pytest.mark.parametrize("kind", ["adam", "sgd"])
 def test_trajectory_optimizer_decays_linearly_and_resets(kind):
     model = build_tiny_model("llama", 400)

@@ -19,6 +19,7 @@ from torch import nn
 from zo.estimator import NonFiniteLossError, is_decayed, lr_at
 from zo.methods.base import MethodContext, MethodRecord, tensor_bytes
 from zo.methods.mezo_adam import AdamOptions
+from zo.models import refuse_float16_adam
 
 
 @dataclass
@@ -112,6 +113,7 @@ def build_sgd(ctx: MethodContext, options: FOSGDConfig) -> FirstOrder:
 
 
 def build_adam(ctx: MethodContext, options: FOAdamConfig) -> FirstOrder:
+    refuse_float16_adam([b.param for b in ctx.blocks], "fo_adam")
     return FirstOrder(ctx, "fo_adam", lambda groups: torch.optim.AdamW(
         groups, lr=ctx.zo.lr, betas=(options.adam_beta1, options.adam_beta2), eps=options.adam_epsilon),
         options.fo_max_grad_norm)

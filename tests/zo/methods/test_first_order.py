@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 
 from conftest import build_tiny_model
@@ -44,3 +45,20 @@ def test_gradient_clipping_bounds_the_sgd_step():
     after = torch.cat([b.param.detach().reshape(-1) for b in parameter_blocks(model)])
     assert record.extra["grad_norm"] > 0.5
     assert float((after - before).norm()) <= 0.5 * (1 + 1e-5)
+
+
+def test_torchs_adam_on_float16_weights_steps_to_non_finite_weights():
+    """Why fo_adam and the L2L Adam trajectory refuse float16 (zo.models.refuse_float16_adam): if torch ever
+    keeps float16 moments finite, this fails and the refusal can go."""
+    weight = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    weight.grad = torch.tensor([1e-5, 1e-3, 1e-1, 1.0], dtype=torch.float16)
+    torch.optim.Adam([weight], lr=1e-3).step()
+    assert not torch.isfinite(weight).all()
+
+
+def test_fo_adam_refuses_float16_weights_and_takes_bfloat16():
+    model = build_tiny_model("llama", 400).to(torch.float16)
+    with pytest.raises(ValueError, match="float16 they underflow"):
+        make(model, "fo_adam")
+    make(model.to(torch.bfloat16), "fo_adam")
+    make(build_tiny_model("llama", 400).to(torch.float16), "fo_sgd")  # SGD keeps no moments to underflow
