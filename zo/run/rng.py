@@ -5,10 +5,13 @@ resumed run must continue them where they stood.
 """
 from __future__ import annotations
 
+import logging
 import random
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def global_rng_state() -> dict:
@@ -23,4 +26,12 @@ def set_global_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per device visible when saved. A resume may see fewer (e.g. CUDA_VISIBLE_DEVICES=k, as the
+        # campaign launches runs) or more: restore the devices both have, by their index in this process.
+        saved, visible = state["cuda"], torch.cuda.device_count()
+        for index, device_state in enumerate(saved[:visible]):
+            torch.cuda.set_rng_state(device_state, index)
+        if len(saved) != visible:
+            log.warning("the checkpoint has the CUDA random state of %d devices, this process sees %d: devices "
+                        "%d.. continue from a fresh state (only dropout and sampling use it)", len(saved), visible,
+                        min(len(saved), visible))
