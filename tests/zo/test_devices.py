@@ -134,6 +134,37 @@ def test_statistics_on_the_device_match_the_cpu(device):
     torch.testing.assert_close(var, cpu_var, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["mezo_adam", "hizoo", "lozo"])
+def test_method_state_is_checkpointed_in_host_memory_and_resumes_on_the_device(device, mode):
+    """P-sized state (moments, curvature, momenta) is copied to the host for a checkpoint, not cloned on the GPU,
+    and a resume copies it back into the device's tensors."""
+    from zo.methods import MethodContext, build_method
+    options = {"hizoo": {"hizoo_alpha": 1e-2}, "lozo": {"lozo_beta": 0.9, "lozo_interval": 2}}.get(mode, {})
+
+    def method_on(model):
+        ctx = MethodContext(model, parameter_blocks(model), ZOConfig(lr=1e-3, eps=1e-3), seed=5,
+                            noise=NoiseSource(threads=1), batch_size=3)
+        return build_method(mode, ctx, dict(options))
+
+    def tensors(state):
+        return [t for v in state.values() for t in (v.values() if isinstance(v, dict) else v if isinstance(v, list)
+                                                    else [v]) if isinstance(t, torch.Tensor)]
+
+    model = _tiny(device)
+    method = method_on(model)
+    for ids in _batches(3, device):
+        method.step(lambda ids=ids: _loss(model, ids))
+    state = method.state_dict()
+    assert tensors(state) and all(t.device.type == "cpu" for t in tensors(state))
+    resumed_model = _tiny(device)
+    resumed = method_on(resumed_model)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(tensors(resumed.state_dict()), tensors(state)))
+    ids = _batches(1, device)[0]
+    resumed.step(lambda: _loss(resumed_model, ids))  # the state went back to the device: a step runs there
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_noise_and_steps_do_not_depend_on_which_cuda_device_holds_a_block():

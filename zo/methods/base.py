@@ -75,6 +75,12 @@ def tensor_bytes(tensors) -> int:
     return int(sum(t.numel() * t.element_size() for t in tensors))
 
 
+def host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A checkpoint's copy of method state: in host memory, so saving P-sized state (moments, curvature) never
+    needs that much free memory again on the GPU; loading copies it back into the live tensors."""
+    return tensor.detach().to("cpu", copy=True)
+
+
 def add_rows_(rows: torch.Tensor, delta: torch.Tensor, alpha: float) -> None:
     """rows += alpha * delta with one rounding (half-precision weights computed in float32)."""
     if rows.dtype in (torch.float16, torch.bfloat16):

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from zo.methods.base import MethodContext, MethodRecord, ZOMethod, add_rows_, check_finite, tensor_bytes
+from zo.methods.base import (MethodContext, MethodRecord, ZOMethod, add_rows_, check_finite, host_copy,
+                             tensor_bytes)
 from zo.methods.fields import PreconditionedNoise
 from zo.noise import rows_view
 
@@ -71,7 +72,7 @@ class HiZOO(ZOMethod):
             self.noise.for_each_chunk(seed, [(b.index, b.param.data) for b in self.blocks], apply)
 
     def state_dict(self) -> dict:
-        return {**self.base_state(), "curvature": [self.curvature[b.index].clone() for b in self.blocks]}
+        return {**self.base_state(), "curvature": [host_copy(self.curvature[b.index]) for b in self.blocks]}
 
     def load_state_dict(self, state: dict) -> None:
         self.load_base_state(state)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zo.methods.base import MethodContext, MethodRecord, ZOMethod, add_rows_, tensor_bytes
+from zo.methods.base import MethodContext, MethodRecord, ZOMethod, add_rows_, host_copy, tensor_bytes
 from zo.methods.fields import LowRankNoise
 from zo.noise import rows_view
 from zo.perturb import add_noise_
@@ -108,7 +108,7 @@ class LOZO(ZOMethod):
 
     def state_dict(self) -> dict:
         return {**self.base_state(), "window_seed": self.window_seed,
-                "momentum": {i: m.clone() for i, m in self.momentum.items()}}
+                "momentum": {i: host_copy(m) for i, m in self.momentum.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.load_base_state(state)

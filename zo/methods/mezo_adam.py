@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zo.methods.base import MethodContext, MethodRecord, ZOMethod, add_rows_, tensor_bytes
+from zo.methods.base import MethodContext, MethodRecord, ZOMethod, add_rows_, host_copy, tensor_bytes
 from zo.noise import rows_view
 
 
@@ -81,8 +81,8 @@ class MeZOAdam(ZOMethod):
             self.noise.for_each_chunk(seed, [(b.index, b.param.data) for b in self.blocks], apply)
 
     def state_dict(self) -> dict:
-        return {**self.base_state(), "exp_avg": [m.clone() for m in self.exp_avg],
-                "exp_avg_sq": [v.clone() for v in self.exp_avg_sq]}
+        return {**self.base_state(), "exp_avg": [host_copy(m) for m in self.exp_avg],
+                "exp_avg_sq": [host_copy(v) for v in self.exp_avg_sq]}
 
     def load_state_dict(self, state: dict) -> None:
         self.load_base_state(state)
