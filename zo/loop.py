@@ -25,7 +25,8 @@ import torch
 
 from zo.estimator import NonFiniteLossError
 from zo.io import atomic_path
-from zo.run.folder import BEST_STATE_FILE, RunDir, RunLog
+from zo.noise import noise_signature
+from zo.run.folder import BEST_STATE_FILE, RunDir, RunFolderError, RunLog
 from zo.run.progress import Reporter, progress_bar
 from zo.run.rng import global_rng_state, set_global_rng_state
 from zo.run.signals import INTERRUPTED, GracefulStop
@@ -123,6 +124,9 @@ class _Checkpointer:
             log.warning("%s has no replay: writing full checkpoints", type(optimizer).__name__)
         self.base: str | None = None  # the full checkpoint the replay records start from
         self.since_base: list[dict] = []
+        # replayed records rebuild the weights only where z is drawn as it was (zo.noise.noise_signature)
+        self.signature = (noise_signature((b.param.device, b.param.shape) for b in optimizer.blocks)
+                          if callable(getattr(optimizer, "replay", None)) else None)
         self.last_time = time.monotonic()
 
     def due(self, steps_done: int) -> bool:
@@ -145,7 +149,7 @@ class _Checkpointer:
                           "window": list(result.window),
                           "seconds": clock.seconds() if clock.complete else None,
                           "cpu_seconds": clock.cpu_seconds() if clock.complete else None},
-                 "rng": global_rng_state(), "log_offset": run_log.offset()}
+                 "rng": global_rng_state(), "log_offset": run_log.offset(), "noise_signature": self.signature}
         name = self.run.save_checkpoint(state, result.steps_done, base=None if full else self.base)
         if full:
             self.base, self.since_base = name, []
@@ -154,6 +158,17 @@ class _Checkpointer:
 
     def restore(self, state: dict, result: LoopResult) -> None:
         """Put the model, optimizer, data and RNGs where the checkpoint left them."""
+        saved_signature = state.get("noise_signature")
+        if state.get("base") and state["replay"] and saved_signature not in (None, self.signature):
+            raise RunFolderError(
+                f"checkpoint {state['step']} rebuilds its weights by replaying {len(state['replay'])} steps, whose "
+                f"noise was drawn with {saved_signature!r}; this placement draws it with {self.signature!r} "
+                "(another GPU model: docs/gpu.md), so the replay would give other weights. Resume on the same "
+                "kind of device, or from a full checkpoint (--checkpoint_kind full)")
+        if saved_signature not in (None, self.signature):
+            log.warning("the run drew its noise with %r, this placement with %r: from here on the steps are not "
+                        "those of a run that was never stopped (the weights come from a full checkpoint, exact)",
+                        saved_signature, self.signature)
         if state.get("base"):
             base = state["base_state"]
             self.optimizer.model.load_state_dict(base["model"])

@@ -72,6 +72,40 @@ def block_chunks(shape: torch.Size) -> list[Chunk]:
             for k, start in enumerate(range(0, rows, rows_per_chunk))]
 
 
+# torch's CUDA distribution kernels (ATen/native/cuda/DistributionTemplates.h) run 256 threads per block on a grid
+# of min(ceil(n / 256), multiprocessors x blocks per multiprocessor) blocks, and each thread draws its own Philox
+# subsequence: the grid decides which number lands on which element. So z depends on the GPU model once a chunk
+# needs more blocks than the device can hold (an A100 holds 864, a V100 640, a T4 160, an H100 1056).
+CUDA_DISTRIBUTION_THREADS = 256
+
+
+def _cuda_draw_grid(device: torch.device, largest_chunk: int) -> int:
+    props = torch.cuda.get_device_properties(device)
+    per_sm = getattr(props, "max_threads_per_multi_processor", 2048) // CUDA_DISTRIBUTION_THREADS
+    wanted = -(-largest_chunk // CUDA_DISTRIBUTION_THREADS)
+    return min(wanted, props.multi_processor_count * per_sm)
+
+
+def noise_signature(placements: Iterable[tuple[torch.device | str, torch.Size]]) -> str:
+    """What a run's z depends on besides the seeds, for blocks given as (device, shape): "cpu", or the CUDA grid
+    the largest chunk is drawn with ("cuda grid 864"), one entry per distinct value. Two placements with the
+    same signature draw the same z for every chunk (every chunk's grid is min(its own need, that value));
+    replaying a run's steps elsewhere rebuilds its weights only if the signatures are equal."""
+    largest: dict[torch.device, int] = {}
+    for device, shape in placements:
+        device = torch.device(device)
+        row_len = rows_view(torch.empty(shape, device="meta")).shape[1]
+        chunk = max((c.row_stop - c.row_start) * row_len for c in block_chunks(torch.Size(shape)))
+        largest[device] = max(largest.get(device, 0), chunk)
+    parts = set()
+    for device, chunk in largest.items():
+        if device.type == "cuda":
+            parts.add(f"cuda grid {_cuda_draw_grid(device, chunk)}")
+        else:
+            parts.add(device.type)
+    return " + ".join(sorted(parts))
+
+
 def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 

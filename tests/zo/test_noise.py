@@ -1,6 +1,8 @@
 import torch
 
-from zo.noise import CHUNK_ELEMENTS, NoiseSource, block_chunks, chunk_seed, rows_view
+from types import SimpleNamespace
+
+from zo.noise import CHUNK_ELEMENTS, NoiseSource, block_chunks, chunk_seed, noise_signature, rows_view
 
 
 def test_chunks_cover_every_row_once():
@@ -40,3 +42,26 @@ def test_global_rng_untouched():
     torch.manual_seed(0)
     NoiseSource(threads=2).block_noise(5, 0, torch.Size((100, 10)))
     assert torch.equal(torch.rand(3), expected)
+
+
+def _fake_gpus(monkeypatch, **sm_counts):
+    """torch.cuda.get_device_properties for GPUs given as cuda_<index>=(multiprocessors, threads per one)."""
+    def props(device):
+        sms, threads = sm_counts[f"cuda_{torch.device(device).index}"]
+        return SimpleNamespace(multi_processor_count=sms, max_threads_per_multi_processor=threads)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", props)
+
+
+def test_noise_signature_is_the_grid_of_the_largest_chunk(monkeypatch):
+    _fake_gpus(monkeypatch, cuda_0=(108, 2048), cuda_1=(132, 2048), cuda_2=(40, 1024), cuda_3=(80, 2048))
+    big = torch.Size([4096, 1024])  # full chunks of CHUNK_ELEMENTS: 1024 blocks of 256 threads wanted
+    assert CHUNK_ELEMENTS // 256 == 1024
+    assert noise_signature([("cpu", big), ("cpu", torch.Size([7]))]) == "cpu"
+    assert noise_signature([("cuda:0", big)]) == "cuda grid 864"  # an A100 holds 108 x 8 blocks: capped
+    assert noise_signature([("cuda:1", big)]) == "cuda grid 1024"  # an H100 holds 1056: not capped
+    assert noise_signature([("cuda:2", big)]) == "cuda grid 160"  # a T4
+    # small blocks never fill either GPU: the same z on both, and the signatures say so
+    small = torch.Size([300, 256])
+    assert noise_signature([("cuda:0", small)]) == noise_signature([("cuda:1", small)]) == "cuda grid 300"
+    # a device map over two GPU models draws with both grids
+    assert noise_signature([("cuda:0", big), ("cuda:3", big)]) == "cuda grid 640 + cuda grid 864"

@@ -25,7 +25,7 @@ from zo.io import sanitize_component
 from zo.loop import AccumulatedBatches, CheckpointPolicy, LoopResult, accumulated_loss, train_zo
 from zo.methods import MethodContext, MethodOptions, build_method, check_options, method_config
 from zo.models import load_model, resolve_device, resolve_dtype, resolve_model_path
-from zo.noise import NoiseSource
+from zo.noise import NoiseSource, noise_signature
 from zo.run.folder import RunDir
 from zo.run.progress import REPORT_TO, Reporter, make_reporter
 from zo.run.signals import INTERRUPTED, GracefulStop
@@ -37,7 +37,8 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 EVALUATED = "evaluated without training (eval_only)"  # the status of an evaluation-only run
 # Settings that may change between a run and its resume (they do not change what is computed).
 RUNTIME_KEYS = ("output_dir", "progress", "threads", "pair_forwards", "report_to", "resume", "overwrite",
-                "checkpoint_steps", "checkpoint_minutes", "checkpoint_kind")
+                "checkpoint_steps", "checkpoint_minutes", "checkpoint_kind",
+                "noise_signature")  # where the run is resumed may differ: its checkpoints check what matters
 
 
 @dataclass
@@ -330,6 +331,7 @@ def fine_tune(config: FineTuneConfig) -> dict:
                      "split_notes": splits.notes, "eval_note": task.eval_note, "bank_base_model": None,
                      "effective_dim_rule": None, "bank_granularity": None,
                      "device": str(device) if config.device_map is None else getattr(model, "hf_device_map", None),
+                     "noise_signature": noise_signature((b.param.device, b.param.shape) for b in blocks),
                      "world_size": group.world_size,
                      "global_batch_size": config.per_device_train_batch_size * group.world_size,
                      **(optimizer.describe() if optimizer is not None else {})})
@@ -340,6 +342,10 @@ def fine_tune(config: FineTuneConfig) -> dict:
                             defaults=asdict(FineTuneConfig()))
     if start_state.finished is not None:
         return start_state.finished
+    if start_state.checkpoint is not None:  # a resume elsewhere: the log's steps drew z on both placements
+        before = run.read_config().get("noise_signature")
+        if before and not before.endswith(resolved["noise_signature"]):
+            resolved["noise_signature"] = f"{before} -> {resolved['noise_signature']}"
     run.write_config(resolved)
     log.info("task %s: %d train / %d dev / %d test; %s on %s; output %s", task.name, len(splits.train),
              len(splits.dev), len(splits.test), config.train_mode if config.trains else "evaluation only",

@@ -27,6 +27,7 @@ import tasks
 from zo.blocks import parameter_blocks
 from zo.methods import has_replay
 from zo.models import load_model, resolve_device, resolve_dtype
+from zo.noise import noise_signature
 from zo.recipes.finetune import FineTuneConfig, build_optimizer, evaluate_test, task_and_splits
 from zo.run.folder import RunDir
 
@@ -91,10 +92,15 @@ def rebuild(run_dir: str | Path, step: int | None = None, threads: int | None = 
     if not isinstance(run_device, str):  # hf_device_map: the noise was drawn on several devices
         raise RebuildError(f"{run.path} ran with a device map ({config.device_map}); rebuilding it is not supported")
     target = resolve_device(device or run_device)
-    if target.type != torch.device(run_device).type:
+    recorded = saved.get("noise_signature")  # runs from before it was recorded: only the device type is known
+    if recorded is None and target.type != torch.device(run_device).type:
         log.warning("%s ran on %s; rebuilding on %s draws other noise", run.path, run_device, target)
     model, tokenizer = load_model(config.model_name, resolve_dtype(config.load_float16, config.load_bfloat16),
                                   device=target, native_opt_bos=config.native_opt_bos)
+    here = noise_signature((b.param.device, b.param.shape) for b in parameter_blocks(model))
+    if replaying and recorded is not None and recorded != here:
+        raise RebuildError(f"{run.path} drew its noise with {recorded!r} and {target} draws it with {here!r} "
+                           "(docs/gpu.md): replaying its steps here would give other weights")
     if replaying:
         batch = int(saved.get("global_batch_size") or config.per_device_train_batch_size)
         optimizer = build_optimizer(config, model, parameter_blocks(model), batch)

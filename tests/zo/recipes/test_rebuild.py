@@ -75,3 +75,15 @@ def test_the_cli_saves_the_weights_of_any_step(tmp_path, tiny_llama_dir):
     assert steps == list(range(6))
     with pytest.raises(RebuildError, match="steps 0..6 exactly once"):  # a step beyond the run
         rebuild(out, step=7, threads=1)
+
+
+def test_a_run_whose_noise_was_drawn_elsewhere_is_refused(tmp_path, tiny_llama_dir):
+    """config.json records how z was drawn (zo.noise.noise_signature); a run drawn with another GPU's grid, or
+    resumed on one part-way (`a -> b`), cannot be replayed here."""
+    out, _ = _finished_run(tmp_path, tiny_llama_dir, "mezo", max_steps=2, eval_steps=0)
+    config = json.loads((out / "config.json").read_text())
+    assert config["noise_signature"] == "cpu"
+    for recorded in ("cuda grid 864", "cpu -> cuda grid 864"):
+        (out / "config.json").write_text(json.dumps({**config, "noise_signature": recorded}))
+        with pytest.raises(RebuildError, match="would give other weights"):
+            rebuild(out, threads=1)

@@ -146,6 +146,46 @@ def test_sigterm_checkpoints_then_resume_finishes_the_same(tmp_path, tiny_llama_
     assert dev_seconds == sorted(dev_seconds) and dev_seconds[-1] <= final["train_seconds"] + 0.01, dev_seconds
 
 
+def _edit_checkpoint(path, change):
+    """Change a checkpoint's state in place (as an older or another machine's run would have written it) and
+    keep its manifest valid, so that resume takes it."""
+    import torch
+
+    state = torch.load(path, weights_only=False)
+    change(state)
+    torch.save(state, path)
+    manifest_path = path.with_suffix(".json")
+    manifest = read_json(manifest_path)
+    data = path.read_bytes()
+    manifest.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_replay_checkpoint_from_another_noise_signature_is_refused_and_a_full_one_warns(tmp_path, tiny_llama_dir):
+    """A replay checkpoint rebuilds the weights from its steps' seeds: on a placement that draws z otherwise
+    (another GPU model, zo.noise.noise_signature) that would be other weights, so resume refuses it. From a full
+    checkpoint the weights are exact: resume goes on and says the steps from there differ."""
+    import torch
+
+    out = tmp_path / "run"
+    args = _ft_args(tiny_llama_dir, out, "--train_mode", "mezo", "--checkpoint_kind", "replay")
+    assert _run("run_zo_fine_tuner", args, kill=("loss", 14)).returncode == -signal.SIGKILL
+    paths = sorted((out / "checkpoints").glob("step-*.pt"))
+    states = [torch.load(p, weights_only=False) for p in paths]
+    assert states[0]["noise_signature"] == "cpu" and states[0]["replay"] == [] and states[-1]["replay"], \
+        [(s["step"], len(s["replay"])) for s in states]
+    for path in paths:
+        _edit_checkpoint(path, lambda state: state.update(noise_signature="cuda grid 864"))
+    proc = _run("run_zo_fine_tuner", [*args, "--resume"])
+    assert proc.returncode != 0 and "would give other weights" in proc.stderr, proc.stderr[-3000:]
+
+    for path in paths[1:]:  # the full checkpoint is left
+        path.unlink(), path.with_suffix(".json").unlink()
+    proc = _run("run_zo_fine_tuner", [*args, "--resume"])
+    assert proc.returncode == 0 and "'cuda grid 864', this placement with 'cpu'" in proc.stderr, proc.stderr[-3000:]
+    assert read_json(out / "metrics.json")["status"] == "completed"
+
+
 def test_resume_from_a_checkpoint_without_time_says_its_time_is_partial(tmp_path, tiny_llama_dir):
     """Checkpoints written before runs carried their time: the resumed run still finishes, its metrics count this
     attempt's time only and carry no `carried_*` fields (the campaign marks such a run's cost as partial)."""
@@ -153,14 +193,8 @@ def test_resume_from_a_checkpoint_without_time_says_its_time_is_partial(tmp_path
 
     out = tmp_path / "run"
     metrics = _interrupt_with_sigterm(tiny_llama_dir, out)
-    last = out / "checkpoints" / f"step-{metrics['steps']:08d}"
-    state = torch.load(last.with_suffix(".pt"), weights_only=False)
-    del state["loop"]["seconds"], state["loop"]["cpu_seconds"]
-    torch.save(state, last.with_suffix(".pt"))
-    manifest = read_json(last.with_suffix(".json"))
-    data = last.with_suffix(".pt").read_bytes()
-    manifest.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-    last.with_suffix(".json").write_text(json.dumps(manifest))
+    _edit_checkpoint(out / "checkpoints" / f"step-{metrics['steps']:08d}.pt",
+                     lambda state: (state["loop"].pop("seconds"), state["loop"].pop("cpu_seconds")))
 
     # killed again after a checkpoint of its own: that checkpoint does not pretend to know the first attempt's time
     args = _ft_args(tiny_llama_dir, out, "--train_mode", "mezo", "--resume")
