@@ -80,8 +80,12 @@ class HiZOO(ZOMethod):
             self.curvature[b.index].copy_(saved)
 
     def log_extra(self) -> dict:
-        return {"curvature_mean": float(sum(float(d.double().sum()) for d in self.curvature.values())
-                                        / sum(d.numel() for d in self.curvature.values()))}
+        """Logged every step, so: no float64 copy of D (sum in float64 directly) and one host sync per device."""
+        sums: dict[torch.device, list[torch.Tensor]] = {}
+        for d in self.curvature.values():
+            sums.setdefault(d.device, []).append(d.sum(dtype=torch.float64))
+        total = sum(float(torch.stack(parts).sum()) for parts in sums.values())
+        return {"curvature_mean": total / sum(d.numel() for d in self.curvature.values())}
 
     def extra_state_bytes(self) -> int:
         return tensor_bytes(self.curvature.values())

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from conftest import build_tiny_model, central_losses
@@ -40,6 +41,8 @@ def test_hizoo_matches_a_plain_reference():
     for b, d in zip(parameter_blocks(model), ref_curvature):
         assert torch.equal(method.curvature[b.index], d), b.name
     assert any((d != 1).any() for d in ref_curvature)  # the curvature estimate really moved
+    mean = sum(float(d.double().sum()) for d in ref_curvature) / sum(d.numel() for d in ref_curvature)
+    assert method.log_extra()["curvature_mean"] == pytest.approx(mean, rel=1e-12)
 
 
 def test_hizoo_with_alpha_zero_is_mezo_bit_for_bit():
