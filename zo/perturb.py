@@ -239,8 +239,8 @@ class VirtualPerturbation:
         index, scale = self._scale(weight)
         # Only the chunks holding looked-up rows are drawn (about half of a vocabulary for a batch of
         # short prompts), and each distinct row is perturbed once per branch. The distinct ids cross to the
-        # host once per forward (torch.unique syncs anyway); everything after is indexing without masks, so
-        # an accelerator is not synchronized per chunk.
+        # host once per forward (torch.unique syncs anyway) and their chunk-local rows go back in one copy;
+        # everything after is indexing without masks, so an accelerator is not synchronized per chunk.
         unique_ids, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
         rows_per_chunk = block_chunks(weight.shape)[0].row_stop
         by_chunk: dict[int, list[tuple[int, int]]] = {}
@@ -248,8 +248,14 @@ class VirtualPerturbation:
             by_chunk.setdefault(row // rows_per_chunk, []).append((position, row % rows_per_chunk))
         tables = [torch.empty((unique_ids.numel(), weight.shape[1]), dtype=weight.dtype, device=weight.device)
                   for _ in self.signs]
-        targets = {k: (torch.tensor([p for p, _ in pairs], device=weight.device),
-                       torch.tensor([r for _, r in pairs], device=weight.device)) for k, pairs in by_chunk.items()}
+        # every chunk's (positions, local rows) in one host-to-device copy, sliced per chunk on the device
+        spans, flat = {}, ([], [])
+        for k, pairs in by_chunk.items():
+            spans[k] = (len(flat[0]), len(flat[0]) + len(pairs))
+            flat[0].extend(p for p, _ in pairs)
+            flat[1].extend(r for _, r in pairs)
+        both = torch.tensor(flat, device=weight.device)
+        targets = {k: (both[0, a:b], both[1, a:b]) for k, (a, b) in spans.items()}
 
         def lookup(_index: int, chunk, rows: torch.Tensor, z: torch.Tensor) -> None:
             positions, local = targets[chunk.index]  # same arithmetic as _perturbed_rows, rounded once
