@@ -97,14 +97,16 @@ def shared_prompt_logprobs(model, batch: dict, logits_dtype: torch.dtype = torch
     input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     targets, target_mask = batch["continuation_ids"].to(device), batch["continuation_mask"].to(device)
     option_len = batch["option_len"].to(device)
-    row_of_option = torch.repeat_interleave(torch.arange(len(input_ids), device=device),
-                                            batch["num_options"].to(device))
+    # the prompt row of each option, kept on the host too: the cache's layers may sit on several GPUs (a device
+    # map), and a host index serves each of them, where cuda:0's would be refused by a layer on cuda:1
+    host_rows = torch.repeat_interleave(torch.arange(len(input_ids)), batch["num_options"].cpu())
+    row_of_option = host_rows.to(device)
     multi_token = targets.shape[1] > 1
     out = _prompt_forward(model, input_ids, attention_mask, cache=multi_token)
     logits = out.logits[:, -1:, :][row_of_option]
     if multi_token:
         past = _returned_cache(out)
-        past.batch_select_indices(row_of_option)  # one copy of the prompt's keys/values per option
+        past.batch_select_indices(host_rows)  # one copy of the prompt's keys/values per option
         rest = _continuation_logits(model, past, attention_mask[row_of_option], targets, target_mask)
         logits = torch.cat([logits, rest], dim=1)
     logprobs = -F.cross_entropy(logits.to(logits_dtype).transpose(1, 2), targets, reduction="none")
