@@ -120,6 +120,15 @@ def build(args):
     return model, tokenizer, batch, forward, loss, methods
 
 
+def _wait_for_device() -> None:
+    """A CUDA step returns before its last kernels (MeZO's update sweep) finish: without waiting, that work
+    would be charged to whatever is timed next."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed_round_robin(fns: list, repeats: int) -> list[float]:
     """Median time of each fn, measured in interleaved rounds so that drift (allocator warm-up,
     frequency, other load) hits every measure alike."""
@@ -128,8 +137,10 @@ def timed_round_robin(fns: list, repeats: int) -> list[float]:
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for i, fn in enumerate(fns):
+            _wait_for_device()
             start = time.perf_counter()
             fn()
+            _wait_for_device()
             times[i].append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
 
