@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Check the GPU path on every visible accelerator: the invariant tests on that device, a 20-step SST-2 run
-# with MeZO and with ZO Fine-tuner (each rebuilt from its step log and rescored), and the step benchmark (ZO-FT/MeZO, MeZO/(2 x forward), peak memory of
+# with MeZO and with ZO Fine-tuner (each rebuilt from its step log, compared bit for bit with its saved best
+# state and rescored), and the step benchmark (ZO-FT/MeZO, MeZO/(2 x forward), peak memory of
 # a step relative to inference from torch.cuda.max_memory_allocated). Without an accelerator: says so, exit 0.
 # With two CUDA devices or more, also a two-run campaign with one run a GPU (GPUS="0 1").
 #   DATA_DIR=../shared/data bash scripts/gpu_check.sh        (MODEL=/path/to/model to use another model)
@@ -39,11 +40,29 @@ for DEVICE in $DEVICES; do
     python -m zo.init_bank --model "$MODEL" --out "$BANK"
   fi
   for MODE in mezo zo_fine_tuner; do
+    # LR 1e-5 (not the launcher's 1e-6): the weights must move for the rebuild below to mean something
     TRAIN_MODE=$MODE LOAD_MLP_PATH=$BANK DEVICE=$DEVICE DATA_DIR=$DATA_DIR TASK=SST2 STEPS=20 EVAL_STEPS=20 \
-      DEV=50 EVAL=100 OUTPUT_DIR="$OUT/$MODE-${DEVICE/:/}" MODEL=$MODEL bash scripts/zo_fine_tuner.sh
+      LR=${CHECK_LR:-1e-5} DEV=50 EVAL=100 OUTPUT_DIR="$OUT/$MODE-${DEVICE/:/}" MODEL=$MODEL bash scripts/zo_fine_tuner.sh
     python -c "import json,sys; m=json.load(open(sys.argv[1])); print('$MODE on $DEVICE:', m['status'], 'test', m.get('test'), 'train s', m['train_seconds'])" \
       "$OUT/$MODE-${DEVICE/:/}/metrics.json"
-    # 2b. the run's evaluated weights rebuilt on this device from its step log: the test accuracy must come back
+    # 2b. the run's evaluated weights rebuilt on this device from its step log: bit for bit the saved best
+    #     state (and moved from the pretrained weights), and the test accuracy comes back
+    python - "$OUT/$MODE-${DEVICE/:/}" <<'PY'
+import sys
+import torch
+from zo.loop import BEST_STATE_FILE, load_weights
+from zo.models import load_model
+from zo.recipes.rebuild import rebuild
+run = sys.argv[1]
+rebuilt = rebuild(run)
+saved, _ = load_model(rebuilt.config.model_name)
+pretrained = {k: v.clone() for k, v in saved.state_dict().items()}
+load_weights(saved, f"{run}/{BEST_STATE_FILE}")
+same = all(torch.equal(p.detach().cpu(), q) for p, q in zip(rebuilt.model.parameters(), saved.parameters()))
+moved = max(float((q - pretrained[k]).abs().max()) for k, q in saved.state_dict().items())
+print(f"rebuilt at step {rebuilt.step}: equal to {BEST_STATE_FILE} bit for bit: {same}; max weight change {moved:.2e}")
+sys.exit(0 if same and (rebuilt.step == 0 or moved > 0) else 1)
+PY
     python -m zo.recipes.rebuild "$OUT/$MODE-${DEVICE/:/}" --rescore_test
   done
   # 3. step times and peak memory relative to inference
