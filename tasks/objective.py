@@ -54,8 +54,8 @@ def option_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.
     which of them belong to the row's option."""
     device = _device(model)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    width = max(int(option_len.max()), 1)  # before the copy to the device: read on the host, no sync
     option_len = option_len.to(device)
-    width = max(int(option_len.max()), 1)
     keep = min(width + 1, input_ids.shape[1])
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask,
                   position_ids=position_ids_from_mask(attention_mask), use_cache=False)
