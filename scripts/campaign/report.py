@@ -48,6 +48,12 @@ class Cell:
         return statistics.mean(self.metrics) if self.metrics else None
 
     @property
+    def end_loss(self) -> float | None:
+        """Mean unperturbed train-subset loss after the last step (not at the best-dev state)."""
+        ends = [r.end_train_loss for r in self.runs if math.isfinite(r.end_train_loss)]
+        return statistics.mean(ends) if ends else None
+
+    @property
     def sampling_variance(self) -> float | None:
         """Variance of the mean test accuracy from the draw of test examples alone (binomial, over every seed's
         examples); None for F1, which is not a proportion, or when the test size is unknown."""
@@ -117,7 +123,11 @@ def wins(cells: dict[tuple[str, str], Cell], settings: Settings) -> list[str]:
         gain = statistics.mean(a.metric - b.metric for a, b in vs)
         lines.append(f"Against MeZO alone: lower loss in {sum(a.loss < b.loss for a, b in vs)} of {len(vs)} tasks, "
                      f"higher test metric in {sum(a.metric > b.metric for a, b in vs)} of {len(vs)}; mean test "
-                     f"metric difference {gain:+.4f} (paper, 4 LLMs: +2.5 points of accuracy).")
+                     f"metric difference {gain:+.4f} (the paper, over 4 LLMs: +2.5 points of accuracy).")
+        ends = [(a.end_loss, b.end_loss) for a, b in vs if None not in (a.end_loss, b.end_loss)]
+        if ends:  # the losses above are at the best-dev state, which can be an early step for one method only
+            lines.append(f"The same losses after the last step instead of at the best-dev state: lower for ZO-FT in "
+                         f"{sum(a < b for a, b in ends)} of {len(ends)} tasks.")
         lines += ["", sampling_noise_line(vs)]
     return lines or ["No task has both ZO-FT (new bank) and a ZO baseline at a selected LR yet."]
 
@@ -148,10 +158,22 @@ def difference_se(mine: Cell, other: Cell) -> tuple[float | None, str]:
     return math.sqrt(mine.sampling_variance + other.sampling_variance), "binomial"
 
 
+def mcnemar_p(differences: list[float] | None) -> float | None:
+    """Exact two-sided McNemar test of paired right/wrong outcomes (accuracy): under "no difference" each example
+    that only one method gets right is a fair coin. None when a difference is not -1, 0 or 1."""
+    if not differences or any(d not in (-1.0, 0.0, 1.0) for d in differences):
+        return None
+    wins, losses = sum(d > 0 for d in differences), sum(d < 0 for d in differences)
+    n, k = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
 def sampling_noise_line(pairs: list[tuple[Cell, Cell]]) -> str:
     """Each task's ZO-FT − MeZO test difference next to the noise that the draw of test examples alone puts on it,
     so that a difference of a few examples is not read as a win."""
-    parts, within, counted = [], 0, 0
+    parts, within, beyond_two, counted = [], 0, 0, 0
     for mine, mezo in pairs:
         difference = mine.metric - mezo.metric
         se, how = difference_se(mine, mezo)
@@ -159,13 +181,17 @@ def sampling_noise_line(pairs: list[tuple[Cell, Cell]]) -> str:
             parts.append(f"{mine.task} {difference:+.3f} ({how})")
             continue
         counted += 1
-        within += abs(difference) <= se
-        parts.append(f"{mine.task} {difference:+.3f} ± {se:.3f} ({how})")
+        within += abs(difference) <= se * (1 + 1e-9)  # a difference of exactly one SE counts as within it
+        beyond_two += abs(difference) > 2 * se * (1 + 1e-9)
+        accuracy = all(r.metric_name == "accuracy" for r in mine.runs + mezo.runs)  # right / wrong per example
+        exact = mcnemar_p(paired_differences(mine, mezo)) if how == "paired" and accuracy else None
+        parts.append(f"{mine.task} {difference:+.3f} ± {se:.3f} ({how}"
+                     + (f"; exact McNemar p = {exact:.2f}" if exact is not None else "") + ")")
     return (f"ZO-FT − MeZO test metric per task, ± the standard error that sampling the test examples alone gives "
             f"the difference (paired: over the same examples, from each run's test_predictions.jsonl; binomial, "
             f"for runs without that file: as if the methods saw independent examples, which usually overstates it). "
             f"Neither counts the seed-to-seed spread: {'; '.join(parts)}. "
-            f"Within one standard error: {within} of {counted}.")
+            f"Within one standard error: {within} of {counted}; more than two from zero: {beyond_two} of {counted}.")
 
 
 def _ordered(cells, settings):
@@ -222,7 +248,7 @@ def not_started_line(cells, settings) -> list[str]:
 
 def main_table(cells, settings, reference) -> list[str]:
     ref_col = bool(reference)
-    head = "| task | method | best LR (dev) | final train loss | test metric | seeds | diverged |"
+    head = "| task | method | best LR (dev) | final train loss | test metric | seeds | stopped non-finite |"
     rows = [head + (" paper loss / metric |" if ref_col else ""), "|---" * (7 + ref_col) + "|"]
     for (task, method), c in _ordered(cells, settings):
         if not c.grid_done and not c.runs and not ref_col:

@@ -11,8 +11,8 @@ from pathlib import Path
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from campaign.report import (Cell, cpu_lines, lr_robustness_plot, not_started_line, paired_differences,  # noqa: E402
-                             paper_table, sampling_noise_line)
+from campaign.report import (Cell, cpu_lines, lr_robustness_plot, mcnemar_p, not_started_line,  # noqa: E402
+                             paired_differences, paper_table, sampling_noise_line, wins)
 from campaign.settings import load_settings  # noqa: E402
 from campaign.store import Run  # noqa: E402
 
@@ -50,7 +50,20 @@ def test_without_per_example_scores_differences_are_judged_against_the_binomial_
     assert f"SST2 +0.015 ± {se_small:.3f} (binomial)" in line
     assert "CB +0.400 ± 0.018 (binomial)" in line
     assert "DROP +0.100 (F1 without per-example scores: no SE)" in line
-    assert "Within one standard error: 1 of 2." in line
+    assert "Within one standard error: 1 of 2; more than two from zero: 1 of 2." in line
+
+
+def test_paired_accuracy_gets_an_exact_mcnemar_p_and_one_se_exactly_counts_as_within(tmp_path):
+    # Copa's case: 100 examples, one right only for ZO-FT, three only for MeZO: -0.020 +- 0.020 (paired)
+    mine = [1] * 60 + [1] + [0] * 3 + [0] * 36
+    mezo = [1] * 60 + [0] + [1] * 3 + [0] * 36
+    cells = (_cell("Copa", "zoft_new", [{"accuracy": 0.61, "num_examples": 100}], tmp_path, [mine]),
+             _cell("Copa", "mezo", [{"accuracy": 0.63, "num_examples": 100}], tmp_path, [mezo]))
+    line = sampling_noise_line([cells])
+    assert "Copa -0.020 ± 0.020 (paired; exact McNemar p = 0.62)" in line  # 2 * (1 + 4) / 16 = 0.625
+    assert "Within one standard error: 1 of 1; more than two from zero: 0 of 1." in line
+    assert mcnemar_p([1.0] * 10) == 2 / 2 ** 10 and mcnemar_p([0.0, 0.0]) == 1.0
+    assert mcnemar_p([0.5, -1.0]) is None  # F1 scores: not right / wrong
 
 
 def test_per_example_scores_give_the_paired_error_over_every_seed(tmp_path):
@@ -76,6 +89,20 @@ def _scored(task: str, method: str, results: list[tuple[float, float]], folder: 
                                                      "test": {"accuracy": accuracy}}, {})
             for seed, (loss, accuracy) in enumerate(results)]
     return Cell(task, method, grid_done=grid_done, grid_size=3, best_lr="1e-4", runs=runs)
+
+
+def test_the_loss_count_against_mezo_is_also_given_after_the_last_step(tmp_path):
+    """The loss at the best-dev state can be an early step for one method only: the count at the end is given too."""
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 CB", "METHODS": "mezo zoft_new"})
+    cells = {key: _scored(key[0], key[1], [(loss, 0.6)], tmp_path)
+             for key, loss in ((("SST2", "mezo"), 0.60), (("SST2", "zoft_new"), 0.65), (("CB", "mezo"), 1.0),
+                               (("CB", "zoft_new"), 1.1))}
+    for key, end in ((("SST2", "mezo"), 0.58), (("SST2", "zoft_new"), 0.55), (("CB", "mezo"), 0.9),
+                     (("CB", "zoft_new"), 1.2)):
+        cells[key].runs[0].metrics["last_step_train_loss"] = end
+    text = "\n".join(wins(cells, settings))
+    assert "Against MeZO alone: lower loss in 0 of 2 tasks" in text
+    assert "after the last step instead of at the best-dev state: lower for ZO-FT in 1 of 2 tasks" in text
 
 
 def test_the_paper_table_bolds_the_best_zeroth_order_cell_and_marks_what_has_not_run(tmp_path):
