@@ -134,7 +134,8 @@ def wins(cells: dict[tuple[str, str], Cell], settings: Settings) -> list[str]:
 
 def paired_differences(mine: Cell, other: Cell) -> list[float] | None:
     """Per test example, mine's score minus other's, over the seeds of their best LRs (a seed fixes the test
-    sample, so the examples line up); None when the seeds differ or a run lacks test_predictions.jsonl."""
+    sample, so the examples line up, which the examples' digests check where both files have them); None when
+    the seeds differ, a run lacks test_predictions.jsonl, or the digests show other examples."""
     mine_runs, other_runs = {r.seed: r for r in mine.runs}, {r.seed: r for r in other.runs}
     if set(mine_runs) != set(other_runs):
         return None
@@ -142,6 +143,9 @@ def paired_differences(mine: Cell, other: Cell) -> list[float] | None:
     for seed in sorted(mine_runs):
         a, b = mine_runs[seed].test_scores(), other_runs[seed].test_scores()
         if a is None or b is None or len(a) != len(b):
+            return None
+        digests = mine_runs[seed].test_example_digests(), other_runs[seed].test_example_digests()
+        if None not in digests and digests[0] != digests[1]:
             return None
         differences += [x - y for x, y in zip(a, b)]
     return differences if len(differences) > 1 else None

@@ -94,14 +94,24 @@ class Run:
         return not (self.campaign.get("resumed_from_step") is not None and "last_attempt_cpu_seconds" not in
                     self.campaign)
 
-    def test_scores(self) -> list[float] | None:
-        """Each test example's score (1/0, or F1) in the run's test order; None for a run finished before runs
-        wrote test_predictions.jsonl, or a file that does not cover the whole test split."""
+    def _test_rows(self) -> list[dict] | None:
         path = self.folder / "test_predictions.jsonl"
         if not path.exists():
             return None
-        scores = [float(json.loads(line)["score"]) for line in path.read_text().splitlines() if line.strip()]
-        return scores if scores and len(scores) == self.test_examples else None
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return rows if rows and len(rows) == self.test_examples else None
+
+    def test_scores(self) -> list[float] | None:
+        """Each test example's score (1/0, or F1) in the run's test order; None for a run finished before runs
+        wrote test_predictions.jsonl, or a file that does not cover the whole test split."""
+        rows = self._test_rows()
+        return [float(row["score"]) for row in rows] if rows else None
+
+    def test_example_digests(self) -> list[str] | None:
+        """Each test example's digest (zo.recipes.finetune.example_digest) in test order; None for files written
+        before the digests were."""
+        rows = self._test_rows()
+        return [row["example"] for row in rows] if rows and all("example" in row for row in rows) else None
 
     def curve(self) -> list[tuple[int, float]]:
         """(step, unperturbed train-subset loss) from the dev lines of train_log.jsonl."""

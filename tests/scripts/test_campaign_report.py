@@ -17,15 +17,18 @@ from campaign.settings import load_settings  # noqa: E402
 from campaign.store import Run  # noqa: E402
 
 
-def _cell(task: str, method: str, tests: list[dict], folder: Path, scores: list[list[float]] | None = None) -> Cell:
-    """One run per entry of `tests` (seeds 0, 1, ...); `scores`: each run's per-example scores file."""
+def _cell(task: str, method: str, tests: list[dict], folder: Path, scores: list[list[float]] | None = None,
+          digests: list[list[str]] | None = None) -> Cell:
+    """One run per entry of `tests` (seeds 0, 1, ...); `scores`: each run's per-example scores file, with the
+    examples' `digests` if given."""
     runs = []
     for seed, test in enumerate(tests):
         run_folder = folder / task / method / str(seed)
         run_folder.mkdir(parents=True)
         if scores is not None:
-            (run_folder / "test_predictions.jsonl").write_text(
-                "".join(json.dumps({"index": i, "score": x}) + "\n" for i, x in enumerate(scores[seed])))
+            rows = [{"index": i, "score": x, **({"example": digests[seed][i]} if digests else {})}
+                    for i, x in enumerate(scores[seed])]
+            (run_folder / "test_predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         runs.append(Run(task, method, "1e-4", seed, run_folder, {"status": "completed", "test": test}, {}))
     return Cell(task, method, best_lr="1e-4", runs=runs)
 
@@ -64,6 +67,16 @@ def test_paired_accuracy_gets_an_exact_mcnemar_p_and_one_se_exactly_counts_as_wi
     assert "Within one standard error: 1 of 1; more than two from zero: 0 of 1." in line
     assert mcnemar_p([1.0] * 10) == 2 / 2 ** 10 and mcnemar_p([0.0, 0.0]) == 1.0
     assert mcnemar_p([0.5, -1.0]) is None  # F1 scores: not right / wrong
+
+
+def test_runs_that_scored_other_examples_are_not_paired(tmp_path):
+    test = [{"accuracy": 0.5, "num_examples": 2}]
+    mine = _cell("SST2", "zoft_new", test, tmp_path, [[1, 0]], [["a1", "b2"]])
+    same = _cell("SST2", "mezo", test, tmp_path, [[0, 0]], [["a1", "b2"]])
+    other = _cell("SST2", "lozo", test, tmp_path, [[0, 0]], [["a1", "c3"]])  # another data copy, say
+    unknown = _cell("SST2", "hizoo", test, tmp_path, [[0, 0]])  # a file from before the digests: by position
+    assert paired_differences(mine, same) == [1, 0] and paired_differences(mine, unknown) == [1, 0]
+    assert paired_differences(mine, other) is None
 
 
 def test_per_example_scores_give_the_paired_error_over_every_seed(tmp_path):

@@ -113,7 +113,7 @@ def test_campaign_survives_a_kill_and_the_report_has_the_right_cells(campaign_en
         assert n_cell == "2"
     assert "lowest final training loss in" in report and "of 2 tasks" in report
     # every run published its per-example test scores, so each task's difference gets the paired error
-    assert all(f"{task} " in report and re.search(rf"{task} [+-]\d\.\d+ ± \d\.\d+ \(paired\)", report)
+    assert all(f"{task} " in report and re.search(rf"{task} [+-]\d\.\d+ ± \d\.\d+ \(paired[;)]", report)
                for task in TASKS)
     grid_rows = report.split("## Every grid run")[1].count("\n| SST2 |") + report.split("## Every grid run")[1].count(
         "\n| CB |")

@@ -5,6 +5,8 @@ parses the command line into a FineTuneConfig.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -542,9 +544,17 @@ def evaluate_test(config: FineTuneConfig, model, tokenizer, task, samples) -> tu
     predictions, scores = result.pop("predictions", []), result.pop("scores", [])
     if config.num_demos:
         result["num_demos"] = config.num_demos
-    # no gold answers: a results folder holds no dataset text (the index finds the example in the seed's sample)
-    rows = [{"index": i, "prediction": p, "score": score} for i, (p, score) in enumerate(zip(predictions, scores))]
+    # no gold answers: a results folder holds no dataset text (the index finds the example in the seed's sample;
+    # the digest of its fields lets two runs check they scored the same examples without holding the text)
+    rows = [{"index": i, "example": example_digest(sample), "prediction": p, "score": score}
+            for i, (sample, p, score) in enumerate(zip(samples, predictions, scores))]
     return result, rows
+
+
+def example_digest(sample) -> str:
+    """12 hex digits that tell test examples apart (sha256 of the sample's fields), not the text itself."""
+    fields = json.dumps({"data": sample.data, "correct": sample.correct}, sort_keys=True, default=str)
+    return hashlib.sha256(fields.encode()).hexdigest()[:12]
 
 
 def _calibration(config: FineTuneConfig) -> str | None:

@@ -13,7 +13,7 @@ from run_helpers import (assert_same_weights, read_json, read_jsonl, requires_sh
                          weights_differ)
 from zo.blocks import parameter_blocks
 from zo.estimator import ZOConfig, ZOOptimizer
-from zo.recipes.finetune import FineTuneConfig, fine_tune
+from zo.recipes.finetune import FineTuneConfig, example_digest, fine_tune
 from zo.init_bank import init_bank
 from zo.loop import BEST_STATE_FILE, load_weights
 from zo.models import load_model
@@ -72,6 +72,8 @@ def test_fine_tune_from_python_with_nested_bank_path(tmp_path, tiny_llama_dir, m
     assert [r["index"] for r in rows] == list(range(metrics["test"]["num_examples"]))
     test = tasks.sample_splits(tasks.get_task("SST2", str(SHARED_DATA)), 8, 2, 2, config.train_set_seed).test
     assert all(r["score"] == float(r["prediction"] == s.correct) and "gold" not in r for r, s in zip(rows, test))
+    # each example's digest (not its text), so that two runs can check they scored the same examples
+    assert [r["example"] for r in rows] == [example_digest(s) for s in test] and len({r["example"] for r in rows}) == 2
     assert sum(r["score"] for r in rows) / len(rows) == pytest.approx(metrics["test"]["accuracy"])
     assert set(metrics["test"]) == {"accuracy", "num_examples"}
 
