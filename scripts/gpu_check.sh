@@ -42,7 +42,8 @@ for DEVICE in $DEVICES; do
   for MODE in mezo zo_fine_tuner; do
     # LR 1e-5 (not the launcher's 1e-6): the weights must move for the rebuild below to mean something
     TRAIN_MODE=$MODE LOAD_MLP_PATH=$BANK DEVICE=$DEVICE DATA_DIR=$DATA_DIR TASK=SST2 STEPS=20 EVAL_STEPS=20 \
-      LR=${CHECK_LR:-1e-5} DEV=50 EVAL=100 OUTPUT_DIR="$OUT/$MODE-${DEVICE/:/}" MODEL=$MODEL bash scripts/zo_fine_tuner.sh
+      LR=${CHECK_LR:-1e-5} DEV=50 EVAL=100 OUTPUT_DIR="$OUT/$MODE-${DEVICE/:/}" MODEL=$MODEL \
+      bash scripts/zo_fine_tuner.sh
     python -c "import json,sys; m=json.load(open(sys.argv[1])); print('$MODE on $DEVICE:', m['status'], 'test', m.get('test'), 'train s', m['train_seconds'])" \
       "$OUT/$MODE-${DEVICE/:/}/metrics.json"
     # 2b. the run's evaluated weights rebuilt on this device from its step log: bit for bit the saved best

@@ -8,8 +8,8 @@ diagonal curvature estimate D (one float32 entry per parameter, initialised to 1
 The probe uses D_t, the step D_{t+1}, as the authors' code. 3 forwards per step (their logging-only
 fourth forward at the new theta is dropped). alpha * |...| / (2 eps^2) is formed in double precision
 and D kept in float32 (in fp16 the authors' D barely moves at alpha = 1e-8 and never at 1e-10, or
-overflows in the older version). With alpha = 0, D stays exactly 1 and HiZOO is MeZO plus one forward. Weight decay follows
---weight_decay_rule, MeZO's name rule by default (the authors decay every tensor).
+overflows in the older version). With alpha = 0, D stays exactly 1 and HiZOO is MeZO plus one forward.
+Weight decay follows --weight_decay_rule, MeZO's name rule by default (the authors decay every tensor).
 """
 from __future__ import annotations
 
