@@ -346,7 +346,7 @@ def fine_tune(config: FineTuneConfig) -> dict:
         return start_state.finished
     if start_state.checkpoint is not None:  # a resume elsewhere: the log's steps drew z on both placements
         before = run.read_config().get("noise_signature")
-        if before and not before.endswith(resolved["noise_signature"]):
+        if before and before.split(" -> ")[-1] != resolved["noise_signature"]:
             resolved["noise_signature"] = f"{before} -> {resolved['noise_signature']}"
     run.write_config(resolved)
     log.info("task %s: %d train / %d dev / %d test; %s on %s; output %s", task.name, len(splits.train),
