@@ -40,18 +40,38 @@ class Block:
         return int(match.group(1)) if match else None
 
 
-def parameter_blocks(model: nn.Module) -> list[Block]:
-    """Trainable tensors of `model` as blocks, tied weights once, in `named_parameters()` order."""
+def parameter_blocks(model: nn.Module, trainable_only: bool = True) -> list[Block]:
+    """Trainable tensors of `model` as blocks, tied weights once, in `named_parameters()` order (every tensor,
+    frozen ones too, with `trainable_only=False`)."""
     names_of: dict[int, int] = {}
     for _, param in model.named_parameters(remove_duplicate=False):
         names_of[id(param)] = names_of.get(id(param), 0) + 1
     blocks: list[Block] = []
     for name, param in model.named_parameters():  # remove_duplicate=True folds tied weights
-        if param.requires_grad:
+        if param.requires_grad or not trainable_only:
             blocks.append(Block(len(blocks), name, param, tied=names_of[id(param)] > 1))
     if not blocks:
         raise ValueError("the model has no trainable parameters: nothing to fine-tune")
     return blocks
+
+
+def trainable_blocks(model: nn.Module, pattern: str | None = None) -> list[Block]:
+    """The blocks to fine-tune: every trainable tensor, or (`pattern`, a regular expression) only those with a name
+    that matches it (re.search; a tied weight matches by any of its names), the others frozen (requires_grad off,
+    so no method perturbs, updates or keeps state for them)."""
+    if pattern is not None:
+        regex = re.compile(pattern)
+        matched: dict[int, bool] = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            matched[id(param)] = matched.get(id(param), False) or bool(regex.search(name))
+        if not any(matched.values()):
+            names = [name for name, _ in model.named_parameters()]
+            raise ValueError(f"--trainable_blocks {pattern!r} matches no parameter; names look like "
+                             f"{', '.join(names[:3])}, ..., {names[-1]}")
+        for param in model.parameters():
+            if not matched[id(param)]:
+                param.requires_grad_(False)
+    return parameter_blocks(model)
 
 
 def block_aliases(model: nn.Module) -> dict[str, list[str]]:

@@ -161,17 +161,25 @@ class PertNNBank(nn.Module):
         if missing or extra:
             raise BankMismatchError(_mismatch_message(missing, extra, self.metadata.get("base_model")))
 
+    def restricted_to(self, names: list[str]) -> "PertNNBank":
+        """The bank's PertNNs for `names` only, in that order (the trained blocks of a model whose other tensors
+        are frozen, after `check_blocks` on all of them)."""
+        missing = [n for n in names if n not in set(self.block_names)]
+        if missing:
+            raise BankMismatchError(_mismatch_message(missing, [], self.metadata.get("base_model")))
+        index = torch.tensor([self.block_names.index(n) for n in names])
+        out = PertNNBank(list(names), self.hidden, self.metadata)
+        with torch.no_grad():
+            for name in ("w1", "b1", "w2", "b2"):
+                getattr(out, name).copy_(getattr(self, name)[index])
+        return out.to(self.w1.dtype)
+
     def ordered_for(self, names: list[str]) -> "PertNNBank":
         """The bank with its blocks reordered to `names` (after `check_blocks`)."""
         if names == self.block_names:
             return self
         self.check_blocks(names)
-        index = torch.tensor([self.block_names.index(n) for n in names])
-        out = PertNNBank(names, self.hidden, self.metadata)
-        with torch.no_grad():
-            for name in ("w1", "b1", "w2", "b2"):
-                getattr(out, name).copy_(getattr(self, name)[index])
-        return out.to(self.w1.dtype)
+        return self.restricted_to(names)
 
     # ---- (de)serialization -------------------------------------------------------------------
     def block_state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from conftest import build_tiny_model
-from zo.blocks import block_aliases, effective_dim, effective_dims, layer_groups, parameter_blocks
+from zo.blocks import block_aliases, effective_dim, effective_dims, layer_groups, parameter_blocks, trainable_blocks
 
 
 def test_tied_embedding_is_one_block_under_its_first_name():
@@ -17,6 +18,25 @@ def test_frozen_parameters_are_not_blocks():
     model = build_tiny_model("llama", 400)
     model.model.norm.weight.requires_grad_(False)
     assert "model.norm.weight" not in [b.name for b in parameter_blocks(model)]
+
+
+def test_trainable_blocks_keeps_the_matching_tensors_and_freezes_the_rest():
+    model = build_tiny_model("llama", 400)
+    everything = [b.name for b in parameter_blocks(model)]
+    assert [b.name for b in trainable_blocks(model)] == everything  # no pattern: all of them
+    kept = [b.name for b in trainable_blocks(model, r"layers\.1\.(self_attn|mlp)\.")]
+    assert kept and all(".layers.1." in n for n in kept) and len(kept) < len(everything)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == kept  # the rest is frozen
+
+
+def test_a_tied_weight_is_kept_by_any_of_its_names():
+    model = build_tiny_model("llama", 400, tie=True)
+    assert [b.name for b in trainable_blocks(model, "^lm_head")] == ["model.embed_tokens.weight"]
+
+
+def test_a_pattern_that_matches_nothing_is_refused_with_the_names():
+    with pytest.raises(ValueError, match="matches no parameter; names look like model.embed_tokens.weight"):
+        trainable_blocks(build_tiny_model("llama", 400), "no_such_tensor")
 
 
 def test_effective_dimension_follows_upstream_embed_rule():

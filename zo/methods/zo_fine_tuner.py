@@ -10,7 +10,8 @@ from pathlib import Path
 
 from zo.estimator import ZOOptimizer
 from zo.methods.base import MethodContext
-from zo.pertnn import load_bank
+from zo.blocks import parameter_blocks
+from zo.pertnn import SigmaGrouping, bank_granularity, load_bank
 from zo.sigma import learned_sigma_for
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ def build(ctx: MethodContext, options: ZOFineTunerConfig) -> ZOOptimizer:
     if Path(ctx.load_mlp_path).suffix in (".pth", ".pt", ".bin"):
         log.info("converted the authors' pickled bank %s through the safe loader (%d blocks)", ctx.load_mlp_path,
                  len(bank))
+    everything = parameter_blocks(ctx.model, trainable_only=False)
+    if len(everything) != len(ctx.blocks):  # --trainable_blocks froze some tensors: they get no PertNN
+        bank.check_blocks(SigmaGrouping(everything, bank_granularity(bank.metadata)).names)  # still this model's
+        bank = bank.restricted_to(SigmaGrouping(list(ctx.blocks), bank_granularity(bank.metadata)).names)
     # block-wise or layer-wise sigma, at the granularity the bank records
     sigma = learned_sigma_for(bank, ctx.blocks, ctx.batch_size, ctx.need_normalization, ctx.effective_dim_rule,
                               ctx.sigma_dtype)

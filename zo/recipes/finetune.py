@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 import tasks
-from zo.blocks import EFFECTIVE_DIM_RULES, parameter_blocks
+from zo.blocks import EFFECTIVE_DIM_RULES, trainable_blocks
 from zo import distributed
 from zo.estimator import ZOConfig
 from zo.io import sanitize_component
@@ -49,6 +50,8 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     task_file: str | None = None  # a task spec file; replaces task_name
     model_name: str | None = None  # None: the embedded SmolLM2 folder
     train_mode: str = "zo_fine_tuner"
+    # a regular expression: train only the tensors whose names match it (re.search), freeze the others; None: all
+    trainable_blocks: str | None = None
     eval_only: bool = False  # zero-shot dev + test evaluation, no training (same as train_mode none)
     # in-context demonstrations per test example in evaluation-only runs, drawn as MeZO's ICL mode (0: zero-shot)
     num_demos: int = 0
@@ -153,6 +156,11 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
         if self.train_mode != "none":  # none: evaluation only (MeZO's --trainer none)
             check_options(self.train_mode, asdict(self))  # unknown mode, another method's option
             method_config(self.train_mode, asdict(self))  # the method's own checks (rank, interval >= 1, ...)
+        if self.trainable_blocks is not None:
+            try:
+                re.compile(self.trainable_blocks)
+            except re.error as err:
+                raise ValueError(f"--trainable_blocks {self.trainable_blocks!r} is not a regular expression: {err}")
         if self.task_file is not None and not tasks.is_task_file(self.task_file):
             raise ValueError(f"--task_file must be a .yaml, .yml or .json task spec, got {self.task_file!r}")
         if self.trains and self.train_mode == "zo_fine_tuner" and not self.load_mlp_path:
@@ -312,7 +320,7 @@ def fine_tune(config: FineTuneConfig) -> dict:
     dtype = resolve_dtype(config.load_float16, config.load_bfloat16)
     model, tokenizer = load_model(model_path, dtype, device=None if config.device_map else device,
                                   native_opt_bos=config.native_opt_bos, device_map=config.device_map)
-    blocks = parameter_blocks(model)
+    blocks = trainable_blocks(model, config.trainable_blocks)
 
     optimizer = None
     if config.trains:  # the global batch (data parallel) sizes ZO Fine-tuner's noise budget

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import tasks
-from zo.blocks import parameter_blocks
+from zo.blocks import trainable_blocks
 from zo.methods import has_replay
 from zo.models import load_model, resolve_device, resolve_dtype
 from zo.noise import noise_signature
@@ -97,13 +97,14 @@ def rebuild(run_dir: str | Path, step: int | None = None, threads: int | None = 
         log.warning("%s ran on %s; rebuilding on %s draws other noise", run.path, run_device, target)
     model, tokenizer = load_model(config.model_name, resolve_dtype(config.load_float16, config.load_bfloat16),
                                   device=target, native_opt_bos=config.native_opt_bos)
-    here = noise_signature((b.param.device, b.param.shape) for b in parameter_blocks(model))
+    blocks = trainable_blocks(model, config.trainable_blocks)  # the run's trained tensors, the others frozen
+    here = noise_signature((b.param.device, b.param.shape) for b in blocks)
     if replaying and recorded is not None and recorded != here:
         raise RebuildError(f"{run.path} drew its noise with {recorded!r} and {target} draws it with {here!r} "
                            "(docs/gpu.md): replaying its steps here would give other weights")
     if replaying:
         batch = int(saved.get("global_batch_size") or config.per_device_train_batch_size)
-        optimizer = build_optimizer(config, model, parameter_blocks(model), batch)
+        optimizer = build_optimizer(config, model, blocks, batch)
         for record in records:
             optimizer.replay(record)
     log.info("%s: rebuilt the weights after %d steps", run.path, step)

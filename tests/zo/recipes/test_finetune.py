@@ -202,6 +202,12 @@ def _bad_inputs(tmp_path: Path, model_dir: Path, opt_bank: Path):
         "bank for another architecture": (dict(train_mode="zo_fine_tuner", load_mlp_path=str(opt_bank)),
                                           BankMismatchError, ["does not match", "model.embed_tokens.weight",
                                                               "model.decoder.embed_tokens.weight", "tiny-opt"]),
+        "bank for another architecture, some tensors frozen": (
+            dict(train_mode="zo_fine_tuner", load_mlp_path=str(opt_bank), trainable_blocks="mlp"),
+            BankMismatchError, ["does not match", "model.decoder.embed_tokens.weight"]),
+        "trainable blocks matching nothing": (dict(trainable_blocks="no_such"), ValueError,
+                                              ["matches no parameter", "model.embed_tokens.weight"]),
+        "trainable blocks not a regex": (dict(trainable_blocks="mlp("), ValueError, ["not a regular expression"]),
         "missing model folder": (dict(model_name=str(tmp_path / "no_model")), FileNotFoundError,
                                  ["model path does not exist", "no_model"]),
         "model folder without config": (dict(model_name=str(tmp_path)), FileNotFoundError, ["has no config.json"]),
@@ -210,7 +216,8 @@ def _bad_inputs(tmp_path: Path, model_dir: Path, opt_bank: Path):
 
 BAD_INPUT_CASES = ["unknown task", "unknown train mode", "zo_fine_tuner without bank", "missing bank file",
                    "missing data folder", "missing task file", "malformed record", "bank for another architecture",
-                   "missing model folder", "model folder without config"]
+                   "bank for another architecture, some tensors frozen", "trainable blocks matching nothing",
+                   "trainable blocks not a regex", "missing model folder", "model folder without config"]
 
 
 @pytest.fixture(scope="module")

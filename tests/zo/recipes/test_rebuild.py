@@ -3,6 +3,7 @@ is scored again only when the result matches metrics.json."""
 import json
 
 import pytest
+import torch
 
 from conftest import SHARED_DATA
 from run_helpers import assert_same_weights, read_jsonl, requires_shared_data, snapshot, weights_differ
@@ -87,3 +88,21 @@ def test_a_run_whose_noise_was_drawn_elsewhere_is_refused(tmp_path, tiny_llama_d
         (out / "config.json").write_text(json.dumps({**config, "noise_signature": recorded}))
         with pytest.raises(RebuildError, match="would give other weights"):
             rebuild(out, threads=1)
+
+
+@pytest.mark.parametrize("train_mode", ["mezo", "zo_fine_tuner"])
+def test_trainable_blocks_trains_only_the_matching_tensors_and_rebuilds_them(tmp_path, tiny_llama_dir, train_mode):
+    overrides = {"trainable_blocks": r"layers\.1\.mlp\."}
+    if train_mode == "zo_fine_tuner":
+        bank = tmp_path / "bank.safetensors"
+        init_bank(str(tiny_llama_dir), bank, seed=3)
+        overrides["load_mlp_path"] = str(bank)
+    out, metrics = _finished_run(tmp_path, tiny_llama_dir, train_mode, **overrides)
+    best, _ = load_model(str(tiny_llama_dir))
+    load_weights(best, out / BEST_STATE_FILE)
+    pretrained, _ = load_model(str(tiny_llama_dir))
+    before = dict(pretrained.named_parameters())
+    moved = {name for name, p in best.named_parameters() if not torch.equal(p, before[name])}
+    assert moved and all(".layers.1.mlp." in name for name in moved), moved
+    rebuilt = rebuild(out, threads=1)
+    assert_same_weights(rebuilt.model, snapshot(best))
