@@ -220,10 +220,15 @@ def _caps_for(s: Settings, task: str) -> TaskCaps:
 
 
 def method_from_word(s: Settings, word: str) -> Method:
-    """`name` (a built-in), or `name=path/to/bank.safetensors` (ZO Fine-tuner with that bank)."""
+    """`name` (a built-in), `name=path/to/bank.safetensors` (ZO Fine-tuner with that bank), or a name of your own
+    with MODE_<name> set to a built-in it varies (its train mode, bank, args and grid; ARGS_<name> adds to them)."""
     name, _, bank_path = word.partition("=")
-    spec = _builtin(name) or ({"train_mode": "zo_fine_tuner", "grid_key": "zoft"} if bank_path else
-                              {"train_mode": name, "grid_key": name})
+    base = s.get(f"MODE_{name}")
+    if base is not None and _builtin(name) is not None:
+        raise ValueError(f"MODE_{name}: {name} is a built-in method already; give the variant a name of its own")
+    spec = (_builtin(base) or {"train_mode": base, "grid_key": base}) if base is not None else (
+        _builtin(name) or ({"train_mode": "zo_fine_tuner", "grid_key": "zoft"} if bank_path else
+                           {"train_mode": name, "grid_key": name}))
     bank = s.get(f"BANK_{name}", bank_path or spec.get("bank"))
     grid = split_words(s.get(f"LRS_{name}", DEFAULT_GRIDS.get(spec["grid_key"], ZO_SGD_GRID)))
     tasks = split_words(s.get(f"TASKS_{name}")) or spec.get("tasks")

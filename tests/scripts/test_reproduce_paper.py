@@ -235,6 +235,27 @@ def test_every_ablation_method_reads_a_bank_that_train_ablation_banks_writes():
     assert set(banks.values()) == written  # each variant is used, each bank is trained
 
 
+def test_a_method_of_your_own_varies_a_built_in(tmp_path):
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SQuAD", "SEEDS": "42",
+                              "METHODS": "mezo zoft_new_frozen_embed mezo_embed",
+                              "MODE_zoft_new_frozen_embed": "zoft_new", "MODE_mezo_embed": "mezo",
+                              "ARGS_zoft_new_frozen_embed": r"--trainable_blocks ^(?!model\.embed_tokens)",
+                              "ARGS_mezo_embed": "--trainable_blocks embed_tokens"})
+    methods = {m.name: m for m in settings.methods}
+    frozen, zoft, embed = methods["zoft_new_frozen_embed"], _builtin_method("zoft_new"), methods["mezo_embed"]
+    assert (frozen.train_mode, frozen.bank, frozen.grid) == (zoft.train_mode, zoft.bank, zoft.grid)
+    assert frozen.args == ("--trainable_blocks", r"^(?!model\.embed_tokens)")
+    assert embed.train_mode == "mezo" and embed.grid == methods["mezo"].grid
+    fingerprints = {r.fingerprint["method"]: r.fingerprint for r in build_plan(settings).runs if float(r.lr) == 1e-4}
+    assert fingerprints["mezo_embed"]["method_args"] != fingerprints["mezo"]["method_args"]
+    with pytest.raises(ValueError, match="built-in method already"):
+        load_settings({"METHODS": "mezo", "MODE_mezo": "hizoo"})
+
+
+def _builtin_method(name):
+    return next(m for m in load_settings({"METHODS": name}).methods if m.name == name)
+
+
 def test_a_grid_extended_on_one_task_and_the_edge_rule(tmp_path):
     settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 Copa", "METHODS": "mezo", "SEEDS": "1",
                               "LRS_mezo": "1e-5 3e-6", "LRS_mezo_SST2": "1e-4 1e-5 3e-6"})
