@@ -56,20 +56,18 @@ def parameter_blocks(model: nn.Module, trainable_only: bool = True) -> list[Bloc
 
 
 def trainable_blocks(model: nn.Module, pattern: str | None = None) -> list[Block]:
-    """The blocks to fine-tune: every trainable tensor, or (`pattern`, a regular expression) only those with a name
-    that matches it (re.search; a tied weight matches by any of its names), the others frozen (requires_grad off,
-    so no method perturbs, updates or keeps state for them)."""
+    """The blocks to fine-tune: every trainable tensor, or (`pattern`, a regular expression) only those whose block
+    name matches it (re.search; a tied weight is one block under its first name, e.g. model.embed_tokens.weight,
+    not lm_head.weight), the others frozen (requires_grad off: no method perturbs, updates or keeps state for them)."""
     if pattern is not None:
         regex = re.compile(pattern)
-        matched: dict[int, bool] = {}
-        for name, param in model.named_parameters(remove_duplicate=False):
-            matched[id(param)] = matched.get(id(param), False) or bool(regex.search(name))
-        if not any(matched.values()):
-            names = [name for name, _ in model.named_parameters()]
+        named = list(model.named_parameters())  # tied weights once, under their first name
+        if not any(regex.search(name) for name, _ in named):
+            names = [name for name, _ in named]
             raise ValueError(f"--trainable_blocks {pattern!r} matches no parameter; names look like "
                              f"{', '.join(names[:3])}, ..., {names[-1]}")
-        for param in model.parameters():
-            if not matched[id(param)]:
+        for name, param in named:
+            if not regex.search(name):
                 param.requires_grad_(False)
     return parameter_blocks(model)
 

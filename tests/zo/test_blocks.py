@@ -29,9 +29,13 @@ def test_trainable_blocks_keeps_the_matching_tensors_and_freezes_the_rest():
     assert [n for n, p in model.named_parameters() if p.requires_grad] == kept  # the rest is frozen
 
 
-def test_a_tied_weight_is_kept_by_any_of_its_names():
+def test_a_tied_weight_goes_by_its_block_name():
     model = build_tiny_model("llama", 400, tie=True)
-    assert [b.name for b in trainable_blocks(model, "^lm_head")] == ["model.embed_tokens.weight"]
+    assert [b.name for b in trainable_blocks(model, "embed_tokens")] == ["model.embed_tokens.weight"]
+    with pytest.raises(ValueError, match="matches no parameter"):  # lm_head.weight is that block's second name
+        trainable_blocks(build_tiny_model("llama", 400, tie=True), "^lm_head")
+    everything_else = trainable_blocks(build_tiny_model("llama", 400, tie=True), r"^(?!model\.embed_tokens)")
+    assert everything_else and "model.embed_tokens.weight" not in [b.name for b in everything_else]
 
 
 def test_a_pattern_that_matches_nothing_is_refused_with_the_names():
