@@ -13,6 +13,7 @@
 #   ablations       those banks on SST-2, LR grid, seed 42
 #   core_seeds      MeZO and ZO-FT: 3 seeds at the best LR on SST2 Copa WSC CB
 #   others          the LR grid (seed 42) of every other method on SST2 Copa WSC CB
+#   diagnose        where ZO-FT trails: it without the tied embedding, MeZO on that alone (CB, SQuAD; seed 42)
 #   seeds           3 seeds at the best LR for the other methods on SST2 Copa WSC CB
 # Consecutive stages of runs go to one driver (reproduce_paper.py --stage ...), in order: a stage's runs start
 # once the earlier stages have none left to start, so a stage's last run and the next stage's first share the
@@ -27,7 +28,8 @@ cd "$(dirname "$0")/.."
 SHORT_TASKS="SST2 Copa WSC CB"
 LONG_TASKS="BoolQ SQuAD DROP"
 ABLATION_METHODS="zoft_base zoft_reset zoft_norm zoft_reset_norm zoft_layerwise"
-STAGES=${STAGES:-"core long ablation_banks ablations core_seeds others seeds"}
+STAGES=${STAGES:-"core long ablation_banks ablations core_seeds others diagnose seeds"}
+DIAGNOSTICS="zoft_no_embed mezo_embed_only"
 export DATA_DIR=${DATA_DIR:-../shared/data}
 export WORKERS=${WORKERS:-2}
 
@@ -39,6 +41,7 @@ stage_spec() {  # sets SPEC: a stage of runs as reproduce_paper.py --stage setti
     ablations)      SPEC="TASKS=SST2;METHODS=$ABLATION_METHODS;SEEDS=42" ;;
     core_seeds)     SPEC="TASKS=$SHORT_TASKS;METHODS=mezo zoft_new" ;;
     others)         SPEC="TASKS=$SHORT_TASKS;SEEDS=42" ;;
+    diagnose)       SPEC="TASKS=CB SQuAD;METHODS=$DIAGNOSTICS;SEEDS=42" ;;
     seeds)          SPEC="TASKS=$SHORT_TASKS" ;;
     *) return 1 ;;
   esac
@@ -46,7 +49,8 @@ stage_spec() {  # sets SPEC: a stage of runs as reproduce_paper.py --stage setti
 
 for stage in $STAGES; do  # refuse a typo before any work
   stage_spec "$stage" || {
-    echo "unknown stage '$stage' (core long ablation_banks ablations core_seeds others seeds)" >&2; exit 2; }
+    echo "unknown stage '$stage' (core long ablation_banks ablations core_seeds others diagnose seeds)" >&2
+    exit 2; }
 done
 
 child=""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .plan import Plan, PlannedRun, build_plan
-from .settings import FIRST_ORDER, PRESET_DIR, TABLE2, TABLE3, Settings, method_from_word
+from .settings import DIAGNOSTICS, FIRST_ORDER, PRESET_DIR, TABLE2, TABLE3, Settings, method_from_word
 from .store import Run, load_run
 
 MISSING = "missing"
@@ -286,11 +286,14 @@ def grid_table(cells, settings) -> list[str]:
     return rows if len(rows) > 2 else ["No grid run has finished yet."]
 
 
-def ablation_table(cells, settings, methods: tuple[str, ...]) -> list[str]:
+def ablation_table(cells, settings, methods: tuple[str, ...], first: str = "bank",
+                   shown_with: tuple[str, ...] = ()) -> list[str]:
+    """One row per method, one column per task where `methods` have runs; `shown_with` adds rows for reference."""
     tasks = [t for t in settings.tasks if any((t, m) in cells and cells[t, m].runs for m in methods)]
     if not tasks:
         return [f"No runs yet for {', '.join(methods)}."]
-    rows = ["| bank | " + " | ".join(f"{t}: loss / metric (best LR)" for t in tasks) + " |",
+    methods = tuple(dict.fromkeys(shown_with + methods))
+    rows = [f"| {first} | " + " | ".join(f"{t}: loss / metric (best LR)" for t in tasks) + " |",
             "|---" * (len(tasks) + 1) + "|"]
     for m in methods:
         parts = []
@@ -387,11 +390,11 @@ def _save(fig, path: Path) -> Path:
 
 
 def with_ablation_runs(settings: Settings) -> Settings:
-    """The settings plus the Table 2 / 3 banks that have runs in the results folder although METHODS does not
-    name them: the ablations run as a campaign of their own (scripts/campaign_queue.sh), and their tables
+    """The settings plus the Table 2 / 3 banks and the diagnostics that have runs in the results folder although
+    METHODS does not name them: they run as campaigns of their own (scripts/campaign_queue.sh), and their tables
     belong in the one report."""
     named = {m.name for m in settings.methods}
-    extra = tuple(method_from_word(settings, name) for name in dict.fromkeys(TABLE2 + TABLE3)
+    extra = tuple(method_from_word(settings, name) for name in dict.fromkeys(TABLE2 + TABLE3 + DIAGNOSTICS)
                   if name not in named and any((settings.runs_dir / task / name).is_dir() for task in settings.tasks))
     return dataclasses.replace(settings, methods=settings.methods + extra)
 
@@ -428,6 +431,10 @@ def write_report(settings: Settings) -> Path:
     lines += wins(main_cells, settings) + [""]
     lines += ["## Table 2: reset and normalization in meta-training", ""] + ablation_table(cells, settings, TABLE2)
     lines += ["", "## Table 3: layer-wise against block-wise banks", ""] + ablation_table(cells, settings, TABLE3)
+    lines += ["", "## Diagnostics: the tied embedding's share of ZO-FT's noise", "",
+              "zoft_no_embed: ZO-FT (new bank) with the embedding / head frozen, c normalizing the other blocks to "
+              "MeZO's noise budget; mezo_embed_only: MeZO on the embedding / head alone (docs/campaign.md).", ""]
+    lines += ablation_table(cells, settings, DIAGNOSTICS, first="method", shown_with=("mezo", "zoft_new"))
     lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs] + [""]
     lines += ["## Every grid run", ""] + grid_table(cells, settings) + [""]
     lines += cpu_lines(cells) + [""]

@@ -30,6 +30,11 @@ TABLE2 = ("zoft_base", "zoft_reset", "zoft_norm", "zoft_reset_norm")  # banks me
 # layer-wise sharing against the block-wise bank trained by the same recipe (scripts/train_ablation_banks.sh);
 # the shipped bank (zoft_new) had a longer schedule, so it would not be a controlled comparison
 TABLE3 = ("zoft_layerwise", "zoft_reset_norm")
+# Where ZO-FT's lag on some tasks comes from (docs/campaign.md, "Diagnostics"): the bank puts ~98 % of its noise on
+# the tied embedding / head. ZO-FT without that tensor (c then normalizes the rest to MeZO's budget), and MeZO on
+# that tensor alone, on the tasks where ZO-FT trails MeZO most.
+DIAGNOSTICS = ("zoft_no_embed", "mezo_embed_only")
+DIAGNOSTIC_TASKS = ("CB", "SQuAD")
 
 # LR grids for SmolLM2-135M in fp32 at ~100 steps, batch 16 (the campaign's phase 1, docs/campaign.md):
 # - MeZO and ZO-FT (new bank) were best at 1e-4 on SST-2 (3e-4 worse) and at 3e-5 on Copa; 3e-6 was the
@@ -44,7 +49,11 @@ ZO_SGD_GRID = "1e-4 3e-5 1e-5"
 DEFAULT_GRIDS = {"mezo": ZO_SGD_GRID, "hizoo": ZO_SGD_GRID, "lozo": ZO_SGD_GRID, "zoft": ZO_SGD_GRID,
                  "zoft_old": "1e-5 3e-6 1e-6",
                  "mezo_adam": "3e-4 1e-4 3e-5", "fzoo": "3e-4 1e-4 3e-5",
-                 "fo_adam": "3e-5 1e-5 3e-6", "fo_sgd": "1e-2 1e-3 1e-4"}
+                 "fo_adam": "3e-5 1e-5 3e-6", "fo_sgd": "1e-2 1e-3 1e-4",
+                 # without the embedding, c gives the other blocks the whole budget: k^2 ~60x ZO-FT's there
+                 "zoft_no_embed": "1e-5 3e-6 1e-6",
+                 # ZO-FT's embedding step is ~4.7x MeZO's at one LR: MeZO on it alone needs a higher LR to match
+                 "mezo_embed_only": "3e-4 1e-4 3e-5"}
 # Wider grids of the core methods where the campaign ran more LRs: SST-2, WSC and CB were extended to 3e-4 (MeZO's
 # best was 1e-4, at the edge), WSC to 3e-6 (ZO-FT's best was 1e-5, at the edge; both methods keep one grid), and
 # SST-2 and Copa ran 3e-6 under the first grid (3e-5 1e-5 3e-6).
@@ -118,6 +127,11 @@ def _builtin(name: str) -> dict | None:
         "zoft_norm": {**zoft, "bank": ablation_bank.format("norm"), "tasks": ("SST2",)},
         "zoft_reset_norm": {**zoft, "bank": ablation_bank.format("reset_norm"), "tasks": ("SST2",)},
         "zoft_layerwise": {**zoft, "bank": ablation_bank.format("layer_reset_norm"), "tasks": ("SST2",)},
+        # the input embedding's block name has embed_tokens in Llama, Qwen2 and OPT (tied: the head too)
+        "zoft_no_embed": {**zoft, "grid_key": "zoft_no_embed", "bank": f"{bank_dir}/smollm2-135m_copa.safetensors",
+                          "args": ("--trainable_blocks", "^(?!.*embed_tokens)"), "tasks": DIAGNOSTIC_TASKS},
+        "mezo_embed_only": {"train_mode": "mezo", "grid_key": "mezo_embed_only",
+                            "args": ("--trainable_blocks", "embed_tokens"), "tasks": DIAGNOSTIC_TASKS},
     }
     if name in table:
         return table[name]

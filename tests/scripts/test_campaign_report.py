@@ -11,8 +11,8 @@ from pathlib import Path
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from campaign.report import (Cell, cpu_lines, lr_robustness_plot, mcnemar_p, not_started_line,  # noqa: E402
-                             paired_differences, paper_table, sampling_noise_line, wins)
+from campaign.report import (Cell, ablation_table, cpu_lines, lr_robustness_plot, mcnemar_p,  # noqa: E402
+                             not_started_line, paired_differences, paper_table, sampling_noise_line, wins)
 from campaign.settings import load_settings  # noqa: E402
 from campaign.store import Run  # noqa: E402
 
@@ -116,6 +116,19 @@ def test_the_loss_count_against_mezo_is_also_given_after_the_last_step(tmp_path)
     text = "\n".join(wins(cells, settings))
     assert "Against MeZO alone: lower loss in 0 of 2 tasks" in text
     assert "after the last step instead of at the best-dev state: lower for ZO-FT in 1 of 2 tasks" in text
+
+
+def test_the_diagnostics_table_shows_mezo_and_zoft_beside_the_variants_on_their_tasks_only(tmp_path):
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 CB SQuAD"})
+    cells = {("SST2", "mezo"): _scored("SST2", "mezo", [(0.6, 0.7)], tmp_path),
+             ("CB", "mezo"): _scored("CB", "mezo", [(1.0, 0.6)], tmp_path),
+             ("CB", "zoft_new"): _scored("CB", "zoft_new", [(1.1, 0.5)], tmp_path),
+             ("CB", "zoft_no_embed"): _scored("CB", "zoft_no_embed", [(0.9, 0.65)], tmp_path)}
+    rows = ablation_table(cells, settings, ("zoft_no_embed", "mezo_embed_only"), first="method",
+                          shown_with=("mezo", "zoft_new"))
+    assert rows[0] == "| method | CB: loss / metric (best LR) |"  # SST2 and SQuAD have no diagnostic run
+    assert [r.split(" |")[0] for r in rows[2:]] == ["| mezo", "| zoft_new", "| zoft_no_embed", "| mezo_embed_only"]
+    assert "0.9000 / 0.6500 (1e-4)" in rows[4] and rows[5].endswith("| missing |")
 
 
 def test_the_paper_table_bolds_the_best_zeroth_order_cell_and_marks_what_has_not_run(tmp_path):

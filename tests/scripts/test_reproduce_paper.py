@@ -21,7 +21,8 @@ from run_helpers import QUIET_ENV, processes_mentioning, requires_shared_data, r
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from campaign import runner  # noqa: E402
 from campaign.plan import at_grid_edge, build_plan  # noqa: E402
-from campaign.settings import PRESET_DIR, STEP_COST_VS_MEZO, TABLE2, TABLE3, load_settings  # noqa: E402
+from campaign.settings import (DIAGNOSTIC_TASKS, PRESET_DIR, STEP_COST_VS_MEZO, TABLE2, TABLE3,  # noqa: E402
+                               load_settings)
 from campaign.store import Run, best_lr  # noqa: E402
 
 pytestmark = requires_shared_data
@@ -254,6 +255,24 @@ def test_a_method_of_your_own_varies_a_built_in(tmp_path):
 
 def _builtin_method(name):
     return next(m for m in load_settings({"METHODS": name}).methods if m.name == name)
+
+
+def test_the_diagnostics_freeze_exactly_the_embedding_or_all_but_it():
+    import re
+
+    from conftest import build_tiny_model
+    from zo.blocks import parameter_blocks
+
+    methods = {m.name: m for m in load_settings({"METHODS": "zoft_no_embed mezo_embed_only zoft_new"}).methods}
+    no_embed, embed_only = methods["zoft_no_embed"], methods["mezo_embed_only"]
+    assert (no_embed.train_mode, no_embed.bank) == ("zo_fine_tuner", methods["zoft_new"].bank)
+    assert embed_only.train_mode == "mezo" and no_embed.tasks == embed_only.tasks == DIAGNOSTIC_TASKS
+    for family in ("llama", "opt"):
+        names = [b.name for b in parameter_blocks(build_tiny_model(family, 400, tie=True))]
+        embedding = [n for n in names if "embed_tokens" in n]
+        assert len(embedding) == 1
+        assert [n for n in names if re.search(no_embed.args[1], n)] == [n for n in names if n not in embedding]
+        assert [n for n in names if re.search(embed_only.args[1], n)] == embedding
 
 
 def test_a_grid_extended_on_one_task_and_the_edge_rule(tmp_path):
