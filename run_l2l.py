@@ -30,6 +30,31 @@ HELP = {
     "l2l_accumulation": "batch: K micro-batches act as one batch of K x BS (one meta step, one first-order step) | "
                         "upstream: the authors' meta step per micro-batch, first-order step every K-th on its "
                         "gradient only",
+    "task_name": "task of single-task meta-training",
+    "multi_task_training": "meta-train on --multi_task_name, one task per meta step",
+    "shuffle": "multi-task: shuffle the task order of every outer step",
+    "num_train_epochs": "epochs over the training examples (EPOCH)",
+    "per_device_train_batch_size": "examples per meta step (BS)",
+    "zo_eps": "perturbation size epsilon",
+    "need_normalization": "scale the noise by c so that its trace is the effective dimension",
+    "grad_through_c": "let the meta-gradient flow through c too (default: c is a constant, as upstream)",
+    "momentum": "SGD momentum of the trajectory with --trajectory_optimizer sgd",
+    "max_grad_norm": "gradient clipping of the first-order trajectory",
+    "mlp_optimizer": "sgd (upstream) | adam: the bank's optimizer",
+    "load_float16": "load the weights in float16 (not with --trajectory_optimizer adam)",
+    "load_bfloat16": "load the weights in bfloat16",
+    "train_set_seed": "data sampling seed",
+    "seed": "process seed: noise seeds, dropout, task order",
+    "num_train": "train examples sampled per task",
+    "num_dev": "dev examples sampled per task",
+    "num_eval": "test examples sampled per task",
+    "data_dir": "local data root (layouts of shared/data/README.md); unset: the HF hub",
+    "output_dir": "run folder (log, summary, checkpoints)",
+    "save_every_steps": "write the bank every this many meta steps",
+    "log_every_steps": "log a summary every this many meta steps",
+    "max_length": "token cap of an example",
+    "threads": "torch threads and noise workers",
+    "progress": "progress bar",
 }
 
 

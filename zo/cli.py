@@ -4,8 +4,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import inspect
+import io
 import logging
+import re
 import sys
+import textwrap
+import tokenize
 import typing
 from pathlib import Path
 
@@ -27,12 +32,42 @@ def none_or(kind):
     return parse
 
 
+def field_comments(cls) -> dict[str, str]:
+    """Each dataclass field's comment in the source (the comment lines just above it, then the one after it on
+    its line), for `--help`: the config's own notes are its help text."""
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # no source (a frozen build): no help from comments
+            continue
+        comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                    for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+        names, above = {f.name for f in dataclasses.fields(klass)}, []
+        for number, line in enumerate(source.splitlines(), 1):
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                above.append(comments[number])
+                continue
+            match = re.match(r"(\w+)\s*:", stripped)
+            if match and match.group(1) in names and line.startswith("    ") and not line.startswith("     "):
+                text = " ".join(above + ([comments[number]] if number in comments else []))
+                if text:
+                    found[match.group(1)] = text
+            above = []
+    return found
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, help_text: dict[str, str] | None = None) -> None:
-    """One --field per dataclass field; booleans accept `--flag`, `--flag True` and `--flag False`."""
+    """One --field per dataclass field; booleans accept `--flag`, `--flag True` and `--flag False`. Help: the
+    field's entry in `help_text`, else its comment in the source."""
     hints = typing.get_type_hints(cls)
+    comments = field_comments(cls)
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
-        help_ = (help_text or {}).get(field.name, "") + f" (default: {field.default})"
+        help_ = ((help_text or {}).get(field.name) or comments.get(field.name, "")) + f" (default: {field.default})"
         args = typing.get_args(kind)
         optional = type(None) in args
         base = next((a for a in args if a is not type(None)), kind) if args else kind

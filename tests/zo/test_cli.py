@@ -1,5 +1,8 @@
 """--config FILE.yaml: the file sets defaults, flags override it; an unknown key or a wrong type is one error
 naming the key; every shipped configs/*.yaml is valid for its recipe."""
+import argparse
+import dataclasses
+
 import pytest
 
 import run_l2l
@@ -95,3 +98,37 @@ def test_truncated_bank_is_one_error_naming_the_file(tmp_path, tiny_llama_dir, t
     assert info.value.code == 2 and len(errors) == 1, errors
     assert str(bank) in errors[0] and "truncated or corrupt" in errors[0]
     assert not (tmp_path / "out").exists()
+
+
+@dataclasses.dataclass
+class _Noted:
+    # a note above,
+    # on two lines
+    above: int = 1
+    beside: str = "x#y"  # a note beside (the '#' in the default is not one)
+    bare: float = 0.5
+
+
+@dataclasses.dataclass
+class _MoreNoted(_Noted):
+    both: bool = False  # and here
+    #   indented note above a last field
+    last: int | None = None  # beside too
+
+
+def test_field_comments_are_the_notes_above_and_beside_each_field():
+    from zo.cli import field_comments
+
+    assert field_comments(_MoreNoted) == {"above": "a note above, on two lines",
+                                          "beside": "a note beside (the '#' in the default is not one)",
+                                          "both": "and here", "last": "indented note above a last field beside too"}
+
+
+@pytest.mark.parametrize("module, cls", [(run_zo_fine_tuner, FineTuneConfig), (run_l2l, L2LConfig)])
+def test_every_flag_of_the_two_clis_has_help(module, cls):
+    from zo.cli import add_dataclass_arguments
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, cls, module.HELP)
+    bare = [action.dest for action in parser._actions if action.help and action.help.startswith(" (default:")]
+    assert not bare, f"flags without help: {bare}"
