@@ -33,6 +33,8 @@ TABLE3 = ("zoft_layerwise", "zoft_reset_norm")
 # Where ZO-FT's lag on some tasks comes from (docs/campaign.md, "Diagnostics"): the bank puts ~98 % of its noise on
 # the tied embedding / head. ZO-FT without that tensor (c then normalizes the rest to MeZO's budget), and MeZO on
 # that tensor alone, on the tasks where ZO-FT trails MeZO most.
+# zoft_no_embed: c gives the other blocks MeZO's whole budget (their mean k^2 is 1, as MeZO's), so it takes the
+# ZO-SGD grid; mezo_embed_only: ZO-FT's embedding step is ~4.7x MeZO's at one LR, so its grid sits higher.
 DIAGNOSTICS = ("zoft_no_embed", "mezo_embed_only")
 DIAGNOSTIC_TASKS = ("CB", "SQuAD")
 
@@ -50,8 +52,6 @@ DEFAULT_GRIDS = {"mezo": ZO_SGD_GRID, "hizoo": ZO_SGD_GRID, "lozo": ZO_SGD_GRID,
                  "zoft_old": "1e-5 3e-6 1e-6",
                  "mezo_adam": "3e-4 1e-4 3e-5", "fzoo": "3e-4 1e-4 3e-5",
                  "fo_adam": "3e-5 1e-5 3e-6", "fo_sgd": "1e-2 1e-3 1e-4",
-                 # without the embedding, c gives the other blocks the whole budget: k^2 ~60x ZO-FT's there
-                 "zoft_no_embed": "1e-5 3e-6 1e-6",
                  # ZO-FT's embedding step is ~4.7x MeZO's at one LR: MeZO on it alone needs a higher LR to match
                  "mezo_embed_only": "3e-4 1e-4 3e-5"}
 # Wider grids of the core methods where the campaign ran more LRs: SST-2, WSC and CB were extended to 3e-4 (MeZO's
@@ -128,7 +128,7 @@ def _builtin(name: str) -> dict | None:
         "zoft_reset_norm": {**zoft, "bank": ablation_bank.format("reset_norm"), "tasks": ("SST2",)},
         "zoft_layerwise": {**zoft, "bank": ablation_bank.format("layer_reset_norm"), "tasks": ("SST2",)},
         # the input embedding's block name has embed_tokens in Llama, Qwen2 and OPT (tied: the head too)
-        "zoft_no_embed": {**zoft, "grid_key": "zoft_no_embed", "bank": f"{bank_dir}/smollm2-135m_copa.safetensors",
+        "zoft_no_embed": {**zoft, "bank": f"{bank_dir}/smollm2-135m_copa.safetensors",
                           "args": ("--trainable_blocks", "^(?!.*embed_tokens)"), "tasks": DIAGNOSTIC_TASKS},
         "mezo_embed_only": {"train_mode": "mezo", "grid_key": "mezo_embed_only",
                             "args": ("--trainable_blocks", "embed_tokens"), "tasks": DIAGNOSTIC_TASKS},
