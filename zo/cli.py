@@ -48,7 +48,7 @@ def field_comments(cls) -> dict[str, str]:
         names, above = {f.name for f in dataclasses.fields(klass)}, []
         for number, line in enumerate(source.splitlines(), 1):
             stripped = line.strip()
-            if stripped.startswith("#"):
+            if stripped.startswith("#") and number in comments:  # (a docstring line may start with '#' too)
                 above.append(comments[number])
                 continue
             match = re.match(r"(\w+)\s*:", stripped)
@@ -67,7 +67,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, help_text: dic
     comments = field_comments(cls)
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
-        help_ = ((help_text or {}).get(field.name) or comments.get(field.name, "")) + f" (default: {field.default})"
+        help_ = ((help_text or {}).get(field.name) or comments.get(field.name, "").replace("%", "%%")) + \
+            f" (default: {field.default})"
         args = typing.get_args(kind)
         optional = type(None) in args
         base = next((a for a in args if a is not type(None)), kind) if args else kind

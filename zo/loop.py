@@ -114,6 +114,18 @@ class _Clock:
         return self.result.resumed_from is None or self.result.carried_cpu_seconds is not None
 
 
+def refuse_replay_drawn_elsewhere(state: dict, signature: str | None) -> None:
+    """A replay checkpoint rebuilds its weights from its steps' seeds: refused where z is drawn otherwise
+    (zo.noise.noise_signature), since the replay would give other weights. Full checkpoints pass."""
+    saved = state.get("noise_signature")
+    if state.get("base") and state.get("replay") and saved not in (None, signature):
+        raise RunFolderError(
+            f"checkpoint {state['step']} rebuilds its weights by replaying {len(state['replay'])} steps, whose "
+            f"noise was drawn with {saved!r}; this placement draws it with {signature!r} (another GPU model, "
+            "CPU kernel or torch version: docs/gpu.md), so the replay would give other weights. Resume where "
+            "the signature is the same, or from a full checkpoint (--checkpoint_kind full)")
+
+
 class _Checkpointer:
     """Decides when to checkpoint and writes full or replay checkpoints through the run folder."""
 
@@ -158,13 +170,8 @@ class _Checkpointer:
 
     def restore(self, state: dict, result: LoopResult) -> None:
         """Put the model, optimizer, data and RNGs where the checkpoint left them."""
+        refuse_replay_drawn_elsewhere(state, self.signature)
         saved_signature = state.get("noise_signature")
-        if state.get("base") and state["replay"] and saved_signature not in (None, self.signature):
-            raise RunFolderError(
-                f"checkpoint {state['step']} rebuilds its weights by replaying {len(state['replay'])} steps, whose "
-                f"noise was drawn with {saved_signature!r}; this placement draws it with {self.signature!r} "
-                "(another GPU model: docs/gpu.md), so the replay would give other weights. Resume on the same "
-                "kind of device, or from a full checkpoint (--checkpoint_kind full)")
         if saved_signature not in (None, self.signature):
             log.warning("the run drew its noise with %r, this placement with %r: from here on the steps are not "
                         "those of a run that was never stopped (the weights come from a full checkpoint, exact)",

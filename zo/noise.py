@@ -75,7 +75,9 @@ def block_chunks(shape: torch.Size) -> list[Chunk]:
 # torch's CUDA distribution kernels (ATen/native/cuda/DistributionTemplates.h) run 256 threads per block on a grid
 # of min(ceil(n / 256), multiprocessors x blocks per multiprocessor) blocks, and each thread draws its own Philox
 # subsequence: the grid decides which number lands on which element. So z depends on the GPU model once a chunk
-# needs more blocks than the device can hold (an A100 holds 864, a V100 640, a T4 160, an H100 1056).
+# needs more blocks than the device can hold (an A100 holds 864, an H100 SXM 1056, an H100 PCIe 912, a V100 640, a
+# T4 160). On the CPU, normal_ computes log / sin / cos with its own vector code on AVX2 and AVX-512 builds (the
+# same numbers on both, measured) and with libm otherwise, which differs in the last bits.
 CUDA_DISTRIBUTION_THREADS = 256
 
 
@@ -86,24 +88,27 @@ def _cuda_draw_grid(device: torch.device, largest_chunk: int) -> int:
     return min(wanted, props.multi_processor_count * per_sm)
 
 
+def _cpu_kernel() -> str:
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    return "avx2" if capability.startswith(("avx2", "avx512")) else capability
+
+
 def noise_signature(placements: Iterable[tuple[torch.device | str, torch.Size]]) -> str:
-    """What a run's z depends on besides the seeds, for blocks given as (device, shape): "cpu", or the CUDA grid
-    the largest chunk is drawn with ("cuda grid 864"), one entry per distinct value. Two placements with the
-    same signature draw the same z for every chunk (every chunk's grid is min(its own need, that value));
-    replaying a run's steps elsewhere rebuilds its weights only if the signatures are equal."""
+    """What a run's z depends on besides the seeds, for blocks given as (device, shape), e.g. "cpu avx2, torch
+    2.13" or "cuda grid 864, torch 2.13": the CPU kernel, or per CUDA device the grid of its largest chunk (every
+    chunk's grid is min(its own need, that value)), and torch's version. Equal signatures draw equal z for every
+    chunk; replaying a run's steps elsewhere rebuilds its weights only if the signatures are equal."""
     largest: dict[torch.device, int] = {}
     for device, shape in placements:
         device = torch.device(device)
         row_len = rows_view(torch.empty(shape, device="meta")).shape[1]
         chunk = max((c.row_stop - c.row_start) * row_len for c in block_chunks(torch.Size(shape)))
         largest[device] = max(largest.get(device, 0), chunk)
-    parts = set()
-    for device, chunk in largest.items():
-        if device.type == "cuda":
-            parts.add(f"cuda grid {_cuda_draw_grid(device, chunk)}")
-        else:
-            parts.add(device.type)
-    return " + ".join(sorted(parts))
+    cuda = sorted((d for d in largest if d.type == "cuda"), key=lambda d: d.index or 0)
+    parts = [f"{'cuda' if len(cuda) == 1 else d} grid {_cuda_draw_grid(d, largest[d])}" for d in cuda]
+    parts += sorted({f"cpu {_cpu_kernel()}" if d.type == "cpu" else d.type for d in largest if d.type != "cuda"})
+    version = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    return f"{' + '.join(parts)}, torch {version}"
 
 
 def default_threads() -> int:

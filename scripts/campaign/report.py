@@ -190,7 +190,7 @@ def sampling_noise_line(pairs: list[tuple[Cell, Cell]]) -> str:
         accuracy = all(r.metric_name == "accuracy" for r in mine.runs + mezo.runs)  # right / wrong per example
         exact = mcnemar_p(paired_differences(mine, mezo)) if how == "paired" and accuracy else None
         parts.append(f"{mine.task} {difference:+.3f} ± {se:.3f} ({how}"
-                     + (f"; exact McNemar p = {exact:.2f}" if exact is not None else "") + ")")
+                     + (f"; exact McNemar p = {exact:.2g}" if exact is not None else "") + ")")
     return (f"ZO-FT − MeZO test metric per task, ± the standard error that sampling the test examples alone gives "
             f"the difference (paired: over the same examples, from each run's test_predictions.jsonl; binomial, "
             f"for runs without that file: as if the methods saw independent examples, which usually overstates it). "

@@ -111,7 +111,10 @@ class _Noted:
 
 @dataclasses.dataclass
 class _MoreNoted(_Noted):
-    both: bool = False  # and here
+    """A docstring line may start with a hash:
+    # not a comment
+    """
+    both: bool = False  # and here, 100 % sure
     #   indented note above a last field
     last: int | None = None  # beside too
 
@@ -121,7 +124,12 @@ def test_field_comments_are_the_notes_above_and_beside_each_field():
 
     assert field_comments(_MoreNoted) == {"above": "a note above, on two lines",
                                           "beside": "a note beside (the '#' in the default is not one)",
-                                          "both": "and here", "last": "indented note above a last field beside too"}
+                                          "both": "and here, 100 % sure",
+                                          "last": "indented note above a last field beside too"}
+    parser = argparse.ArgumentParser()
+    from zo.cli import add_dataclass_arguments
+    add_dataclass_arguments(parser, _MoreNoted)
+    assert "100 % sure" in parser.format_help()  # a % in a note does not break --help
 
 
 @pytest.mark.parametrize("module, cls", [(run_zo_fine_tuner, FineTuneConfig), (run_l2l, L2LConfig)])

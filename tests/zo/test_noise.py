@@ -1,3 +1,6 @@
+import os
+
+import pytest
 import torch
 
 from types import SimpleNamespace
@@ -54,14 +57,42 @@ def _fake_gpus(monkeypatch, **sm_counts):
 
 def test_noise_signature_is_the_grid_of_the_largest_chunk(monkeypatch):
     _fake_gpus(monkeypatch, cuda_0=(108, 2048), cuda_1=(132, 2048), cuda_2=(40, 1024), cuda_3=(80, 2048))
+    torch_version = ", torch " + ".".join(torch.__version__.split("+")[0].split(".")[:2])
     big = torch.Size([4096, 1024])  # full chunks of CHUNK_ELEMENTS: 1024 blocks of 256 threads wanted
     assert CHUNK_ELEMENTS // 256 == 1024
-    assert noise_signature([("cpu", big), ("cpu", torch.Size([7]))]) == "cpu"
-    assert noise_signature([("cuda:0", big)]) == "cuda grid 864"  # an A100 holds 108 x 8 blocks: capped
-    assert noise_signature([("cuda:1", big)]) == "cuda grid 1024"  # an H100 holds 1056: not capped
-    assert noise_signature([("cuda:2", big)]) == "cuda grid 160"  # a T4
+    assert noise_signature([("cuda:0", big)]) == "cuda grid 864" + torch_version  # an A100 holds 108 x 8: capped
+    assert noise_signature([("cuda:1", big)]) == "cuda grid 1024" + torch_version  # an H100 SXM holds 1056
+    assert noise_signature([("cuda:2", big)]) == "cuda grid 160" + torch_version  # a T4
     # small blocks never fill either GPU: the same z on both, and the signatures say so
     small = torch.Size([300, 256])
-    assert noise_signature([("cuda:0", small)]) == noise_signature([("cuda:1", small)]) == "cuda grid 300"
-    # a device map over two GPU models draws with both grids
-    assert noise_signature([("cuda:0", big), ("cuda:3", big)]) == "cuda grid 640 + cuda grid 864"
+    assert noise_signature([("cuda:0", small)]) == noise_signature([("cuda:1", small)])
+    # a device map over two GPU models: each device's grid, so swapping the devices is another signature
+    assert noise_signature([("cuda:0", big), ("cuda:3", big)]) == "cuda:0 grid 864 + cuda:3 grid 640" + torch_version
+    assert noise_signature([("cuda:0", big), ("cuda:1", small)]) != noise_signature([("cuda:0", small),
+                                                                                     ("cuda:1", big)])
+
+
+def test_on_the_cpu_the_signature_names_the_kernel_that_computes_normal(monkeypatch):
+    torch_version = ", torch " + ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    blocks = [("cpu", torch.Size([4096, 1024])), ("cpu", torch.Size([7]))]
+    for capability, kernel in (("AVX512", "avx2"), ("AVX2", "avx2"), ("DEFAULT", "default"), ("SVE256", "sve256")):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert noise_signature(blocks) == f"cpu {kernel}" + torch_version
+
+
+def test_avx2_and_avx512_draw_the_same_z_and_the_default_kernel_does_not():
+    """Why the signature merges AVX2 and AVX-512: torch picks the kernel per process (ATEN_CPU_CAPABILITY)."""
+    import subprocess
+    import sys
+
+    draw = ("import hashlib, torch; g = torch.Generator().manual_seed(1); x = torch.empty(1 << 18).normal_("
+            "generator=g); print(torch.backends.cpu.get_cpu_capability(), hashlib.sha256(x.numpy().tobytes())"
+            ".hexdigest())")
+    seen = {}
+    for capability in ("avx512", "avx2", "default"):
+        out = subprocess.run([sys.executable, "-c", draw], capture_output=True, text=True, check=True,
+                             env={**os.environ, "ATEN_CPU_CAPABILITY": capability}).stdout.split()
+        seen[out[0].lower()] = out[1]  # the capability torch really used (at most what the CPU has)
+    if "avx2" not in seen or "default" not in seen:
+        pytest.skip("this CPU has no AVX2")
+    assert seen["default"] != seen["avx2"] and seen.get("avx512", seen["avx2"]) == seen["avx2"]

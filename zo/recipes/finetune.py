@@ -25,7 +25,8 @@ from zo.blocks import EFFECTIVE_DIM_RULES, trainable_blocks
 from zo import distributed
 from zo.estimator import ZOConfig
 from zo.io import sanitize_component
-from zo.loop import AccumulatedBatches, CheckpointPolicy, LoopResult, accumulated_loss, train_zo
+from zo.loop import (AccumulatedBatches, CheckpointPolicy, LoopResult, accumulated_loss,
+                     refuse_replay_drawn_elsewhere, train_zo)
 from zo.methods import MethodContext, MethodOptions, build_method, check_options, method_config
 from zo.models import load_model, resolve_device, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource, noise_signature
@@ -352,9 +353,12 @@ def fine_tune(config: FineTuneConfig) -> dict:
                             defaults=asdict(FineTuneConfig()))
     if start_state.finished is not None:
         return start_state.finished
-    if start_state.checkpoint is not None:  # a resume elsewhere: the log's steps drew z on both placements
+    if start_state.checkpoint is not None:
+        if optimizer is not None and callable(getattr(optimizer, "replay", None)):
+            refuse_replay_drawn_elsewhere(start_state.checkpoint, resolved["noise_signature"])  # before any write
         before = run.read_config().get("noise_signature")
         if before and before.split(" -> ")[-1] != resolved["noise_signature"]:
+            # resumed elsewhere from a full checkpoint: the log's steps drew z on both placements
             resolved["noise_signature"] = f"{before} -> {resolved['noise_signature']}"
     run.write_config(resolved)
     log.info("task %s: %d train / %d dev / %d test; %s on %s; output %s", task.name, len(splits.train),

@@ -32,6 +32,7 @@ def set_global_rng_state(state: dict) -> None:
         for index, device_state in enumerate(saved[:visible]):
             torch.cuda.set_rng_state(device_state, index)
         if len(saved) != visible:
-            log.warning("the checkpoint has the CUDA random state of %d devices, this process sees %d: devices "
-                        "%d.. continue from a fresh state (only dropout and sampling use it)", len(saved), visible,
-                        min(len(saved), visible))
+            log.warning("the checkpoint has the CUDA random state of %d devices, this process sees %d: %s (only "
+                        "dropout and sampling use it)", len(saved), visible,
+                        f"devices {len(saved)}.. start from a fresh state" if visible > len(saved)
+                        else f"the states of devices {visible}.. are not used")

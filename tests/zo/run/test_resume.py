@@ -172,18 +172,24 @@ def test_replay_checkpoint_from_another_noise_signature_is_refused_and_a_full_on
     assert _run("run_zo_fine_tuner", args, kill=("loss", 14)).returncode == -signal.SIGKILL
     paths = sorted((out / "checkpoints").glob("step-*.pt"))
     states = [torch.load(p, weights_only=False) for p in paths]
-    assert states[0]["noise_signature"] == "cpu" and states[0]["replay"] == [] and states[-1]["replay"], \
+    here = states[0]["noise_signature"]
+    assert here.startswith("cpu ") and states[0]["replay"] == [] and states[-1]["replay"], \
         [(s["step"], len(s["replay"])) for s in states]
-    for path in paths:
+    for path in paths:  # as if the run had started on an A100
         _edit_checkpoint(path, lambda state: state.update(noise_signature="cuda grid 864"))
+    config = read_json(out / "config.json")
+    (out / "config.json").write_text(json.dumps({**config, "noise_signature": "cuda grid 864"}))
     proc = _run("run_zo_fine_tuner", [*args, "--resume"])
     assert proc.returncode != 0 and "would give other weights" in proc.stderr, proc.stderr[-3000:]
+    assert read_json(out / "config.json")["noise_signature"] == "cuda grid 864"  # a refused resume writes nothing
 
     for path in paths[1:]:  # the full checkpoint is left
         path.unlink(), path.with_suffix(".json").unlink()
     proc = _run("run_zo_fine_tuner", [*args, "--resume"])
-    assert proc.returncode == 0 and "'cuda grid 864', this placement with 'cpu'" in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 0 and f"'cuda grid 864', this placement with {here!r}" in proc.stderr, \
+        proc.stderr[-3000:]
     assert read_json(out / "metrics.json")["status"] == "completed"
+    assert read_json(out / "config.json")["noise_signature"] == f"cuda grid 864 -> {here}"  # its steps drew on both
 
 
 def test_resume_from_a_checkpoint_without_time_says_its_time_is_partial(tmp_path, tiny_llama_dir):
