@@ -70,10 +70,13 @@ def _assert_same(resumed, reference, note):
     assert resumed["weights"] == reference["weights"], note  # bit for bit
 
 
-@pytest.mark.parametrize("train_mode, kind", [("mezo", "full"), ("zo_fine_tuner", "replay")])
+@pytest.mark.parametrize("train_mode, kind, extra", [
+    ("mezo", "full", ()), ("zo_fine_tuner", "replay", ()),
+    ("zo_fine_tuner", "replay", ("--trainable_blocks", r"layers\.1\.")),  # frozen tensors, a restricted bank
+])
 def test_fine_tuning_killed_anywhere_resumes_bit_exactly(tmp_path, tiny_llama_dir, tiny_llama_bank, train_mode,
-                                                         kind):
-    mode = ["--train_mode", train_mode, "--checkpoint_kind", kind]
+                                                         kind, extra):
+    mode = ["--train_mode", train_mode, "--checkpoint_kind", kind, *extra]
     if train_mode == "zo_fine_tuner":
         mode += ["--load_mlp_path", str(tiny_llama_bank[0])]
     reference_dir = tmp_path / "reference"
