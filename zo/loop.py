@@ -25,7 +25,7 @@ import torch
 
 from zo.estimator import NonFiniteLossError
 from zo.io import atomic_path
-from zo.noise import noise_signature
+from zo.noise import blocks_noise_signature
 from zo.run.folder import BEST_STATE_FILE, RunDir, RunFolderError, RunLog
 from zo.run.progress import Reporter, progress_bar
 from zo.run.rng import global_rng_state, set_global_rng_state
@@ -137,7 +137,7 @@ class _Checkpointer:
         self.base: str | None = None  # the full checkpoint the replay records start from
         self.since_base: list[dict] = []
         # replayed records rebuild the weights only where z is drawn as it was (zo.noise.noise_signature)
-        self.signature = (noise_signature((b.param.device, b.param.shape) for b in optimizer.blocks)
+        self.signature = (blocks_noise_signature(optimizer.blocks)
                           if callable(getattr(optimizer, "replay", None)) else None)
         self.last_time = time.monotonic()
 

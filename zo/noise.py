@@ -111,6 +111,11 @@ def noise_signature(placements: Iterable[tuple[torch.device | str, torch.Size]])
     return f"{' + '.join(parts)}, torch {version}"
 
 
+def blocks_noise_signature(blocks: Iterable) -> str:
+    """`noise_signature` of parameter blocks (zo.blocks.Block: anything with a `.param`) where they are now."""
+    return noise_signature((b.param.device, b.param.shape) for b in blocks)
+
+
 def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 

@@ -32,8 +32,9 @@ def build(ctx: MethodContext, options: ZOFineTunerConfig) -> ZOOptimizer:
                  len(bank))
     everything = parameter_blocks(ctx.model, trainable_only=False)
     if len(everything) != len(ctx.blocks):  # --trainable_blocks froze some tensors: they get no PertNN
-        bank.check_blocks(SigmaGrouping(everything, bank_granularity(bank.metadata)).names)  # still this model's
-        bank = bank.restricted_to(SigmaGrouping(list(ctx.blocks), bank_granularity(bank.metadata)).names)
+        granularity = bank_granularity(bank.metadata)
+        bank.check_blocks(SigmaGrouping(everything, granularity).names)  # still this model's
+        bank = bank.restricted_to(SigmaGrouping(list(ctx.blocks), granularity).names)
     # block-wise or layer-wise sigma, at the granularity the bank records
     sigma = learned_sigma_for(bank, ctx.blocks, ctx.batch_size, ctx.need_normalization, ctx.effective_dim_rule,
                               ctx.sigma_dtype)

@@ -29,7 +29,7 @@ from zo.loop import (AccumulatedBatches, CheckpointPolicy, LoopResult, accumulat
                      refuse_replay_drawn_elsewhere, train_zo)
 from zo.methods import MethodContext, MethodOptions, build_method, check_options, method_config
 from zo.models import load_model, resolve_device, resolve_dtype, resolve_model_path
-from zo.noise import NoiseSource, noise_signature
+from zo.noise import NoiseSource, blocks_noise_signature
 from zo.run.folder import RunDir
 from zo.run.progress import REPORT_TO, Reporter, make_reporter
 from zo.run.signals import INTERRUPTED, GracefulStop
@@ -342,7 +342,7 @@ def fine_tune(config: FineTuneConfig) -> dict:
                      "split_notes": splits.notes, "eval_note": task.eval_note, "bank_base_model": None,
                      "effective_dim_rule": None, "bank_granularity": None,
                      "device": str(device) if config.device_map is None else getattr(model, "hf_device_map", None),
-                     "noise_signature": noise_signature((b.param.device, b.param.shape) for b in blocks),
+                     "noise_signature": blocks_noise_signature(blocks),
                      "world_size": group.world_size,
                      "global_batch_size": config.per_device_train_batch_size * group.world_size,
                      **(optimizer.describe() if optimizer is not None else {})})

@@ -27,7 +27,7 @@ import tasks
 from zo.blocks import trainable_blocks
 from zo.methods import has_replay
 from zo.models import load_model, resolve_device, resolve_dtype
-from zo.noise import noise_signature
+from zo.noise import blocks_noise_signature
 from zo.recipes.finetune import FineTuneConfig, build_optimizer, evaluate_test, task_and_splits
 from zo.run.folder import RunDir
 
@@ -98,7 +98,7 @@ def rebuild(run_dir: str | Path, step: int | None = None, threads: int | None = 
     model, tokenizer = load_model(config.model_name, resolve_dtype(config.load_float16, config.load_bfloat16),
                                   device=target, native_opt_bos=config.native_opt_bos)
     blocks = trainable_blocks(model, config.trainable_blocks)  # the run's trained tensors, the others frozen
-    here = noise_signature((b.param.device, b.param.shape) for b in blocks)
+    here = blocks_noise_signature(blocks)
     if replaying and recorded is not None and recorded != here:
         raise RebuildError(f"{run.path} drew its noise with {recorded!r} and {target} draws it with {here!r} "
                            "(docs/gpu.md): replaying its steps here would give other weights")
