@@ -19,6 +19,7 @@
 # once the earlier stages have none left to start, so a stage's last run and the next stage's first share the
 # cores. After each such group (and before the banks) the report (results/README.md, plots) is made again
 # (REPORT=0: not).
+# DEADLINE=03:30 (or an ISO date and time): start only the runs, and banks, expected to end before it (docs/campaign.md).
 # Other env vars (DATA_DIR, RESULTS_DIR, MODEL, LRS_*, ...) reach the stages unchanged. WORKERS defaults to 2
 # here: two 1-thread runs at once get more done on a 2-core CPU than one 2-thread run (1.1-1.3x,
 # scripts/benchmark_workers.py).
@@ -32,6 +33,10 @@ STAGES=${STAGES:-"core long ablation_banks ablations core_seeds others diagnose 
 DIAGNOSTICS="zoft_no_embed mezo_embed_only"
 export DATA_DIR=${DATA_DIR:-../shared/data}
 export WORKERS=${WORKERS:-2}
+if [ -n "${DEADLINE:-}" ]; then  # one instant for every step: a clock time read again later could mean tomorrow
+  DEADLINE=$(python scripts/campaign/deadline.py "$DEADLINE") || exit 2
+  export DEADLINE
+fi
 
 stage_spec() {  # sets SPEC: a stage of runs as reproduce_paper.py --stage settings, or "banks"
   case $1 in

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,8 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from campaign.plan import PHASES, Plan, build_plan  # noqa: E402
 from campaign import runner  # noqa: E402
 from campaign.runner import scratch_dir  # noqa: E402
-from campaign.settings import STEP_COST_VS_MEZO, Settings, available_cores, load_settings, split_words  # noqa: E402
-from campaign.store import all_runs  # noqa: E402
+from campaign.cost import BENCHMARK_RATIO, TASK_MEDIAN, CostModel  # noqa: E402
+from campaign.settings import Settings, available_cores, load_settings, split_words  # noqa: E402
+from campaign.deadline import clock  # noqa: E402
+from campaign.store import CAMPAIGN_FILE, all_runs  # noqa: E402
 
 
 def status_text(settings: Settings, plan: Plan) -> str:
@@ -78,38 +79,20 @@ def scratch_lines(settings: Settings, plan: Plan) -> list[str]:
 
 
 def estimate_text(plan: Plan, finished: list) -> str:
-    """What the runnable runs will cost: each at the median CPU time of the finished, undiverged runs of its
-    (task, method); else at MeZO's on that task times the method's cost ratio to MeZO, measured by the campaign on
-    other tasks, else by the step benchmark (FZOO ~5x, HiZOO ~1.4x: STEP_COST_VS_MEZO), said so; else at the
-    task's median over all methods, said so. Runs whose cost covers their last attempt only are left out: they
-    would price a run too low."""
-    costs: dict[tuple[str, str], list[float]] = {}
-    for r in finished:
-        if not r.diverged and r.cpu_seconds > 0 and r.cost_complete:
-            costs.setdefault((r.task, r.method), []).append(r.cpu_seconds)
-    median = {key: statistics.median(values) for key, values in costs.items()}
-    by_task: dict[str, list[float]] = {}
-    for (task, _), values in costs.items():
-        by_task.setdefault(task, []).extend(values)
-    ratios: dict[str, list[float]] = {}
-    for (task, method), value in median.items():
-        if method != "mezo" and (task, "mezo") in median:
-            ratios.setdefault(method, []).append(value / median[task, "mezo"])
+    """What the runnable runs will cost (campaign.cost: a method's own finished runs, else its ratio to MeZO,
+    measured by the campaign or by the step benchmark, else its task's median), and on what each was priced."""
+    model = CostModel(finished)
     known, benchmarked, guessed, unknown = [], set(), set(), set()
     for r in plan.pending():
-        task, method = r.task, r.method.name
-        if (task, method) in median:
-            known.append(median[task, method])
-        elif method in ratios and (task, "mezo") in median:
-            known.append(median[task, "mezo"] * statistics.median(ratios[method]))
-        elif r.method.train_mode in STEP_COST_VS_MEZO and (task, "mezo") in median:
-            known.append(median[task, "mezo"] * STEP_COST_VS_MEZO[r.method.train_mode])
-            benchmarked.add(method)
-        elif task in by_task:
-            known.append(statistics.median(by_task[task]))
-            guessed.add(method)
-        else:
-            unknown.add(task)
+        price = model.price(r)
+        if price.cpu_seconds is None:
+            unknown.add(r.task)
+            continue
+        known.append(price.cpu_seconds)
+        if price.basis == BENCHMARK_RATIO:
+            benchmarked.add(r.method.name)
+        elif price.basis == TASK_MEDIAN:
+            guessed.add(r.method.name)
     cores = available_cores()
     text = (f"estimate for the runnable runs: {sum(known) / 3600:.1f} CPU-hours (about "
             f"{sum(known) / 3600 / cores:.1f} wall-hours on {cores} busy cores) for {len(known)} of them")
@@ -140,19 +123,49 @@ def label(run) -> str:
     return f"{run.task} {run.method.name} lr {run.lr} seed {run.seed}"
 
 
-def next_runs(stages: list[Settings], skip: set[Path]) -> tuple[Settings, list, int] | None:
-    """The first stage that has a runnable run (not in `skip`), its runnable runs in plan order, and how many
-    runs all the stages have runnable. A later stage's run starts only when every earlier stage has none left to
-    start: at a stage's end its last runs and the next stage's first ones share the cores."""
+def next_runs(stages: list[Settings], skip: set[Path], fits=None) -> tuple[Settings, list, int] | None:
+    """The first stage that has a runnable run (not in `skip`, and passing `fits` when given), its runnable runs in
+    plan order, and how many runs all the stages have runnable. A later stage's run starts only when every earlier
+    stage has none left to start: at a stage's end its last runs and the next stage's first ones share the cores."""
     found, runnable, seen = None, 0, set(skip)
     for settings in stages:
         plan = build_plan(settings)  # rebuilt before every start: a finished grid unblocks its seeds
         todo = [r for r in plan.pending() if r.folder not in seen]
         seen |= {r.folder for r in todo}  # a run two stages plan (the seeds of two stages) counts once
+        todo = [r for r in todo if fits is None or fits(r)]
         runnable += len(todo)
         if todo and found is None:
             found = settings, todo
     return None if found is None else (*found, runnable)
+
+
+class DeadlineGate:
+    """DEADLINE's test for a run about to start: its price (campaign.cost, from the runs finished so far) times
+    DEADLINE_MARGIN must end before the deadline; a run nothing prices yet does not start. Each run left out is
+    said once. The price is a 1-thread run's CPU time: a run resumed from a checkpoint, or on more threads, ends
+    sooner."""
+
+    def __init__(self, settings: Settings):
+        self.deadline, self.margin = settings.deadline, settings.deadline_margin
+        self.runs_dir = settings.runs_dir
+        self.model = CostModel([])
+        self.left_out: set[Path] = set()
+
+    def refresh(self) -> None:  # before each round of starts: a run that finished prices the next ones better
+        self.model = CostModel(all_runs(self.runs_dir))
+
+    def __call__(self, run) -> bool:
+        seconds = self.model.price(run).cpu_seconds
+        left = self.deadline - time.time()
+        if seconds is not None and seconds * self.margin <= left:
+            return True
+        if run.folder not in self.left_out:
+            self.left_out.add(run.folder)
+            why = ("no finished run of its task prices it yet" if seconds is None else
+                   f"priced {seconds / 60:.0f} min x {self.margin:g}, {max(left, 0) / 60:.0f} min left")
+            print(f"[{time.strftime('%H:%M:%S')}] not started before DEADLINE {clock(self.deadline)}: {label(run)} "
+                  f"({why})", flush=True)
+        return False
 
 
 # A lone run started on a share of the cores is restarted on all of them (from the checkpoint its SIGTERM writes)
@@ -178,10 +191,13 @@ def run_campaign(stages: Settings | list[Settings], workers: int, max_runs: int 
     elsewhere: set[Path] = set()  # runs another driver holds (or published since our plan)
     running: dict[int, runner.Attempt] = {}
     started = 0
+    gate = DeadlineGate(stages[0]) if stages[0].deadline is not None else None
     try:
         while True:
+            if gate is not None and len(running) < workers:
+                gate.refresh()
             while len(running) < workers and (not max_runs or started < max_runs):
-                found = next_runs(stages, failed | elsewhere | {a.run.folder for a in running.values()})
+                found = next_runs(stages, failed | elsewhere | {a.run.folder for a in running.values()}, gate)
                 if found is None:
                     break
                 settings, todo, runnable = found
@@ -234,6 +250,10 @@ def run_campaign(stages: Settings | list[Settings], workers: int, max_runs: int 
         return 130
     for settings in stages:
         print(status_text(settings, build_plan(settings)), flush=True)
+    unstarted = [folder for folder in (gate.left_out if gate else ()) if not (folder / CAMPAIGN_FILE).exists()]
+    if unstarted:
+        print(f"DEADLINE {clock(gate.deadline)}: {len(unstarted)} runnable run{'s' * (len(unstarted) != 1)} not "
+              f"started, as they would not have ended before it", flush=True)
     return 1 if failed else 0
 
 

@@ -10,6 +10,8 @@
 #   bash scripts/train_ablation_banks.sh                     # all five, into learned_finetuner/ablations/
 #   VARIANTS="base layer_reset_norm" BANK_DIR=/tmp/banks MAX_STEPS=2 bash scripts/train_ablation_banks.sh
 #   bash scripts/train_ablation_banks.sh --status           # each bank: complete / resumable / not started
+# DEADLINE=03:30 (scripts/campaign/deadline.py): start a bank only if BANK_SECONDS are left before it, else stop
+# there (default 2700: the first SmolLM2 bank, this recipe's 228 meta steps, took 2170 s; docs/smollm2_bank.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,6 +62,14 @@ for variant in $VARIANTS; do
   if [ -f "$bank" ] && bank_is_complete "$bank"; then
     echo "== $variant: $bank is complete, skipped"
     continue
+  fi
+  if [ -n "${DEADLINE:-}" ]; then
+    left=$(python scripts/campaign/deadline.py --left "$DEADLINE")
+    if [ "$left" -lt "${BANK_SECONDS:-2700}" ]; then
+      echo "== $variant: not started, DEADLINE is $((left / 60)) min away and a bank takes about" \
+           "$((${BANK_SECONDS:-2700} / 60)) min (BANK_SECONDS); the next start continues from here"
+      exit 0
+    fi
   fi
   run_dir="$RUN_DIR/$variant"
   if compgen -G "$run_dir/checkpoints/*.json" > /dev/null; then

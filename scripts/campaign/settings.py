@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .deadline import DEFAULT_MARGIN, parse_deadline
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PRESET_DIR = REPO_ROOT / "scripts" / "presets"
 
@@ -171,6 +173,8 @@ class Settings:
     results_dir: Path = REPO_ROOT / "results"
     select_by: str = "dev_loss"
     caps: dict[str, TaskCaps] = field(default_factory=dict)
+    deadline: float | None = None  # DEADLINE as Unix seconds (campaign.deadline): start only runs that end before
+    deadline_margin: float = DEFAULT_MARGIN  # DEADLINE_MARGIN: a run's price times this must fit before it
 
     def get(self, key: str, default: str | None = None) -> str | None:
         value = self.env.get(key)
@@ -217,6 +221,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if s.select_by not in ("dev_loss", "dev_metric"):
         raise ValueError(f"SELECT_BY must be dev_loss or dev_metric, got {s.select_by!r}")
     s.caps = {task: _caps_for(s, task) for task in s.tasks}
+    s.deadline = parse_deadline(s.get("DEADLINE")) if s.get("DEADLINE") else None
+    s.deadline_margin = float(s.get("DEADLINE_MARGIN", str(DEFAULT_MARGIN)))
+    if s.deadline_margin <= 0:
+        raise ValueError(f"DEADLINE_MARGIN must be positive, got {s.deadline_margin}")
     s.methods = tuple(method_from_word(s, word) for word in (split_words(s.get("METHODS")) or DEFAULT_METHODS))
     return s
 

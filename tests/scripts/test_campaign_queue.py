@@ -27,6 +27,12 @@ def test_unknown_stage_is_refused_before_any_work(tmp_path, tiny_llama_dir):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_deadline_that_is_no_time_is_refused_before_any_work(tmp_path, tiny_llama_dir):
+    proc = run_script(QUEUE, {**_env(tiny_llama_dir, tmp_path), "DEADLINE": "half past three"}, check=False)
+    assert proc.returncode == 2 and "DEADLINE='half past three': give a clock time (HH:MM)" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 @requires_shared_data
 def test_a_killed_queue_stops_its_stage_and_the_next_start_resumes_it(tmp_path, tiny_llama_dir):
     env = _env(tiny_llama_dir, tmp_path)

@@ -50,3 +50,10 @@ def test_killed_bank_resumes_and_a_complete_bank_is_skipped(tmp_path, tiny_llama
     # another MAX_STEPS: the finished run is replaced, not resumed (it has no checkpoints), and trained anew
     longer = run_script("train_ablation_banks.sh", _env(tiny_llama_dir, killed, MAX_STEPS="7"))
     assert "resuming" not in longer.stdout and "is complete, skipped" not in longer.stdout
+
+
+def test_a_bank_that_would_not_end_before_the_deadline_is_not_started(tmp_path, tiny_llama_dir):
+    soon = str(int(time.time()) + 600)  # ten minutes away: less than BANK_SECONDS
+    out = run_script("train_ablation_banks.sh", _env(tiny_llama_dir, tmp_path, DEADLINE=soon, BANK_SECONDS="900"))
+    assert "== base: not started, DEADLINE is 9 min away and a bank takes about 15 min" in out.stdout, out.stdout
+    assert not (tmp_path / "runs" / "base").exists() and not list((tmp_path / "banks").glob("*"))
