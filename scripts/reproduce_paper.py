@@ -21,7 +21,7 @@ from campaign.runner import scratch_dir  # noqa: E402
 from campaign.cost import BENCHMARK_RATIO, TASK_MEDIAN, CostModel  # noqa: E402
 from campaign.settings import Settings, available_cores, load_settings, split_words  # noqa: E402
 from campaign.deadline import clock  # noqa: E402
-from campaign.store import CAMPAIGN_FILE, all_runs  # noqa: E402
+from campaign.store import all_runs  # noqa: E402
 
 
 def status_text(settings: Settings, plan: Plan) -> str:
@@ -85,10 +85,10 @@ def estimate_text(plan: Plan, finished: list) -> str:
     known, benchmarked, guessed, unknown = [], set(), set(), set()
     for r in plan.pending():
         price = model.price(r)
-        if price.cpu_seconds is None:
+        if price.seconds is None:
             unknown.add(r.task)
             continue
-        known.append(price.cpu_seconds)
+        known.append(price.seconds)
         if price.basis == BENCHMARK_RATIO:
             benchmarked.add(r.method.name)
         elif price.basis == TASK_MEDIAN:
@@ -140,10 +140,9 @@ def next_runs(stages: list[Settings], skip: set[Path], fits=None) -> tuple[Setti
 
 
 class DeadlineGate:
-    """DEADLINE's test for a run about to start: its price (campaign.cost, from the runs finished so far) times
-    DEADLINE_MARGIN must end before the deadline; a run nothing prices yet does not start. Each run left out is
-    said once. The price is a 1-thread run's CPU time: a run resumed from a checkpoint, or on more threads, ends
-    sooner."""
+    """DEADLINE's test for a run about to start: its price in wall seconds (campaign.cost, from the runs finished
+    so far with its caps) times DEADLINE_MARGIN must end before the deadline; a run nothing prices yet does not
+    start. Each run left out is named once, with why."""
 
     def __init__(self, settings: Settings):
         self.deadline, self.margin = settings.deadline, settings.deadline_margin
@@ -152,16 +151,16 @@ class DeadlineGate:
         self.left_out: set[Path] = set()
 
     def refresh(self) -> None:  # before each round of starts: a run that finished prices the next ones better
-        self.model = CostModel(all_runs(self.runs_dir))
+        self.model = CostModel(all_runs(self.runs_dir), measure="wall_seconds")
 
     def __call__(self, run) -> bool:
-        seconds = self.model.price(run).cpu_seconds
+        seconds = self.model.price(run).seconds
         left = self.deadline - time.time()
         if seconds is not None and seconds * self.margin <= left:
             return True
         if run.folder not in self.left_out:
             self.left_out.add(run.folder)
-            why = ("no finished run of its task prices it yet" if seconds is None else
+            why = ("no finished run of its task with these caps prices it yet" if seconds is None else
                    f"priced {seconds / 60:.0f} min x {self.margin:g}, {max(left, 0) / 60:.0f} min left")
             print(f"[{time.strftime('%H:%M:%S')}] not started before DEADLINE {clock(self.deadline)}: {label(run)} "
                   f"({why})", flush=True)
@@ -192,6 +191,7 @@ def run_campaign(stages: Settings | list[Settings], workers: int, max_runs: int 
     running: dict[int, runner.Attempt] = {}
     started = 0
     gate = DeadlineGate(stages[0]) if stages[0].deadline is not None else None
+    started_folders: set[Path] = set()
     try:
         while True:
             if gate is not None and len(running) < workers:
@@ -215,6 +215,7 @@ def run_campaign(stages: Settings | list[Settings], workers: int, max_runs: int 
                     continue
                 running[attempt.proc.pid] = attempt
                 started += 1
+                started_folders.add(run.folder)
                 print(f"[{time.strftime('%H:%M:%S')}] phase {run.phase}: {label(run)} ({len(todo)} runnable"
                       + (f", {len(running)} running" if workers > 1 else "")
                       + (f", GPU {gpu}" if gpu is not None else "") + ")", flush=True)
@@ -250,10 +251,10 @@ def run_campaign(stages: Settings | list[Settings], workers: int, max_runs: int 
         return 130
     for settings in stages:
         print(status_text(settings, build_plan(settings)), flush=True)
-    unstarted = [folder for folder in (gate.left_out if gate else ()) if not (folder / CAMPAIGN_FILE).exists()]
+    unstarted = (gate.left_out - started_folders) if gate else set()
     if unstarted:
         print(f"DEADLINE {clock(gate.deadline)}: {len(unstarted)} runnable run{'s' * (len(unstarted) != 1)} not "
-              f"started, as they would not have ended before it", flush=True)
+              f"started: priced to end after it, or not priced yet (named above)", flush=True)
     return 1 if failed else 0
 
 
@@ -264,6 +265,8 @@ def stage_settings(assignments: str) -> Settings:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise ValueError(f"--stage wants NAME=value;NAME=value, got {item!r} in {assignments!r}")
+        if name.strip() in ("DEADLINE", "DEADLINE_MARGIN"):
+            raise ValueError(f"{name.strip()} applies to the whole driver: set it in the environment, not in a --stage")
         overrides[name.strip()] = value.strip()
     return load_settings({**os.environ, **overrides})
 

@@ -12,7 +12,7 @@
 #   EXTEND_GRID (1: a best LR at its grid's edge gets one more LR beyond it, before the seeds; 0: never)
 #   WORKERS (1: runs at a time)  THREADS (threads a run; default: the cores / WORKERS when WORKERS > 1)
 #   GPUS="0 1 ..." (one run a GPU at a time, CUDA_VISIBLE_DEVICES; WORKERS defaults to how many are listed)
-#   DEADLINE (03:30, 2026-11-27T03:30 or Unix seconds: start only runs priced to end before it)  DEADLINE_MARGIN (1.2)
+#   DEADLINE (03:30, 2026-11-27T03:30 or Unix seconds: start only runs priced to end before it)  DEADLINE_MARGIN (1.5)
 #   CHECKPOINT_STEPS (10, MeZO / ZO-FT)  CHECKPOINT_MINUTES (5, other methods): a killed run resumes from there
 #   MODEL (empty: embedded SmolLM2-135M)  DATA_DIR (../shared/data)  RESULTS_DIR (results)  PRESET (scripts/presets/*.env)
 # Then: python scripts/make_report.py

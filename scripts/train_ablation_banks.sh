@@ -48,6 +48,11 @@ if [ "${1:-}" = "--status" ]; then
   exit 0
 fi
 
+BANK_SECONDS=${BANK_SECONDS:-2700}
+if [ -n "${DEADLINE:-}" ]; then  # one instant: a clock time read again after a long bank could mean tomorrow
+  DEADLINE=$(python scripts/campaign/deadline.py "$DEADLINE") || exit 2
+  [[ "$BANK_SECONDS" =~ ^[0-9]+$ ]] || { echo "BANK_SECONDS must be whole seconds, got '$BANK_SECONDS'" >&2; exit 2; }
+fi
 mkdir -p "$BANK_DIR" "$RUN_DIR"
 for variant in $VARIANTS; do
   case $variant in
@@ -63,13 +68,10 @@ for variant in $VARIANTS; do
     echo "== $variant: $bank is complete, skipped"
     continue
   fi
-  if [ -n "${DEADLINE:-}" ]; then
-    left=$(python scripts/campaign/deadline.py --left "$DEADLINE")
-    if [ "$left" -lt "${BANK_SECONDS:-2700}" ]; then
-      echo "== $variant: not started, DEADLINE is $((left / 60)) min away and a bank takes about" \
-           "$((${BANK_SECONDS:-2700} / 60)) min (BANK_SECONDS); the next start continues from here"
-      exit 0
-    fi
+  if [ -n "${DEADLINE:-}" ] && [ $((DEADLINE - $(date +%s))) -lt "$BANK_SECONDS" ]; then
+    echo "== $variant: not started, DEADLINE is $(((DEADLINE - $(date +%s)) / 60)) min away and a bank takes" \
+         "about $((BANK_SECONDS / 60)) min (BANK_SECONDS); the next start continues from here"
+    exit 0
   fi
   run_dir="$RUN_DIR/$variant"
   if compgen -G "$run_dir/checkpoints/*.json" > /dev/null; then

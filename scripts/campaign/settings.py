@@ -5,6 +5,7 @@ Every knob is an env var so that scripts/reproduce_paper.sh reads like the other
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -223,7 +224,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     s.caps = {task: _caps_for(s, task) for task in s.tasks}
     s.deadline = parse_deadline(s.get("DEADLINE")) if s.get("DEADLINE") else None
     s.deadline_margin = float(s.get("DEADLINE_MARGIN", str(DEFAULT_MARGIN)))
-    if s.deadline_margin <= 0:
+    if not 0 < s.deadline_margin < math.inf:
         raise ValueError(f"DEADLINE_MARGIN must be positive, got {s.deadline_margin}")
     s.methods = tuple(method_from_word(s, word) for word in (split_words(s.get("METHODS")) or DEFAULT_METHODS))
     return s

@@ -88,6 +88,10 @@ class Run:
         return float(self.campaign.get("cpu_seconds") or 0.0)
 
     @property
+    def wall_seconds(self) -> float:
+        return float(self.campaign.get("wall_seconds") or 0.0)
+
+    @property
     def cost_complete(self) -> bool:
         """False for a run resumed before runs carried their training time across attempts: its CPU seconds are
         its last attempt's only (campaign.json: resumed_from_step without the carried time)."""

@@ -608,40 +608,49 @@ def test_a_deadline_is_read_as_a_clock_time_an_iso_date_or_unix_seconds():
     assert parse_deadline("01:30", now) == now + (24 * 60 - 30) * 60  # passed today: tomorrow's
     assert parse_deadline("2026-11-27T03:30", now) == now + 90 * 60
     assert parse_deadline(str(int(now) + 5), now) == now + 5
-    for bad in ("3.5h", "25:00", "90"):
+    for bad in ("3.5h", "25:00", "90", "inf", "nan", "2026-11-27"):  # a date alone: its midnight, likely a slip
         with pytest.raises(ValueError, match="DEADLINE="):
             parse_deadline(bad, now)
-    with pytest.raises(ValueError, match="DEADLINE_MARGIN must be positive"):
-        load_settings({"DEADLINE_MARGIN": "0"})
+    for margin in ("0", "nan", "inf"):
+        with pytest.raises(ValueError, match="DEADLINE_MARGIN must be positive"):
+            load_settings({"DEADLINE_MARGIN": margin})
 
 
-def _fake_finished_run(runs_dir: Path, task: str, cpu_seconds: float) -> None:
-    """A finished MeZO run at an LR no grid here holds: it only prices the task's runs."""
-    folder = runs_dir / task / "mezo" / "0.5" / "7"
+def _fake_finished_run(settings, task: str, wall_seconds: float, **fingerprint) -> None:
+    """A finished MeZO run with the caps this plan gives its task, at an LR no grid here holds: it only prices."""
+    planned = next(r for r in build_plan(settings).runs if r.task == task)
+    folder = settings.runs_dir / task / "mezo" / "0.5" / "7"
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({"status": "completed", "best_dev_loss": 1.0}))
-    (folder / "campaign.json").write_text(json.dumps({"cpu_seconds": cpu_seconds}))
+    (folder / "campaign.json").write_text(json.dumps({"cpu_seconds": 1.0, "wall_seconds": wall_seconds,
+                                                      "fingerprint": {**planned.fingerprint, **fingerprint}}))
 
 
 def test_under_a_deadline_only_runs_priced_to_end_before_it_start_even_from_a_later_stage(campaign_env, tmp_path):
-    results = tmp_path / "results"
-    _fake_finished_run(results / "runs", "CB", 10 ** 6)  # CB's runs cannot end in time
-    _fake_finished_run(results / "runs", "SST2", 10)  # SST-2's can
-    env = {**campaign_env, "RESULTS_DIR": str(results), "METHODS": "mezo", "SEEDS": "1", "LRS_mezo": "0.001",
-           "DEADLINE": str(int(time.time()) + 900)}
-    stages = ["--stage", "TASKS=CB", "--stage", "TASKS=SST2", "--stage", "TASKS=Copa"]  # Copa: nothing prices it
-    out = run_cmd([sys.executable, "scripts/reproduce_paper.py", *stages], env, timeout=600).stdout
-    assert "not started before DEADLINE" in out and re.search(
-        r"DEADLINE [\d-]+ [\d:]+: CB mezo lr 0.001 seed 1 \(priced 16667 min x 1.2, 1[45] min left\)", out), out
-    assert re.search(r"Copa mezo lr 0.001 seed 1 \(no finished run of its task prices it yet\)", out), out
+    env = {**campaign_env, "RESULTS_DIR": str(tmp_path / "results"), "METHODS": "mezo", "SEEDS": "1",
+           "LRS_mezo": "0.001", "TASKS": "SST2 CB Copa"}
+    settings = load_settings(env)
+    _fake_finished_run(settings, "CB", 10 ** 6)  # CB's runs cannot end in time
+    _fake_finished_run(settings, "SST2", 10)  # SST-2's can
+    _fake_finished_run(settings, "Copa", 10, steps=1000)  # Copa's with other caps: they price nothing
+    stages = ["--stage", "TASKS=CB", "--stage", "TASKS=SST2", "--stage", "TASKS=Copa"]
+    out = run_cmd([sys.executable, "scripts/reproduce_paper.py", *stages],
+                  {**env, "DEADLINE": str(int(time.time()) + 900)}, timeout=600).stdout
+    assert re.search(r"not started before DEADLINE [\d-]+ [\d:]+: CB mezo lr 0.001 seed 1 \(priced 16667 min x 1.5, "
+                     r"\d+ min left\)", out), out
+    assert "Copa mezo lr 0.001 seed 1 (no finished run of its task with these caps prices it yet)" in out, out
     assert "phase 1: SST2 mezo lr 0.001 seed 1" in out and out.count("    done:") == 1
-    assert out.rstrip().endswith("2 runnable runs not started, as they would not have ended before it")
-    assert not (results / "runs" / "CB" / "mezo" / "0.001").exists()
-    assert not (results / "runs" / "Copa").exists()
+    assert out.rstrip().endswith("2 runnable runs not started: priced to end after it, or not priced yet (named "
+                                 "above)")
+    assert not (settings.runs_dir / "CB" / "mezo" / "0.001").exists()
+    assert not (settings.runs_dir / "Copa" / "mezo" / "0.001").exists()
 
-    # priced by that SST-2 run now (its real cost): a margin that makes it too long leaves it out too
-    env["RESULTS_DIR"] = str(tmp_path / "again")
-    _fake_finished_run(tmp_path / "again" / "runs", "SST2", 300)
+    # a margin that makes SST-2's price too long leaves it out as well (another results folder: not run yet)
+    again = {**env, "RESULTS_DIR": str(tmp_path / "again")}
+    _fake_finished_run(load_settings(again), "SST2", 300)
     out = run_cmd([sys.executable, "scripts/reproduce_paper.py", "--stage", "TASKS=SST2"],
-                  {**env, "DEADLINE_MARGIN": "4"}, timeout=600).stdout
-    assert "(priced 5 min x 4, 1" in out and "    done:" not in out
+                  {**again, "DEADLINE": str(int(time.time()) + 900), "DEADLINE_MARGIN": "4"}, timeout=600).stdout
+    assert re.search(r"SST2 mezo lr 0.001 seed 1 \(priced 5 min x 4, \d+ min left\)", out) and "done:" not in out
+    bad = run_cmd([sys.executable, "scripts/reproduce_paper.py", "--stage", "TASKS=SST2;DEADLINE=03:30"], again,
+                  check=False)
+    assert bad.returncode == 2 and "DEADLINE applies to the whole driver" in bad.stderr
