@@ -124,25 +124,31 @@ def label(run) -> str:
 
 
 def next_runs(stages: list[Settings], skip: set[Path], fits=None) -> tuple[Settings, list, int] | None:
-    """The first stage that has a runnable run (not in `skip`, and passing `fits` when given), its runnable runs in
-    plan order, and how many runs all the stages have runnable. A later stage's run starts only when every earlier
-    stage has none left to start: at a stage's end its last runs and the next stage's first ones share the cores."""
+    """The first stage that has a runnable run (not in `skip`, and passing `fits(settings, run)` when given), its
+    runnable runs in plan order, and how many runs all the stages have runnable. A later stage's run starts only
+    when every earlier stage has none left to start: at a stage's end its last runs and the next stage's first ones
+    share the cores."""
     found, runnable, seen = None, 0, set(skip)
     for settings in stages:
         plan = build_plan(settings)  # rebuilt before every start: a finished grid unblocks its seeds
         todo = [r for r in plan.pending() if r.folder not in seen]
         seen |= {r.folder for r in todo}  # a run two stages plan (the seeds of two stages) counts once
-        todo = [r for r in todo if fits is None or fits(r)]
+        todo = [r for r in todo if fits is None or fits(settings, r)]
         runnable += len(todo)
         if todo and found is None:
             found = settings, todo
     return None if found is None else (*found, runnable)
 
 
+# A run resumed from a checkpoint is priced at the share of its steps left, but at least this share of a whole run:
+# loading, and the evaluation after the last step, are left too.
+RESUMED_MIN_SHARE = 0.1
+
+
 class DeadlineGate:
     """DEADLINE's test for a run about to start: its price in wall seconds (campaign.cost, from the runs finished
-    so far with its caps) times DEADLINE_MARGIN must end before the deadline; a run nothing prices yet does not
-    start. Each run left out is named once, with why."""
+    so far with its caps; a run with a checkpoint at the share of its steps left) times DEADLINE_MARGIN must end
+    before the deadline; a run nothing prices yet does not start. Each run left out is named once, with why."""
 
     def __init__(self, settings: Settings):
         self.deadline, self.margin = settings.deadline, settings.deadline_margin
@@ -153,15 +159,22 @@ class DeadlineGate:
     def refresh(self) -> None:  # before each round of starts: a run that finished prices the next ones better
         self.model = CostModel(all_runs(self.runs_dir), measure="wall_seconds")
 
-    def __call__(self, run) -> bool:
+    def seconds_left_of(self, settings: Settings, run) -> tuple[float | None, str]:
         seconds = self.model.price(run).seconds
+        done, steps = runner.resumable_step(settings, run), int(run.fingerprint["steps"])
+        if seconds is None or not done:
+            return seconds, ""
+        return seconds * max((steps - done) / steps, RESUMED_MIN_SHARE), f" from its checkpoint at step {done}"
+
+    def __call__(self, settings: Settings, run) -> bool:
+        seconds, resumed = self.seconds_left_of(settings, run)
         left = self.deadline - time.time()
         if seconds is not None and seconds * self.margin <= left:
             return True
         if run.folder not in self.left_out:
             self.left_out.add(run.folder)
             why = ("no finished run of its task with these caps prices it yet" if seconds is None else
-                   f"priced {seconds / 60:.0f} min x {self.margin:g}, {max(left, 0) / 60:.0f} min left")
+                   f"priced {seconds / 60:.0f} min{resumed} x {self.margin:g}, {max(left, 0) / 60:.0f} min left")
             print(f"[{time.strftime('%H:%M:%S')}] not started before DEADLINE {clock(self.deadline)}: {label(run)} "
                   f"({why})", flush=True)
         return False

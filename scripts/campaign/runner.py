@@ -119,6 +119,17 @@ def prepare_scratch(settings: Settings, run: PlannedRun) -> tuple[Path, bool]:
     return scratch, False
 
 
+def resumable_step(settings: Settings, run: PlannedRun) -> int:
+    """The step of the last checkpoint an unfinished attempt of this very run left in its scratch folder (0: none),
+    read from the checkpoint names (zo.run.folder: checkpoints/step-<n>.json) without importing torch."""
+    scratch = scratch_dir(settings, run)
+    if read_json(scratch / FINGERPRINT_FILE) != json.loads(json.dumps(run.fingerprint)):
+        return 0
+    steps = [int(p.stem.removeprefix("step-")) for p in (scratch / "run" / "checkpoints").glob("step-*.json")
+             if p.stem.removeprefix("step-").isdigit()]
+    return max(steps, default=0)
+
+
 @dataclass
 class Attempt:
     """A run in progress: its child process and what publishing it needs."""

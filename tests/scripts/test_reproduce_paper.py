@@ -654,3 +654,27 @@ def test_under_a_deadline_only_runs_priced_to_end_before_it_start_even_from_a_la
     bad = run_cmd([sys.executable, "scripts/reproduce_paper.py", "--stage", "TASKS=SST2;DEADLINE=03:30"], again,
                   check=False)
     assert bad.returncode == 2 and "DEADLINE applies to the whole driver" in bad.stderr
+
+
+def test_under_a_deadline_a_run_with_a_checkpoint_is_priced_at_the_steps_it_has_left(campaign_env, tmp_path):
+    from reproduce_paper import RESUMED_MIN_SHARE, DeadlineGate
+
+    env = {**campaign_env, "RESULTS_DIR": str(tmp_path / "results"), "METHODS": "mezo", "SEEDS": "1",
+           "LRS_mezo": "0.001", "TASKS": "SST2", "STEPS": "10", "DEADLINE": str(int(time.time()) + 900)}
+    settings = load_settings(env)
+    _fake_finished_run(settings, "SST2", 1000)
+    run = build_plan(settings).pending()[0]
+    gate = DeadlineGate(settings)
+    gate.refresh()
+    assert gate.seconds_left_of(settings, run) == (1000, "")  # nothing to resume: a whole run
+
+    scratch = runner.scratch_dir(settings, run)
+    (scratch / "run" / "checkpoints").mkdir(parents=True)
+    (scratch / runner.FINGERPRINT_FILE).write_text(json.dumps(run.fingerprint))
+    for step in (2, 6):
+        (scratch / "run" / "checkpoints" / f"step-{step:08d}.json").write_text("{}")
+    assert gate.seconds_left_of(settings, run) == (400, " from its checkpoint at step 6")
+    (scratch / "run" / "checkpoints" / "step-00000010.json").write_text("{}")  # all steps done: evaluation left
+    assert gate.seconds_left_of(settings, run) == (1000 * RESUMED_MIN_SHARE, " from its checkpoint at step 10")
+    (scratch / runner.FINGERPRINT_FILE).write_text(json.dumps({**run.fingerprint, "steps": 20}))
+    assert gate.seconds_left_of(settings, run) == (1000, "")  # another run's attempt: not resumed, not counted
