@@ -111,7 +111,7 @@ def prepare_scratch(settings: Settings, run: PlannedRun) -> tuple[Path, bool]:
     An attempt made with other settings (its fingerprint differs) is deleted, weights included.
     """
     scratch = scratch_dir(settings, run)
-    if (scratch / "run").is_dir() and read_json(scratch / FINGERPRINT_FILE) == json.loads(json.dumps(run.fingerprint)):
+    if (scratch / "run").is_dir() and holds_attempt_of(scratch, run):
         return scratch, True
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -119,11 +119,16 @@ def prepare_scratch(settings: Settings, run: PlannedRun) -> tuple[Path, bool]:
     return scratch, False
 
 
+def holds_attempt_of(scratch: Path, run: PlannedRun) -> bool:
+    """Whether a scratch folder's attempt is of this very run (its fingerprint, as JSON stores it)."""
+    return read_json(scratch / FINGERPRINT_FILE) == json.loads(json.dumps(run.fingerprint))
+
+
 def resumable_step(settings: Settings, run: PlannedRun) -> int:
     """The step of the last checkpoint an unfinished attempt of this very run left in its scratch folder (0: none),
     read from the checkpoint names (zo.run.folder: checkpoints/step-<n>.json) without importing torch."""
     scratch = scratch_dir(settings, run)
-    if read_json(scratch / FINGERPRINT_FILE) != json.loads(json.dumps(run.fingerprint)):
+    if not holds_attempt_of(scratch, run):
         return 0
     steps = [int(p.stem.removeprefix("step-")) for p in (scratch / "run" / "checkpoints").glob("step-*.json")
              if p.stem.removeprefix("step-").isdigit()]
