@@ -354,8 +354,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
     if start_state.finished is not None:
         return start_state.finished
     if start_state.checkpoint is not None:
-        if optimizer is not None and callable(getattr(optimizer, "replay", None)):
-            refuse_replay_drawn_elsewhere(start_state.checkpoint, resolved["noise_signature"])  # before any write
+        # before any write; only a replay checkpoint (base + replay records) can be refused
+        refuse_replay_drawn_elsewhere(start_state.checkpoint, resolved["noise_signature"])
         before = run.read_config().get("noise_signature")
         if before and before.split(" -> ")[-1] != resolved["noise_signature"]:
             # resumed elsewhere from a full checkpoint: the log's steps drew z on both placements
