@@ -148,13 +148,15 @@ RESUMED_MIN_SHARE = 0.1
 class DeadlineGate:
     """DEADLINE's test for a run about to start: its price in wall seconds (campaign.cost, from the runs finished
     so far with its caps; a run with a checkpoint at the share of its steps left) times DEADLINE_MARGIN must end
-    before the deadline; a run nothing prices yet does not start. Each run left out is named once, with why."""
+    before the deadline; a run nothing prices yet does not start. Each run left out is named once, with why
+    (`report`: one line per task, method and price)."""
 
     def __init__(self, settings: Settings):
         self.deadline, self.margin = settings.deadline, settings.deadline_margin
         self.runs_dir = settings.runs_dir
         self.model = CostModel([])
         self.left_out: set[Path] = set()
+        self.unreported: list[tuple] = []  # (run, price in seconds or None, "from its checkpoint ..." or "")
 
     def refresh(self) -> None:  # before each round of starts: a run that finished prices the next ones better
         self.model = CostModel(all_runs(self.runs_dir), measure="wall_seconds")
@@ -168,16 +170,30 @@ class DeadlineGate:
 
     def __call__(self, settings: Settings, run) -> bool:
         seconds, resumed = self.seconds_left_of(settings, run)
-        left = self.deadline - time.time()
-        if seconds is not None and seconds * self.margin <= left:
+        if seconds is not None and seconds * self.margin <= self.deadline - time.time():
             return True
         if run.folder not in self.left_out:
             self.left_out.add(run.folder)
-            why = ("no finished run of its task with these caps prices it yet" if seconds is None else
-                   f"priced {seconds / 60:.0f} min{resumed} x {self.margin:g}, {max(left, 0) / 60:.0f} min left")
-            print(f"[{time.strftime('%H:%M:%S')}] not started before DEADLINE {clock(self.deadline)}: {label(run)} "
-                  f"({why})", flush=True)
+            self.unreported.append((run, seconds, resumed))
         return False
+
+    def report(self) -> None:
+        """Name the runs left out since the last report, one line per task, method and price (a whole stage
+        left out would otherwise take a line a run)."""
+        groups: dict[tuple, list] = {}
+        for run, seconds, resumed in self.unreported:
+            price = None if seconds is None else round(seconds / 60)
+            groups.setdefault((run.task, run.method.name, price, resumed), []).append(run)
+        self.unreported = []
+        left = max(self.deadline - time.time(), 0) / 60
+        for (task, method, price, resumed), runs in groups.items():
+            why = ("no finished run of its task with these caps prices it yet" if price is None else
+                   f"priced {price} min{resumed} x {self.margin:g}, {left:.0f} min left")
+            lrs = " ".join(dict.fromkeys(str(r.lr) for r in runs))
+            seeds = " ".join(dict.fromkeys(str(r.seed) for r in runs))
+            count = f", {len(runs)} runs" if len(runs) > 1 else ""
+            print(f"[{time.strftime('%H:%M:%S')}] not started before DEADLINE {clock(self.deadline)}: {task} {method} "
+                  f"lr {lrs} seed {seeds}{count} ({why})", flush=True)
 
 
 # A lone run started on a share of the cores is restarted on all of them (from the checkpoint its SIGTERM writes)
@@ -232,6 +248,8 @@ def run_campaign(stages: Settings | list[Settings], workers: int, max_runs: int 
                 print(f"[{time.strftime('%H:%M:%S')}] phase {run.phase}: {label(run)} ({len(todo)} runnable"
                       + (f", {len(running)} running" if workers > 1 else "")
                       + (f", GPU {gpu}" if gpu is not None else "") + ")", flush=True)
+            if gate is not None:
+                gate.report()
             if not running:
                 break
             lone = next(iter(running.values())) if len(running) == 1 else None

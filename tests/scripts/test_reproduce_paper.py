@@ -628,7 +628,7 @@ def _fake_finished_run(settings, task: str, wall_seconds: float, **fingerprint) 
 
 def test_under_a_deadline_only_runs_priced_to_end_before_it_start_even_from_a_later_stage(campaign_env, tmp_path):
     env = {**campaign_env, "RESULTS_DIR": str(tmp_path / "results"), "METHODS": "mezo", "SEEDS": "1",
-           "LRS_mezo": "0.001", "TASKS": "SST2 CB Copa"}
+           "LRS_mezo": "0.001", "LRS_mezo_CB": "0.001 0.002", "TASKS": "SST2 CB Copa"}
     settings = load_settings(env)
     _fake_finished_run(settings, "CB", 10 ** 6)  # CB's runs cannot end in time
     _fake_finished_run(settings, "SST2", 10)  # SST-2's can
@@ -636,11 +636,13 @@ def test_under_a_deadline_only_runs_priced_to_end_before_it_start_even_from_a_la
     stages = ["--stage", "TASKS=CB", "--stage", "TASKS=SST2", "--stage", "TASKS=Copa"]
     out = run_cmd([sys.executable, "scripts/reproduce_paper.py", *stages],
                   {**env, "DEADLINE": str(int(time.time()) + 900)}, timeout=600).stdout
-    assert re.search(r"not started before DEADLINE [\d-]+ [\d:]+: CB mezo lr 0.001 seed 1 \(priced 16667 min x 1.5, "
-                     r"\d+ min left\)", out), out
+    # CB's two runs share one line: a stage left out whole names each task and method once
+    assert re.search(r"not started before DEADLINE [\d-]+ [\d:]+: CB mezo lr 0.001 0.002 seed 1, 2 runs \(priced "
+                     r"16667 min x 1.5, \d+ min left\)", out), out
+    assert out.count("CB mezo") == 1, out
     assert "Copa mezo lr 0.001 seed 1 (no finished run of its task with these caps prices it yet)" in out, out
     assert "phase 1: SST2 mezo lr 0.001 seed 1" in out and out.count("    done:") == 1
-    assert out.rstrip().endswith("2 runnable runs not started: priced to end after it, or not priced yet (named "
+    assert out.rstrip().endswith("3 runnable runs not started: priced to end after it, or not priced yet (named "
                                  "above)")
     assert not (settings.runs_dir / "CB" / "mezo" / "0.001").exists()
     assert not (settings.runs_dir / "Copa" / "mezo" / "0.001").exists()
