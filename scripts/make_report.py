@@ -1,9 +1,11 @@
 """Write <RESULTS_DIR>/README.md and plots/ from the campaign's finished runs (same env / PRESET as the campaign).
 
-    python scripts/make_report.py
+    python scripts/make_report.py                      # results/README.md and results/plots/
+    python scripts/make_report.py --readme README.md   # also the table between README's campaign-table markers
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -12,4 +14,11 @@ from campaign.report import write_report  # noqa: E402
 from campaign.settings import load_settings  # noqa: E402
 
 if __name__ == "__main__":
-    print(write_report(load_settings()))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", type=Path, help="a file with campaign-table markers: its table is rewritten "
+                        "with the report's paper-style table and win counts")
+    args = parser.parse_args()
+    try:
+        print(write_report(load_settings(), args.readme))
+    except ValueError as err:
+        sys.exit(f"make_report: {err}")

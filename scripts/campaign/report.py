@@ -207,11 +207,19 @@ def _ordered(cells, settings):
 def paper_table(cells, settings) -> list[str]:
     """Methods x tasks, as the paper's Table 1: final train loss / test metric at the best LR, mean over seeds.
     Bold: the lowest loss and the highest metric of the task among the zeroth-order methods (first order is a
-    reference), where two or more have results; "·": no run at a selected LR yet."""
+    reference), where two or more have results; "·": no run at a selected LR yet. A method with no result on any
+    task is named below the table instead of taking a row of dots."""
     tasks = [t for t in settings.tasks if any(c.runs for (task, _), c in cells.items() if task == t)]
     if not tasks:
         return ["No (task, method) has a selected LR yet."]
-    methods = [m.name for m in settings.methods if any((t, m.name) in cells for t in tasks)]
+
+    def has_result(m, t):
+        c = cells.get((t, m))
+        return c is not None and c.loss is not None and c.metric is not None
+
+    planned = [m.name for m in settings.methods if any((t, m.name) in cells for t in tasks)]
+    methods = [m for m in planned if any(has_result(m, t) for t in tasks)]
+    waiting = [m for m in planned if m not in methods]
     rows = ["| method | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
     best = {}
     for t in tasks:
@@ -222,10 +230,10 @@ def paper_table(cells, settings) -> list[str]:
     for m in methods:
         parts = []
         for t in tasks:
-            c = cells.get((t, m))
-            if c is None or c.loss is None or c.metric is None:
+            if not has_result(m, t):
                 parts.append("·")
                 continue
+            c = cells[t, m]
             zo = m not in FIRST_ORDER
             loss = f"**{c.loss:.3f}**" if zo and c.loss == best[t][0] else f"{c.loss:.3f}"
             metric = f"**{c.metric:.3f}**" if zo and c.metric == best[t][1] else f"{c.metric:.3f}"
@@ -235,7 +243,8 @@ def paper_table(cells, settings) -> list[str]:
     metric_names = sorted({c.runs[0].metric_name for (t, _), c in cells.items() if t in tasks and c.runs})
     return rows + ["", f"Each cell: final train loss / test {' or '.join(metric_names)}, one seed unless it says "
                        "more. Bold: the task's lowest loss and highest metric among the zeroth-order methods, "
-                       "where two or more have results. ·: no run at a selected LR yet."]
+                       "where two or more have results. ·: no run at a selected LR yet."
+                       + (f" No task has one yet for {', '.join(waiting)}." if waiting else "")]
 
 
 def not_started_line(cells, settings) -> list[str]:
@@ -399,13 +408,32 @@ def with_ablation_runs(settings: Settings) -> Settings:
     return dataclasses.replace(settings, methods=settings.methods + extra)
 
 
-def write_report(settings: Settings) -> Path:
+BLOCK_BEGIN = "<!-- campaign-table:begin"
+BLOCK_END = "<!-- campaign-table:end -->"
+
+
+def splice_block(text: str, block: list[str], where: str) -> str:
+    """`text` with the lines between its campaign-table markers replaced by `block` (the markers stay)."""
+    start, end = text.find(BLOCK_BEGIN), text.find(BLOCK_END)
+    if start < 0 or end < start or text.count(BLOCK_BEGIN) != 1:
+        raise ValueError(f"{where} needs one '{BLOCK_BEGIN} ... -->' line and one '{BLOCK_END}' line after it, "
+                         "where the generated table goes")
+    head = text[:text.index("\n", start) + 1]
+    return head + "\n".join(block) + "\n" + text[end:]
+
+
+def write_report(settings: Settings, readme: Path | None = None) -> Path:
+    """<RESULTS_DIR>/README.md and plots/; with `readme`, also the paper-style table and the win counts into the
+    marked block of that file (the project README), so that its numbers are the report's."""
     main_methods = {m.name for m in settings.methods}  # the main table and plots; the ablations have their tables
     settings = with_ablation_runs(settings)
     plan = build_plan(settings)
     cells = collect(settings, plan)
     main_cells = {key: c for key, c in cells.items() if key[1] in main_methods}
     reference = reference_for(settings)
+    table, counts = paper_table(main_cells, settings), wins(main_cells, settings)
+    if readme is not None:  # checked before anything is written: a README without the markers changes nothing
+        readme_text = splice_block(readme.read_text(), table + [""] + counts, str(readme))
     out = settings.results_dir / "README.md"
     pngs = plots(main_cells, settings, settings.results_dir / "plots")
     model = settings.model or "embedded SmolLM2-135M"
@@ -418,7 +446,7 @@ def write_report(settings: Settings) -> Path:
     if plan.unavailable:
         lines += ["Not run (unavailable here): " + "; ".join(f"{m} ({why})" for m, why in plan.unavailable.items()),
                   ""]
-    lines += ["## Paper-style table", ""] + paper_table(main_cells, settings) + [""]
+    lines += ["## Paper-style table", ""] + table + [""]
     lines += ["## Main table", ""] + main_table(main_cells, settings, reference) + [""]
     if not reference:  # with a paper column, every row stays: the paper's number is worth seeing
         lines += not_started_line(main_cells, settings) + [""]
@@ -428,7 +456,7 @@ def write_report(settings: Settings) -> Path:
                   "outside it; extend the grid (`LRS_<method>_<task>`): " + ", ".join(edges) + ".", ""]
     if reference:
         lines += [f"Paper column: {reference.get('_source', 'see scripts/presets/paper_reference.json')}.", ""]
-    lines += wins(main_cells, settings) + [""]
+    lines += counts + [""]
     lines += ["## Table 2: reset and normalization in meta-training", ""] + ablation_table(cells, settings, TABLE2)
     lines += ["", "## Table 3: layer-wise against block-wise banks", ""] + ablation_table(cells, settings, TABLE3)
     lines += ["", "## Diagnostics: the tied embedding's share of ZO-FT's noise", "",
@@ -440,4 +468,6 @@ def write_report(settings: Settings) -> Path:
     lines += cpu_lines(cells) + [""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
+    if readme is not None:
+        readme.write_text(readme_text)
     return out

@@ -124,6 +124,22 @@ def test_campaign_survives_a_kill_and_the_report_has_the_right_cells(campaign_en
         assert (results / "plots" / f"lr_robustness_{task}.png").stat().st_size > 0
     assert "No runs yet for zoft_base" in report  # ablations: missing, not zero
 
+    # --readme: the project README's marked block gets the report's paper-style table and counts, the rest stays
+    readme = results.parent / "PROJECT_README.md"
+    outside = "# Project\n\nintro\n"
+    readme.write_text(outside + "<!-- campaign-table:begin (generated) -->\nstale table\n<!-- campaign-table:end -->\n"
+                      "after\n")
+    run_cmd([sys.executable, "scripts/make_report.py", "--readme", str(readme)], env)
+    text = readme.read_text()
+    block = text.split("<!-- campaign-table:begin (generated) -->\n")[1].split("<!-- campaign-table:end -->")[0]
+    paper = report.split("## Paper-style table\n\n")[1].split("\n## ")[0]
+    assert text.startswith(outside) and text.endswith("<!-- campaign-table:end -->\nafter\n")
+    assert "stale table" not in text and block.startswith(paper.rstrip("\n") + "\n\n")
+    assert "lowest final training loss in" in block
+    readme.write_text("no markers\n")
+    bad = run_cmd([sys.executable, "scripts/make_report.py", "--readme", str(readme)], env, check=False)
+    assert bad.returncode != 0 and "campaign-table" in bad.stderr and readme.read_text() == "no markers\n"
+
 
 def load(folder: Path) -> Run:
     return Run(task=folder.parts[-4], method=folder.parts[-3], lr=folder.parts[-2], seed=int(folder.parts[-1]),
