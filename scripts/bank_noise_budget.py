@@ -3,14 +3,21 @@ the actual noise trace sum_b numel_b * k_b^2 (MeZO: k_b = 1, trace = number of p
 
 sigma is iterated a few steps from its initial state on the model's own block statistics with a fixed
 loss history, as at the start of a fine-tuning run. A layer-wise bank (granularity=layer) gives every
-block its layer group's sigma; the table then also lists the share of each layer group.
+block its layer group's sigma; the table then also lists the share of each layer group. A bank meta-trained
+without the normalization c (its metadata says need_normalization false: Table 2's base and reset banks) is
+measured without it, as it is used: k_b = sigma_b, and the trace is then not MeZO's.
 
     python scripts/bank_noise_budget.py learned_finetuner/smollm2-135m_copa.safetensors [more banks] \
-        [--model M --batch_size 16 --loss 0.8 --top 8]
+        [--model M --batch_size 16 --loss 0.8 --top 8] [--write]
+
+--write also records the trace ratio beside each bank (<bank>.noise.json): the campaign sizes the LR grid of
+a bank used without normalization from it (scripts/campaign/settings.py, noise_scaled_grid).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -27,6 +34,9 @@ def main() -> None:
     parser.add_argument("--loss", type=float, default=0.8, help="L+ = L- fed as the previous step's losses")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--need_normalization", choices=("auto", "True", "False"), default="auto",
+                        help="auto: as the bank's metadata says (absent: True, as every upstream run)")
+    parser.add_argument("--write", action="store_true", help="record the trace ratio in <bank>.noise.json")
     args = parser.parse_args()
 
     import torch
@@ -43,13 +53,25 @@ def main() -> None:
     stats = block_stats(blocks, NoiseSource())
     numel = torch.tensor([b.param.numel() for b in blocks], dtype=torch.float64)
     for path in args.banks:
-        policy = learned_sigma_for(load_bank(path), blocks, args.batch_size)
+        bank = load_bank(path)
+        normalize = (json.loads(bank.metadata.get("need_normalization", "true")) if args.need_normalization == "auto"
+                     else args.need_normalization == "True")
+        policy = learned_sigma_for(bank, blocks, args.batch_size, normalize=normalize)
         for _ in range(args.steps):
             k = torch.tensor(policy.coefficients(stats), dtype=torch.float64)
             policy.observe(args.loss, args.loss)
         trace = numel * k ** 2
-        print(f"\n{path} ({policy.granularity}-wise): c = {policy.last_c:.3f}, "
-              f"noise trace / MeZO's = {float(trace.sum() / numel.sum()):.3f}")
+        ratio = float(trace.sum() / numel.sum())
+        scale = f"c = {policy.last_c:.3f}" if normalize else "no normalization: k = sigma"
+        print(f"\n{path} ({policy.granularity}-wise): {scale}, noise trace / MeZO's = {ratio:.4g}")
+        if args.write:
+            record = {"bank_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+                      "noise_trace_vs_mezo": ratio, "need_normalization": normalize,
+                      "model": str(resolve_model_path(args.model)), "batch_size": args.batch_size,
+                      "loss": args.loss, "steps": args.steps}
+            out = Path(path).with_suffix(".noise.json")
+            out.write_text(json.dumps(record, indent=1) + "\n")
+            print(f"written: {out}")
         print("| block | k = c*sigma | elements | share of the trace |\n|---|---|---|---|")
         for i in k.argsort(descending=True)[:args.top].tolist():
             print(f"| {blocks[i].name} | {float(k[i]):.3f} | {int(numel[i])} | {float(trace[i] / trace.sum()):.4f} |")

@@ -4,7 +4,12 @@
 # Adam bank lr 1e-3, eta 1e-6, batch 8, fp32) and only the ablated switch changed (docs/ablations.md):
 #   Table 2: base (RESET=False NEED_NORMALIZATION=False), reset, norm, reset_norm (the method);
 #   Table 3: layer_reset_norm (GRANULARITY=layer, reset and normalization on), against reset_norm.
-# Resumable: a bank whose file says complete (with the same MAX_STEPS) is skipped; a killed one continues
+# The block-wise reset_norm bank and the layer-wise one go first: they anchor both tables, so a deadline that
+# stops the list early leaves out the others. After each bank, scripts/bank_noise_budget.py --write records its
+# noise beside it (<bank>.noise.json): the campaign sizes the LR grid of base and reset, used without
+# normalization, from it (scripts/campaign/noise_grid.py).
+# Resumable: a bank whose file says complete (with the same MAX_STEPS, EPOCH and switches) is skipped; a killed
+# one continues
 # from its run's last checkpoint (every CHECKPOINT_STEPS=20 meta steps; bit-exact); a run folder without
 # checkpoints is replaced. Takes hours on 2 cores; MAX_STEPS=2 makes a smoke run of every variant.
 #   bash scripts/train_ablation_banks.sh                     # all five, into learned_finetuner/ablations/
@@ -17,30 +22,56 @@ cd "$(dirname "$0")/.."
 
 BANK_DIR=${BANK_DIR:-learned_finetuner/ablations}
 RUN_DIR=${RUN_DIR:-runs/ablations}
-VARIANTS=${VARIANTS:-"base reset norm reset_norm layer_reset_norm"}
+VARIANTS=${VARIANTS:-"reset_norm layer_reset_norm base norm reset"}
 MAX_STEPS=${MAX_STEPS:-0}
 EPOCH=${EPOCH:-6}
 
-bank_is_complete() {  # complete=true in the bank's metadata, trained with this MAX_STEPS
-  python - "$1" "$MAX_STEPS" <<'EOF'
+switches_of() {  # variant -> "reset norm granularity"
+  case $1 in
+    base)             echo "False False block" ;;
+    reset)            echo "True False block" ;;
+    norm)             echo "False True block" ;;
+    reset_norm)       echo "True True block" ;;
+    layer_reset_norm) echo "True True layer" ;;
+    *) echo "unknown variant '$1' (base reset norm reset_norm layer_reset_norm)" >&2; return 2 ;;
+  esac
+}
+
+bank_is_complete() {  # complete=true in the bank's metadata, trained with this MAX_STEPS, EPOCH and switches
+  python - "$1" "$MAX_STEPS" "$EPOCH" $2 <<'EOF'
 import json, sys
 from safetensors import safe_open
 try:
     with safe_open(sys.argv[1], framework="pt") as handle:
         meta = handle.metadata() or {}
-    done = json.loads(meta.get("complete", "false")) is True
-    same = json.loads(meta.get("hyperparameters", "{}")).get("max_steps") == int(sys.argv[2])
-    sys.exit(0 if done and same else 1)
+    hyper = json.loads(meta.get("hyperparameters", "{}"))
+    reset, norm, granularity = sys.argv[4:7]
+    same = (hyper.get("max_steps") == int(sys.argv[2]) and hyper.get("num_train_epochs") == int(sys.argv[3])
+            and hyper.get("reset") == (reset == "True") and hyper.get("need_normalization") == (norm == "True")
+            and hyper.get("bank_granularity") == granularity)
+    sys.exit(0 if json.loads(meta.get("complete", "false")) is True and same else 1)
 except Exception:
     sys.exit(1)
 EOF
+}
+
+record_noise() {  # <bank>.noise.json (the campaign's LR grid for a bank without normalization), if not there yet
+  python - "$1" <<'EOF' && return 0
+import sys
+from pathlib import Path
+sys.path.insert(0, "scripts")
+from campaign.noise_grid import measured_trace_ratio
+sys.exit(0 if measured_trace_ratio(Path(sys.argv[1])) is not None else 1)
+EOF
+  python scripts/bank_noise_budget.py "$1" ${MODEL:+--model "$MODEL"} --top 3 --write
 }
 
 if [ "${1:-}" = "--status" ]; then
   for variant in $VARIANTS; do
     bank="$BANK_DIR/smollm2-135m_copa_$variant.safetensors"
     last=$(ls "$RUN_DIR/$variant/checkpoints/" 2>/dev/null | grep -E '^step-[0-9]+\.json$' | sort -V | tail -1 || true)
-    if [ -f "$bank" ] && bank_is_complete "$bank"; then state="complete: $bank"
+    switches=$(switches_of "$variant") || exit 2
+    if [ -f "$bank" ] && bank_is_complete "$bank" "$switches"; then state="complete: $bank"
     elif [ -n "$last" ]; then state="resumable from ${last%.json} ($RUN_DIR/$variant)"
     else state="not started"; fi
     echo "ablation bank $variant: $state"
@@ -55,17 +86,12 @@ if [ -n "${DEADLINE:-}" ]; then  # one instant: a clock time read again after a 
 fi
 mkdir -p "$BANK_DIR" "$RUN_DIR"
 for variant in $VARIANTS; do
-  case $variant in
-    base)             reset=False norm=False granularity=block ;;
-    reset)            reset=True  norm=False granularity=block ;;
-    norm)             reset=False norm=True  granularity=block ;;
-    reset_norm)       reset=True  norm=True  granularity=block ;;
-    layer_reset_norm) reset=True  norm=True  granularity=layer ;;
-    *) echo "unknown variant '$variant' (base reset norm reset_norm layer_reset_norm)" >&2; exit 2 ;;
-  esac
+  switches=$(switches_of "$variant") || exit 2
+  read -r reset norm granularity <<< "$switches"
   bank="$BANK_DIR/smollm2-135m_copa_$variant.safetensors"
-  if [ -f "$bank" ] && bank_is_complete "$bank"; then
+  if [ -f "$bank" ] && bank_is_complete "$bank" "$switches"; then
     echo "== $variant: $bank is complete, skipped"
+    record_noise "$bank"
     continue
   fi
   if [ -n "${DEADLINE:-}" ] && [ $((DEADLINE - $(date +%s))) -lt "$BANK_SECONDS" ]; then
@@ -88,5 +114,6 @@ for variant in $VARIANTS; do
   CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-20} \
   EXTRA_ARGS="--mlp_optimizer adam --save_every_steps 20 ${EXTRA_ARGS:-}" \
   bash scripts/l2l.sh
+  record_noise "$bank"
 done
 echo "ablation banks in $BANK_DIR: $VARIANTS"

@@ -7,10 +7,13 @@ Phase 3: LR grids of every other method.  Phase 4: their seeds.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .noise_grid import measured_trace_ratio
 from .settings import CORE_METHODS, REPO_ROOT, Method, Settings, put_repo_on_path
 from .store import CAMPAIGN_FILE, best_lr, is_final, load_run, lr_key, read_json, run_dir
 
@@ -54,11 +57,28 @@ def resolve_bank(settings: Settings, method: Method) -> Path | None:
     return bank if bank.is_absolute() else REPO_ROOT / bank
 
 
+def bank_in_training(bank: Path) -> bool:
+    """A safetensors bank that meta-training is still writing: its metadata says complete=false without a
+    stop_reason (a bank stopped by hand, as the shipped SmolLM2 bank, says why). Read from the file's JSON
+    header, without torch; an authors' .pth has no such metadata."""
+    if bank.suffix != ".safetensors" or not bank.is_file():
+        return False
+    with bank.open("rb") as handle:
+        size = struct.unpack("<Q", handle.read(8))[0]
+        meta = json.loads(handle.read(size)).get("__metadata__") or {}
+    return meta.get("complete") == "false" and not meta.get("stop_reason")
+
+
 def unavailable_reason(settings: Settings, method: Method) -> str | None:
     """Why a method cannot run here (a train mode or bank that does not exist yet), or None."""
     bank = resolve_bank(settings, method)
     if bank is not None and method.generated_bank_seed is None and not bank.is_file():
         return f"bank not found: {method.bank}"
+    if bank is not None and bank_in_training(bank):
+        return f"bank still being meta-trained (complete=false, no stop_reason in its metadata): {method.bank}"
+    if method.noise_grid and measured_trace_ratio(bank) is None:
+        return (f"its LR grid comes from the bank's measured noise, not measured yet for these bytes: run python "
+                f"scripts/bank_noise_budget.py {method.bank} --write (or set LRS_{method.name})")
     if method.train_mode == "zo_fine_tuner":
         return None
     put_repo_on_path()

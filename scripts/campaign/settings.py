@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .deadline import DEFAULT_MARGIN, parse_deadline
+from .noise_grid import measured_trace_ratio, noise_scaled_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PRESET_DIR = REPO_ROOT / "scripts" / "presets"
@@ -115,6 +116,14 @@ class Method:
     args: tuple[str, ...] = ()
     grid: tuple[str, ...] = ()
     tasks: tuple[str, ...] | None = None  # None: every task of the campaign
+    # the grid is the ZO-SGD grid scaled by the bank's measured noise (campaign/noise_grid.py): a bank used
+    # without the normalization, whose step at one LR is not MeZO's
+    noise_grid: bool = False
+
+    def bank_path(self) -> Path | None:
+        if not self.bank:
+            return None
+        return Path(self.bank) if Path(self.bank).is_absolute() else REPO_ROOT / self.bank
 
 
 def _builtin(name: str) -> dict | None:
@@ -127,9 +136,9 @@ def _builtin(name: str) -> dict | None:
         "zoft_untrained": {**zoft, "generated_bank_seed": 42},
         # Table 2: a bank meta-trained without normalization is also used without it
         "zoft_base": {**zoft, "bank": ablation_bank.format("base"), "args": ("--need_normalization", "False"),
-                      "tasks": ("SST2",)},
+                      "tasks": ("SST2",), "noise_grid": True},
         "zoft_reset": {**zoft, "bank": ablation_bank.format("reset"), "args": ("--need_normalization", "False"),
-                       "tasks": ("SST2",)},
+                       "tasks": ("SST2",), "noise_grid": True},
         "zoft_norm": {**zoft, "bank": ablation_bank.format("norm"), "tasks": ("SST2",)},
         "zoft_reset_norm": {**zoft, "bank": ablation_bank.format("reset_norm"), "tasks": ("SST2",)},
         "zoft_layerwise": {**zoft, "bank": ablation_bank.format("layer_reset_norm"), "tasks": ("SST2",)},
@@ -200,6 +209,9 @@ class Settings:
             return override
         if self.get(f"LRS_{method.name}") is None and (method.name, task) in DEFAULT_TASK_GRIDS:
             return split_words(DEFAULT_TASK_GRIDS[method.name, task])
+        if method.noise_grid:  # unmeasured: the plan lists the method as unavailable, with the command to run
+            ratio = measured_trace_ratio(method.bank_path())
+            return noise_scaled_grid(ratio) if ratio is not None else method.grid
         return method.grid
 
     def tasks_for(self, method: Method) -> tuple[str, ...]:
@@ -257,7 +269,8 @@ def method_from_word(s: Settings, word: str) -> Method:
                            {"train_mode": name, "grid_key": name}))
     bank = s.get(f"BANK_{name}", bank_path or spec.get("bank"))
     grid = split_words(s.get(f"LRS_{name}", DEFAULT_GRIDS.get(spec["grid_key"], ZO_SGD_GRID)))
+    noise_grid = bool(spec.get("noise_grid")) and s.get(f"LRS_{name}") is None  # an LRS_<name> set by hand wins
     tasks = split_words(s.get(f"TASKS_{name}")) or spec.get("tasks")
     args = tuple(spec.get("args", ())) + split_words(s.get(f"ARGS_{name}"))
     return Method(name=name, train_mode=spec["train_mode"], bank=bank, args=args, grid=grid, tasks=tasks,
-                  generated_bank_seed=None if bank else spec.get("generated_bank_seed"))
+                  generated_bank_seed=None if bank else spec.get("generated_bank_seed"), noise_grid=noise_grid)

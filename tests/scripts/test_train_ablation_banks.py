@@ -2,14 +2,20 @@
 checkpoint and ends as the uninterrupted bank, bit for bit."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 
 from conftest import REPO_ROOT, SHARED_DATA
 from run_helpers import QUIET_ENV, requires_shared_data, run_script
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from campaign.noise_grid import measured_trace_ratio, noise_record_path  # noqa: E402
 
 pytestmark = requires_shared_data
 
@@ -31,6 +37,17 @@ def test_killed_bank_resumes_and_a_complete_bank_is_skipped(tmp_path, tiny_llama
     run_script("train_ablation_banks.sh", _env(tiny_llama_dir, reference))
     again = run_script("train_ablation_banks.sh", _env(tiny_llama_dir, reference))
     assert "is complete, skipped" in again.stdout
+    # its noise is recorded beside it, for the campaign's grid of a bank used without normalization
+    bank = reference / "banks" / "smollm2-135m_copa_base.safetensors"
+    assert measured_trace_ratio(bank) > 0 and json.loads(noise_record_path(bank).read_text())["need_normalization"] \
+        is False
+
+    # a complete bank trained with other switches is not taken for this variant's: it is trained again
+    other = tmp_path / "other"
+    (other / "banks").mkdir(parents=True)
+    shutil.copy(bank, other / "banks" / "smollm2-135m_copa_norm.safetensors")
+    norm = run_script("train_ablation_banks.sh", _env(tiny_llama_dir, other, VARIANTS="norm"))
+    assert "is complete, skipped" not in norm.stdout and "NEED_NORMALIZATION=True" in norm.stdout
 
     # kill the whole launcher once a checkpoint exists, then start it again
     killed = tmp_path / "killed"

@@ -1,0 +1,63 @@
+"""The LR grid of a bank used without the normalization c (Table 2's base and reset banks), from its noise.
+
+With c, a bank's noise trace equals MeZO's, so ZO-FT takes MeZO's grid. Without it k_b = sigma_b, and the
+trace is whatever meta-training left (an untrained bank: ~0.05 of MeZO's, a step ~20x smaller at one LR).
+A ZO-SGD step scales with lr x k^2, so the grid is the ZO-SGD grid divided by the measured trace ratio, snapped
+to the 1-3-10 ladder: the trace comes from `python scripts/bank_noise_budget.py BANK --write`, which
+scripts/train_ablation_banks.sh runs after each bank; it is read from <bank>.noise.json and used only while
+that file's sha256 is the bank's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+# the middle of the ZO-SGD grid (1e-4 3e-5 1e-5): MeZO's and the normalized banks' LRs
+ZO_SGD_CENTRE = 3e-5
+LADDER = (1.0, 3.0)
+
+_digests: dict[tuple[Path, float], str] = {}
+
+
+def noise_record_path(bank: Path) -> Path:
+    return bank.with_suffix(".noise.json")
+
+
+def _sha256(path: Path) -> str:
+    key = (path, path.stat().st_mtime)
+    if key not in _digests:
+        _digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _digests[key]
+
+
+def measured_trace_ratio(bank: Path) -> float | None:
+    """The bank's noise trace / MeZO's from its record, or None: no bank, no record, or a record of other bytes."""
+    record = noise_record_path(bank)
+    if not bank.is_file() or not record.is_file():
+        return None
+    info = json.loads(record.read_text())
+    ratio = info.get("noise_trace_vs_mezo")
+    if info.get("bank_sha256") != _sha256(bank) or not isinstance(ratio, (int, float)) or not 0 < ratio < math.inf:
+        return None
+    return float(ratio)
+
+
+def ladder_index(value: float) -> int:
+    """The rung of the ladder ... 1e-5, 3e-5, 1e-4 ... (index 2e + 0 for 1e<e>, 2e + 1 for 3e<e>) nearest to
+    `value` in log scale."""
+    exponent = math.floor(math.log10(value))
+    candidates = [2 * e + rung for e in (exponent - 1, exponent, exponent + 1) for rung in (0, 1)]
+    return min(candidates, key=lambda c: abs(math.log10(ladder_value(c) / value)))
+
+
+def ladder_value(index: int) -> float:
+    exponent, rung = divmod(index, 2)
+    return LADDER[rung] * 10.0 ** exponent
+
+
+def noise_scaled_grid(ratio: float) -> tuple[str, ...]:
+    """Three LRs, one ladder rung apart, centred on the ZO-SGD centre / ratio: high, centre, low."""
+    centre = ladder_index(ZO_SGD_CENTRE / ratio)
+    return tuple(format(float(f"{ladder_value(i):.1g}"), "g") for i in (centre + 1, centre, centre - 1))
