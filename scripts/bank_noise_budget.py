@@ -11,7 +11,7 @@ measured without it, as it is used: k_b = sigma_b, and the trace is then not MeZ
         [--model M --batch_size 16 --loss 0.8 --top 8] [--write]
 
 --write also records the trace ratio beside each bank (<bank>.noise.json): the campaign sizes the LR grid of
-a bank used without normalization from it (scripts/campaign/settings.py, noise_scaled_grid).
+a bank used without normalization from it (scripts/campaign/noise_grid.py).
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def main() -> None:
             out = Path(path).with_suffix(".noise.json")
             out.write_text(json.dumps(record, indent=1) + "\n")
             print(f"written: {out}")
-        print("| block | k = c*sigma | elements | share of the trace |\n|---|---|---|---|")
+        print(f"| block | {'k = c*sigma' if normalize else 'k = sigma'} | elements | share of the trace |\n|---|---|---|---|")
         for i in k.argsort(descending=True)[:args.top].tolist():
             print(f"| {blocks[i].name} | {float(k[i]):.3f} | {int(numel[i])} | {float(trace[i] / trace.sum()):.4f} |")
         by_type: dict[str, float] = defaultdict(float)

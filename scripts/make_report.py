@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from campaign.report import write_report  # noqa: E402
+from campaign.report import BlockMarkersError, write_report  # noqa: E402
 from campaign.settings import load_settings  # noqa: E402
 
 if __name__ == "__main__":
@@ -20,5 +20,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     try:
         print(write_report(load_settings(), args.readme))
-    except ValueError as err:
+    except BlockMarkersError as err:
         sys.exit(f"make_report: {err}")

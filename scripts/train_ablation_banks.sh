@@ -5,11 +5,11 @@
 #   Table 2: base (RESET=False NEED_NORMALIZATION=False), reset, norm, reset_norm (the method);
 #   Table 3: layer_reset_norm (GRANULARITY=layer, reset and normalization on), against reset_norm.
 # The block-wise reset_norm bank and the layer-wise one go first: they anchor both tables, so a deadline that
-# stops the list early leaves out the others. After each bank, scripts/bank_noise_budget.py --write records its
-# noise beside it (<bank>.noise.json): the campaign sizes the LR grid of base and reset, used without
-# normalization, from it (scripts/campaign/noise_grid.py).
-# Resumable: a bank whose file says complete (with the same MAX_STEPS, EPOCH and switches) is skipped; a killed
-# one continues
+# stops the list early leaves out the others. After base and reset (no normalization), bank_noise_budget.py
+# --write records their noise beside them (<bank>.noise.json): the campaign sizes their LR grids from it
+# (scripts/campaign/noise_grid.py).
+# Resumable: a bank whose file says complete (with the same MAX_STEPS, EPOCH and switches) is skipped; a
+# killed one continues
 # from its run's last checkpoint (every CHECKPOINT_STEPS=20 meta steps; bit-exact); a run folder without
 # checkpoints is replaced. Takes hours on 2 cores; MAX_STEPS=2 makes a smoke run of every variant.
 #   bash scripts/train_ablation_banks.sh                     # all five, into learned_finetuner/ablations/
@@ -55,7 +55,8 @@ except Exception:
 EOF
 }
 
-record_noise() {  # <bank>.noise.json (the campaign's LR grid for a bank without normalization), if not there yet
+record_noise() {  # <bank>.noise.json for a bank without normalization (the campaign's LR grid), if not there yet
+  [ "$2" = False ] || return 0
   python - "$1" <<'EOF' && return 0
 import sys
 from pathlib import Path
@@ -63,7 +64,9 @@ sys.path.insert(0, "scripts")
 from campaign.noise_grid import measured_trace_ratio
 sys.exit(0 if measured_trace_ratio(Path(sys.argv[1])) is not None else 1)
 EOF
-  python scripts/bank_noise_budget.py "$1" ${MODEL:+--model "$MODEL"} --top 3 --write
+  # a failed measurement costs this bank's campaign runs (listed as unavailable), not the other banks
+  python scripts/bank_noise_budget.py "$1" ${MODEL:+--model "$MODEL"} --top 3 --write \
+    || echo "== warning: the noise of $1 was not recorded; run python scripts/bank_noise_budget.py $1 --write" >&2
 }
 
 if [ "${1:-}" = "--status" ]; then
@@ -91,7 +94,7 @@ for variant in $VARIANTS; do
   bank="$BANK_DIR/smollm2-135m_copa_$variant.safetensors"
   if [ -f "$bank" ] && bank_is_complete "$bank" "$switches"; then
     echo "== $variant: $bank is complete, skipped"
-    record_noise "$bank"
+    record_noise "$bank" "$norm"
     continue
   fi
   if [ -n "${DEADLINE:-}" ] && [ $((DEADLINE - $(date +%s))) -lt "$BANK_SECONDS" ]; then
@@ -114,6 +117,6 @@ for variant in $VARIANTS; do
   CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-20} \
   EXTRA_ARGS="--mlp_optimizer adam --save_every_steps 20 ${EXTRA_ARGS:-}" \
   bash scripts/l2l.sh
-  record_noise "$bank"
+  record_noise "$bank" "$norm"
 done
 echo "ablation banks in $BANK_DIR: $VARIANTS"

@@ -18,28 +18,38 @@ from pathlib import Path
 ZO_SGD_CENTRE = 3e-5
 LADDER = (1.0, 3.0)
 
-_digests: dict[tuple[Path, float], str] = {}
+_digests: dict[tuple, str] = {}
 
 
 def noise_record_path(bank: Path) -> Path:
     return bank.with_suffix(".noise.json")
 
 
-def _sha256(path: Path) -> str:
-    key = (path, path.stat().st_mtime)
+def file_sha256(path: Path) -> str:
+    """The file's sha256, computed once per version of the file (its size, mtime and inode)."""
+    stat = path.stat()
+    key = (path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
     if key not in _digests:
         _digests[key] = hashlib.sha256(path.read_bytes()).hexdigest()
     return _digests[key]
 
 
-def measured_trace_ratio(bank: Path) -> float | None:
-    """The bank's noise trace / MeZO's from its record, or None: no bank, no record, or a record of other bytes."""
+def measured_trace_ratio(bank: Path | None) -> float | None:
+    """The bank's noise trace / MeZO's, measured without normalization, from its record; None where there is no
+    bank or record, the record is unreadable, measured other bytes, or measured the bank with normalization."""
+    if bank is None:
+        return None
     record = noise_record_path(bank)
     if not bank.is_file() or not record.is_file():
         return None
-    info = json.loads(record.read_text())
+    try:
+        info = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("need_normalization") is not False:
+        return None  # with c the trace is MeZO's whatever the bank: it would size nothing
     ratio = info.get("noise_trace_vs_mezo")
-    if info.get("bank_sha256") != _sha256(bank) or not isinstance(ratio, (int, float)) or not 0 < ratio < math.inf:
+    if info.get("bank_sha256") != file_sha256(bank) or not isinstance(ratio, (int, float)) or not 0 < ratio < math.inf:
         return None
     return float(ratio)
 

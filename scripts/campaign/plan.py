@@ -6,15 +6,14 @@ Phase 3: LR grids of every other method.  Phase 4: their seeds.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .noise_grid import measured_trace_ratio
-from .settings import CORE_METHODS, REPO_ROOT, Method, Settings, put_repo_on_path
+from .noise_grid import file_sha256, measured_trace_ratio
+from .settings import CORE_METHODS, Method, Settings, put_repo_on_path
 from .store import CAMPAIGN_FILE, best_lr, is_final, load_run, lr_key, read_json, run_dir
 
 PHASES = {1: "LR grid, core methods", 2: "seeds, core methods", 3: "LR grid, other methods",
@@ -51,10 +50,7 @@ def resolve_bank(settings: Settings, method: Method) -> Path | None:
     if method.generated_bank_seed is not None:
         model = Path(settings.model).name if settings.model else "SmolLM2-135M"
         return settings.results_dir / "banks" / f"untrained_seed{method.generated_bank_seed}_{model}.safetensors"
-    if not method.bank:
-        return None
-    bank = Path(method.bank)
-    return bank if bank.is_absolute() else REPO_ROOT / bank
+    return method.bank_path()
 
 
 def bank_in_training(bank: Path) -> bool:
@@ -63,9 +59,12 @@ def bank_in_training(bank: Path) -> bool:
     header, without torch; an authors' .pth has no such metadata."""
     if bank.suffix != ".safetensors" or not bank.is_file():
         return False
-    with bank.open("rb") as handle:
-        size = struct.unpack("<Q", handle.read(8))[0]
-        meta = json.loads(handle.read(size)).get("__metadata__") or {}
+    try:
+        with bank.open("rb") as handle:
+            size = struct.unpack("<Q", handle.read(8))[0]
+            meta = json.loads(handle.read(size)).get("__metadata__") or {}
+    except (OSError, ValueError, struct.error, AttributeError):
+        return False  # not a bank this can read: fine-tuning says what is wrong with it
     return meta.get("complete") == "false" and not meta.get("stop_reason")
 
 
@@ -76,7 +75,8 @@ def unavailable_reason(settings: Settings, method: Method) -> str | None:
         return f"bank not found: {method.bank}"
     if bank is not None and bank_in_training(bank):
         return f"bank still being meta-trained (complete=false, no stop_reason in its metadata): {method.bank}"
-    if method.noise_grid and measured_trace_ratio(bank) is None:
+    by_task = all(settings.get(f"LRS_{method.name}_{task}") for task in settings.tasks_for(method))
+    if method.noise_grid and not by_task and measured_trace_ratio(bank) is None:
         return (f"its LR grid comes from the bank's measured noise, not measured yet for these bytes: run python "
                 f"scripts/bank_noise_budget.py {method.bank} --write (or set LRS_{method.name})")
     if method.train_mode == "zo_fine_tuner":
@@ -90,15 +90,11 @@ def unavailable_reason(settings: Settings, method: Method) -> str | None:
     return None
 
 
-def _bank_digest(path: Path | None, cache: dict) -> str | None:
-    if path is None or not path.is_file():
-        return None
-    if path not in cache:
-        cache[path] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return cache[path]
+def _bank_digest(path: Path | None) -> str | None:
+    return file_sha256(path)[:16] if path is not None and path.is_file() else None
 
 
-def fingerprint(settings: Settings, task: str, method: Method, lr: str, seed: int, digests: dict) -> dict:
+def fingerprint(settings: Settings, task: str, method: Method, lr: str, seed: int) -> dict:
     """Everything that defines a run's result; a finished run with another fingerprint is stale."""
     caps = settings.caps[task]
     bank = resolve_bank(settings, method)
@@ -108,7 +104,7 @@ def fingerprint(settings: Settings, task: str, method: Method, lr: str, seed: in
             "model": Path(settings.model).name if settings.model else "SmolLM2-135M",
             "bank": bank.name if bank else None,
             # a generated bank is determined by its seed; a shipped one by its content
-            "bank_sha256": None if method.generated_bank_seed is not None else _bank_digest(bank, digests),
+            "bank_sha256": None if method.generated_bank_seed is not None else _bank_digest(bank),
             "steps": caps.steps, "eval_steps": caps.eval_steps, "train": caps.train, "dev": caps.dev,
             "test": caps.test, "max_length": caps.max_length, "max_new_tokens": caps.max_new_tokens,
             "batch_size": int(settings.get("BS", "16")), "eps": float(settings.get("EPS", "1e-3")),
@@ -129,10 +125,10 @@ def run_state(run: PlannedRun) -> str:
 
 
 def build_plan(settings: Settings) -> Plan:
-    plan, digests = Plan(), {}
+    plan = Plan()
 
     def add(phase: int, task: str, method: Method, lr: str, seed: int) -> PlannedRun:
-        wanted = fingerprint(settings, task, method, lr, seed, digests)
+        wanted = fingerprint(settings, task, method, lr, seed)
         folder = run_dir(settings.runs_dir, task, method.name, lr, seed)
         run = PlannedRun(phase, task, method, lr_key(lr), seed, folder, wanted, _state(folder, wanted))
         plan.runs.append(run)

@@ -223,8 +223,7 @@ def paper_table(cells, settings) -> list[str]:
     rows = ["| method | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
     best = {}
     for t in tasks:
-        zo = [c for (task, m), c in cells.items() if task == t and m not in FIRST_ORDER
-              and c.loss is not None and c.metric is not None]
+        zo = [cells[t, m] for (task, m) in cells if task == t and m not in FIRST_ORDER and has_result(m, t)]
         # nothing to win against with fewer than two methods
         best[t] = (min(c.loss for c in zo), max(c.metric for c in zo)) if len(zo) > 1 else (None, None)
     for m in methods:
@@ -412,14 +411,20 @@ BLOCK_BEGIN = "<!-- campaign-table:begin"
 BLOCK_END = "<!-- campaign-table:end -->"
 
 
+class BlockMarkersError(ValueError):
+    """A file given to --readme without exactly one begin line and, after it, one end line."""
+
+
 def splice_block(text: str, block: list[str], where: str) -> str:
-    """`text` with the lines between its campaign-table markers replaced by `block` (the markers stay)."""
-    start, end = text.find(BLOCK_BEGIN), text.find(BLOCK_END)
-    if start < 0 or end < start or text.count(BLOCK_BEGIN) != 1:
-        raise ValueError(f"{where} needs one '{BLOCK_BEGIN} ... -->' line and one '{BLOCK_END}' line after it, "
-                         "where the generated table goes")
-    head = text[:text.index("\n", start) + 1]
-    return head + "\n".join(block) + "\n" + text[end:]
+    """`text` with the lines between its campaign-table marker lines replaced by `block` (the marker lines stay):
+    one line that starts with BLOCK_BEGIN, then one line that is BLOCK_END, each on a line of its own."""
+    lines = text.splitlines(keepends=True)
+    begins = [i for i, line in enumerate(lines) if line.lstrip().startswith(BLOCK_BEGIN)]
+    ends = [i for i, line in enumerate(lines) if line.strip() == BLOCK_END]
+    if len(begins) != 1 or len(ends) != 1 or ends[0] <= begins[0] or text.count(BLOCK_END) != 1:
+        raise BlockMarkersError(f"{where} needs one line starting '{BLOCK_BEGIN}' and, below it, one line "
+                                f"'{BLOCK_END}', where the generated table goes")
+    return "".join(lines[:begins[0] + 1]) + "\n".join(block) + "\n" + "".join(lines[ends[0]:])
 
 
 def write_report(settings: Settings, readme: Path | None = None) -> Path:

@@ -8,6 +8,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -184,3 +186,19 @@ def test_the_cpu_hours_count_each_run_once_by_phase_and_say_when_a_resumed_run_c
     cells["SST2", "mezo"].grid_runs.append(run("1e-5", 360, resumed_from_step=50))  # resumed before the carry
     (line,) = cpu_lines(cells)
     assert line.startswith("CPU-hours spent on the 3 finished runs: 1.60 (phase 1: 1.60). At least: 1 of them")
+
+
+def test_the_readme_block_is_replaced_only_between_two_marker_lines():
+    from campaign.report import BlockMarkersError, splice_block
+
+    text = "intro\n<!-- campaign-table:begin (generated) -->\nold\ntable\n<!-- campaign-table:end -->\nafter\n"
+    once = splice_block(text, ["new"], "README")
+    assert once == "intro\n<!-- campaign-table:begin (generated) -->\nnew\n<!-- campaign-table:end -->\nafter\n"
+    assert splice_block(once, ["new"], "README") == once  # idempotent
+    for bad in ("no markers\n",
+                "<!-- campaign-table:begin --> <!-- campaign-table:end -->\n",  # both on one line
+                "<!-- campaign-table:end -->\n<!-- campaign-table:begin -->\n",  # end first
+                "<!-- campaign-table:begin -->\nkeep <!-- campaign-table:end -->\n",  # end inside a line
+                text + "<!-- campaign-table:begin -->\n"):  # two begins
+        with pytest.raises(BlockMarkersError):
+            splice_block(bad, ["new"], "README")

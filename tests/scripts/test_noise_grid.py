@@ -25,7 +25,7 @@ def test_the_ladder_and_the_scaled_grid():
     assert noise_scaled_grid(1.0) == ("0.0001", "3e-05", "1e-05")  # MeZO's noise: the ZO-SGD grid itself
     # an untrained bank without c has ~0.05 of MeZO's noise: its step at one LR is ~20x smaller, its grid higher
     assert noise_scaled_grid(0.046) == ("0.003", "0.001", "0.0003")
-    assert noise_scaled_grid(44.0) == ("3e-06", "1e-06", "3e-07")  # the old bank's ~44x: 10x lower, as its grid
+    assert noise_scaled_grid(44.0) == ("3e-06", "1e-06", "3e-07")  # ~44x MeZO's noise: ~30x lower
 
 
 def _bank(tmp_path, ratio: float | None, digest: str | None = None):
@@ -33,7 +33,8 @@ def _bank(tmp_path, ratio: float | None, digest: str | None = None):
     bank.write_bytes(b"bank bytes")
     if ratio is not None:
         noise_record_path(bank).write_text(json.dumps({
-            "bank_sha256": digest or hashlib.sha256(b"bank bytes").hexdigest(), "noise_trace_vs_mezo": ratio}))
+            "bank_sha256": digest or hashlib.sha256(b"bank bytes").hexdigest(), "noise_trace_vs_mezo": ratio,
+            "need_normalization": False}))
     return bank
 
 
@@ -42,6 +43,12 @@ def test_a_record_counts_only_for_the_bytes_it_measured(tmp_path):
     assert measured_trace_ratio(_bank(tmp_path, 0.2)) == 0.2
     assert measured_trace_ratio(_bank(tmp_path, 0.2, digest="0" * 64)) is None  # retrained since: measure again
     assert measured_trace_ratio(_bank(tmp_path, float("nan"))) is None
+    bank = _bank(tmp_path, 0.2)
+    record = json.loads(noise_record_path(bank).read_text())
+    noise_record_path(bank).write_text(json.dumps({**record, "need_normalization": True}))
+    assert measured_trace_ratio(bank) is None  # measured with c: MeZO's trace whatever the bank, sizes nothing
+    noise_record_path(bank).write_text("{not json")
+    assert measured_trace_ratio(bank) is None and measured_trace_ratio(None) is None
 
 
 def _safetensors_with(path, metadata: dict) -> None:
@@ -55,6 +62,9 @@ def test_the_plan_waits_for_a_bank_in_training_and_for_its_noise_record(tmp_path
            "BANK_zoft_base": str(bank)}
     _safetensors_with(bank, {"format": "zo-pertnn-bank", "complete": "false"})  # L2L saves it every 20 steps
     assert bank_in_training(bank)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x05")
+    assert not bank_in_training(broken)  # unreadable: not this check's to judge, fine-tuning refuses it
     plan = build_plan(load_settings(env))
     assert "still being meta-trained" in plan.unavailable["zoft_base"] and not plan.runs
 
@@ -63,8 +73,10 @@ def test_the_plan_waits_for_a_bank_in_training_and_for_its_noise_record(tmp_path
     plan = build_plan(load_settings(env))
     assert "bank_noise_budget.py" in plan.unavailable["zoft_base"] and not plan.runs
 
+    by_task = build_plan(load_settings({**env, "LRS_zoft_base_SST2": "1e-3"}))  # every task's grid set by hand
+    assert not by_task.unavailable and [r.lr for r in by_task.runs] == ["0.001"]
     noise_record_path(bank).write_text(json.dumps({"bank_sha256": hashlib.sha256(bank.read_bytes()).hexdigest(),
-                                                   "noise_trace_vs_mezo": 0.046}))
+                                                   "noise_trace_vs_mezo": 0.046, "need_normalization": False}))
     plan = build_plan(load_settings(env))
     assert not plan.unavailable and sorted(r.lr for r in plan.runs) == ["0.0003", "0.001", "0.003"]
     by_hand = build_plan(load_settings({**env, "LRS_zoft_base": "1e-4"}))  # LRS_<method> wins
@@ -93,6 +105,9 @@ def test_bank_noise_budget_measures_a_bank_without_normalization_as_it_is_used(t
         record = json.loads(noise_record_path(bank_path).read_text())
         assert record["need_normalization"] is norm
         assert record["bank_sha256"] == hashlib.sha256(bank_path.read_bytes()).hexdigest()
-        ratios[norm] = measured_trace_ratio(bank_path)
+        ratios[norm] = record["noise_trace_vs_mezo"]
     assert math.isclose(ratios[True], 1.0, rel_tol=1e-6)  # c gives every normalized bank MeZO's noise
     assert 0 < ratios[False] < 0.5  # an untrained PertNN's sigma is well below 1: its steps are far smaller
+    # only the measurement without c sizes a grid
+    assert measured_trace_ratio(tmp_path / "norm_True.safetensors") is None
+    assert measured_trace_ratio(tmp_path / "norm_False.safetensors") == ratios[False]
