@@ -16,7 +16,7 @@
 #   VARIANTS="base layer_reset_norm" BANK_DIR=/tmp/banks MAX_STEPS=2 bash scripts/train_ablation_banks.sh
 #   bash scripts/train_ablation_banks.sh --status           # each bank: complete / resumable / not started
 # DEADLINE=03:30 (scripts/campaign/deadline.py): start a bank only if BANK_SECONDS are left before it, else stop
-# there (default 2700: the first SmolLM2 bank, this recipe's 228 meta steps, took 2170 s; docs/smollm2_bank.md).
+# there (default 1500: the reset_norm bank, this recipe's 228 meta steps, took 965 s alone on the 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,7 +82,7 @@ if [ "${1:-}" = "--status" ]; then
   exit 0
 fi
 
-BANK_SECONDS=${BANK_SECONDS:-2700}
+BANK_SECONDS=${BANK_SECONDS:-1500}
 if [ -n "${DEADLINE:-}" ]; then  # one instant: a clock time read again after a long bank could mean tomorrow
   DEADLINE=$(python scripts/campaign/deadline.py "$DEADLINE") || exit 2
   [[ "$BANK_SECONDS" =~ ^[0-9]+$ ]] || { echo "BANK_SECONDS must be whole seconds, got '$BANK_SECONDS'" >&2; exit 2; }
