@@ -72,7 +72,8 @@ def main() -> None:
             out = Path(path).with_suffix(".noise.json")
             out.write_text(json.dumps(record, indent=1) + "\n")
             print(f"written: {out}")
-        print(f"| block | {'k = c*sigma' if normalize else 'k = sigma'} | elements | share of the trace |\n|---|---|---|---|")
+        k_name = "k = c*sigma" if normalize else "k = sigma"
+        print(f"| block | {k_name} | elements | share of the trace |\n|---|---|---|---|")
         for i in k.argsort(descending=True)[:args.top].tolist():
             print(f"| {blocks[i].name} | {float(k[i]):.3f} | {int(numel[i])} | {float(trace[i] / trace.sum()):.4f} |")
         by_type: dict[str, float] = defaultdict(float)
