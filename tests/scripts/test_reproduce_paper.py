@@ -584,8 +584,10 @@ def test_the_step_cost_ratios_are_those_docs_benchmarks_reports():
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores: one run each, then both for the last")
 def test_the_last_run_in_progress_is_resumed_on_every_core_and_computes_the_same(campaign_env, tmp_path):
     # two runs at once on a core each; the short SST-2 run ends first and the long Copa run, alone, gets both cores
+    # (Copa's steps take ~3x the CPU time of SST-2's whole run: with 300 steps, a loaded machine once let Copa end
+    # first)
     env = {**campaign_env, "TASKS": "SST2 Copa", "METHODS": "mezo", "SEEDS": "1", "LRS_mezo": "0.001",
-           "STEPS_SST2": "2", "STEPS_Copa": "300", "EVAL_STEPS": "150", "CHECKPOINT_STEPS": "20", "EXTRA_ARGS": ""}
+           "STEPS_SST2": "2", "STEPS_Copa": "1000", "EVAL_STEPS": "500", "CHECKPOINT_STEPS": "20", "EXTRA_ARGS": ""}
     one, two = ({**env, "RESULTS_DIR": str(tmp_path / name), "WORKERS": workers}
                 for name, workers in (("one", "1"), ("two", "2")))
     out = run_cmd([sys.executable, "scripts/reproduce_paper.py"], two, timeout=900).stdout
