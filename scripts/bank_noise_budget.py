@@ -8,10 +8,11 @@ without the normalization c (its metadata says need_normalization false: Table 2
 measured without it, as it is used: k_b = sigma_b, and the trace is then not MeZO's.
 
     python scripts/bank_noise_budget.py learned_finetuner/smollm2-135m_copa.safetensors [more banks] \
-        [--model M --batch_size 16 --loss 0.8 --top 8] [--write]
+        [--model M --batch_size 16 --loss 0.8 --top 8] [--write [--if_missing]]
 
 --write also records the trace ratio beside each bank (<bank>.noise.json): the campaign sizes the LR grid of
-a bank used without normalization from it (scripts/campaign/noise_grid.py).
+a bank used without normalization from it (scripts/campaign/noise_grid.py). --if_missing skips a bank whose
+record is already valid for its bytes (scripts/train_ablation_banks.sh runs it after every such bank).
 """
 from __future__ import annotations
 
@@ -37,7 +38,21 @@ def main() -> None:
     parser.add_argument("--need_normalization", choices=("auto", "True", "False"), default="auto",
                         help="auto: as the bank's metadata says (absent: True, as every upstream run)")
     parser.add_argument("--write", action="store_true", help="record the trace ratio in <bank>.noise.json")
+    parser.add_argument("--if_missing", action="store_true",
+                        help="with --write: skip a bank whose <bank>.noise.json is valid for its bytes")
     args = parser.parse_args()
+    if args.if_missing and not args.write:
+        parser.error("--if_missing goes with --write")
+    if args.if_missing:
+        sys.path.insert(0, str(REPO / "scripts"))
+        from campaign.noise_grid import measured_trace_ratio
+
+        recorded = [p for p in args.banks if measured_trace_ratio(Path(p)) is not None]
+        for path in recorded:
+            print(f"{path}: its noise record is valid, skipped (--if_missing)")
+        args.banks = [p for p in args.banks if p not in recorded]
+        if not args.banks:
+            return
 
     import torch
 

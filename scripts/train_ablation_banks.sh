@@ -9,9 +9,8 @@
 # --write records their noise beside them (<bank>.noise.json): the campaign sizes their LR grids from it
 # (scripts/campaign/noise_grid.py).
 # Resumable: a bank whose file says complete (with the same MAX_STEPS, EPOCH and switches) is skipped; a
-# killed one continues
-# from its run's last checkpoint (every CHECKPOINT_STEPS=20 meta steps; bit-exact); a run folder without
-# checkpoints is replaced. Takes hours on 2 cores; MAX_STEPS=2 makes a smoke run of every variant.
+# killed one continues from its run's last checkpoint (every CHECKPOINT_STEPS=20 meta steps; bit-exact); a
+# run folder without checkpoints is replaced. Takes hours on 2 cores; MAX_STEPS=2 makes a smoke run of every variant.
 #   bash scripts/train_ablation_banks.sh                     # all five, into learned_finetuner/ablations/
 #   VARIANTS="base layer_reset_norm" BANK_DIR=/tmp/banks MAX_STEPS=2 bash scripts/train_ablation_banks.sh
 #   bash scripts/train_ablation_banks.sh --status           # each bank: complete / resumable / not started
@@ -57,15 +56,8 @@ EOF
 
 record_noise() {  # <bank>.noise.json for a bank without normalization (the campaign's LR grid), if not there yet
   [ "$2" = False ] || return 0
-  python - "$1" <<'EOF' && return 0
-import sys
-from pathlib import Path
-sys.path.insert(0, "scripts")
-from campaign.noise_grid import measured_trace_ratio
-sys.exit(0 if measured_trace_ratio(Path(sys.argv[1])) is not None else 1)
-EOF
   # a failed measurement costs this bank's campaign runs (listed as unavailable), not the other banks
-  python scripts/bank_noise_budget.py "$1" ${MODEL:+--model "$MODEL"} --top 3 --write \
+  python scripts/bank_noise_budget.py "$1" ${MODEL:+--model "$MODEL"} --top 3 --write --if_missing \
     || echo "== warning: the noise of $1 was not recorded; run python scripts/bank_noise_budget.py $1 --write" >&2
 }
 

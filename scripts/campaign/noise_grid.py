@@ -14,8 +14,6 @@ import json
 import math
 from pathlib import Path
 
-# the middle of the ZO-SGD grid (1e-4 3e-5 1e-5): MeZO's and the normalized banks' LRs
-ZO_SGD_CENTRE = 3e-5
 LADDER = (1.0, 3.0)
 
 _digests: dict[tuple, str] = {}
@@ -67,7 +65,8 @@ def ladder_value(index: int) -> float:
     return LADDER[rung] * 10.0 ** exponent
 
 
-def noise_scaled_grid(ratio: float) -> tuple[str, ...]:
-    """Three LRs, one ladder rung apart, centred on the ZO-SGD centre / ratio: high, centre, low."""
-    centre = ladder_index(ZO_SGD_CENTRE / ratio)
+def noise_scaled_grid(ratio: float, zo_sgd_centre: float) -> tuple[str, ...]:
+    """Three LRs, one ladder rung apart, centred on zo_sgd_centre / ratio (zo_sgd_centre: the middle of the
+    ZO-SGD grid, MeZO's and the normalized banks' LRs): high, centre, low."""
+    centre = ladder_index(zo_sgd_centre / ratio)
     return tuple(format(float(f"{ladder_value(i):.1g}"), "g") for i in (centre + 1, centre, centre - 1))

@@ -211,7 +211,10 @@ class Settings:
             return split_words(DEFAULT_TASK_GRIDS[method.name, task])
         if method.noise_grid:  # unmeasured: the plan lists the method as unavailable, with the command to run
             ratio = measured_trace_ratio(method.bank_path())
-            return noise_scaled_grid(ratio) if ratio is not None else method.grid
+            if ratio is None:
+                return method.grid
+            zo_sgd = sorted(float(lr) for lr in split_words(ZO_SGD_GRID))
+            return noise_scaled_grid(ratio, zo_sgd_centre=zo_sgd[len(zo_sgd) // 2])
         return method.grid
 
     def tasks_for(self, method: Method) -> tuple[str, ...]:

@@ -22,10 +22,10 @@ from campaign.settings import load_settings  # noqa: E402
 def test_the_ladder_and_the_scaled_grid():
     assert [ladder_value(i) for i in (-9, -8, -7)] == pytest.approx([3e-5, 1e-4, 3e-4])
     assert ladder_index(1e-4) == -8 and ladder_index(2.2e-4) == -7 and ladder_index(1.6e-4) == -8
-    assert noise_scaled_grid(1.0) == ("0.0001", "3e-05", "1e-05")  # MeZO's noise: the ZO-SGD grid itself
+    assert noise_scaled_grid(1.0, 3e-5) == ("0.0001", "3e-05", "1e-05")  # MeZO's noise: the ZO-SGD grid itself
     # an untrained bank without c has ~0.05 of MeZO's noise: its step at one LR is ~20x smaller, its grid higher
-    assert noise_scaled_grid(0.046) == ("0.003", "0.001", "0.0003")
-    assert noise_scaled_grid(44.0) == ("3e-06", "1e-06", "3e-07")  # ~44x MeZO's noise: ~30x lower
+    assert noise_scaled_grid(0.046, 3e-5) == ("0.003", "0.001", "0.0003")
+    assert noise_scaled_grid(44.0, 3e-5) == ("3e-06", "1e-06", "3e-07")  # ~44x MeZO's noise: ~30x lower
 
 
 def _bank(tmp_path, ratio: float | None, digest: str | None = None):
@@ -111,3 +111,16 @@ def test_bank_noise_budget_measures_a_bank_without_normalization_as_it_is_used(t
     # only the measurement without c sizes a grid
     assert measured_trace_ratio(tmp_path / "norm_True.safetensors") is None
     assert measured_trace_ratio(tmp_path / "norm_False.safetensors") == ratios[False]
+
+    # --if_missing: a valid record is kept, without loading any model (this folder is none)
+    unnormalized = tmp_path / "norm_False.safetensors"
+    before = noise_record_path(unnormalized).read_text()
+    proc = subprocess.run([sys.executable, str(script), str(unnormalized), "--model", str(tmp_path / "absent"),
+                           "--write", "--if_missing"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0 and "skipped (--if_missing)" in proc.stdout, proc.stdout + proc.stderr
+    assert noise_record_path(unnormalized).read_text() == before
+    noise_record_path(unnormalized).unlink()  # missing: measured again
+    proc = subprocess.run([sys.executable, str(script), str(unnormalized), "--model", str(tiny_llama_dir),
+                           "--batch_size", "2", "--steps", "2", "--write", "--if_missing"], capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0 and measured_trace_ratio(unnormalized) == ratios[False], proc.stderr
