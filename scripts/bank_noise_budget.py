@@ -10,9 +10,10 @@ measured without it, as it is used: k_b = sigma_b, and the trace is then not MeZ
     python scripts/bank_noise_budget.py learned_finetuner/smollm2-135m_copa.safetensors [more banks] \
         [--model M --batch_size 16 --loss 0.8 --top 8] [--write [--if_missing]]
 
---write also records the trace ratio beside each bank (<bank>.noise.json): the campaign sizes the LR grid of
-a bank used without normalization from it (scripts/campaign/noise_grid.py). --if_missing skips a bank whose
-record is already valid for its bytes (scripts/train_ablation_banks.sh runs it after every such bank).
+--write also records the trace ratio and the embedding / head's share beside each bank (<bank>.noise.json): the
+campaign sizes the LR grid of a bank used without normalization from it (scripts/campaign/noise_grid.py), and
+the report shows it next to the ablation tables. --if_missing skips a bank whose record is already valid for its
+bytes (scripts/train_ablation_banks.sh runs it after every bank).
 """
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ def main() -> None:
         parser.error("--if_missing goes with --write")
     if args.if_missing:
         sys.path.insert(0, str(REPO / "scripts"))
-        from campaign.noise_grid import measured_trace_ratio
+        from campaign.noise_grid import noise_record
 
-        recorded = [p for p in args.banks if measured_trace_ratio(Path(p)) is not None]
+        recorded = [p for p in args.banks if (noise_record(Path(p)) or {}).get("embedding_share") is not None]
         for path in recorded:
             print(f"{path}: its noise record is valid, skipped (--if_missing)")
         args.banks = [p for p in args.banks if p not in recorded]
@@ -80,8 +81,11 @@ def main() -> None:
         scale = f"c = {policy.last_c:.3f}" if normalize else "no normalization: k = sigma"
         print(f"\n{path} ({policy.granularity}-wise): {scale}, noise trace / MeZO's = {ratio:.4g}")
         if args.write:
+            # the embedding / head's share: where meta-training tends to put the noise (the tied embedding)
+            embedding = [i for i, b in enumerate(blocks) if "embed" in b.name or "lm_head" in b.name]
             record = {"bank_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
                       "noise_trace_vs_mezo": ratio, "need_normalization": normalize,
+                      "embedding_share": float(trace[embedding].sum() / trace.sum()),
                       "model": str(resolve_model_path(args.model)), "batch_size": args.batch_size,
                       "loss": args.loss, "steps": args.steps}
             out = Path(path).with_suffix(".noise.json")

@@ -5,12 +5,13 @@
 #   Table 2: base (RESET=False NEED_NORMALIZATION=False), reset, norm, reset_norm (the method);
 #   Table 3: layer_reset_norm (GRANULARITY=layer, reset and normalization on), against reset_norm.
 # The block-wise reset_norm bank and the layer-wise one go first: they anchor both tables, so a deadline that
-# stops the list early leaves out the others. After base and reset (no normalization), bank_noise_budget.py
-# --write records their noise beside them (<bank>.noise.json): the campaign sizes their LR grids from it
-# (scripts/campaign/noise_grid.py).
+# stops the list early leaves out the others. After each bank, bank_noise_budget.py --write records its noise
+# beside it (<bank>.noise.json): the campaign sizes the LR grids of base and reset (no normalization) from it
+# (scripts/campaign/noise_grid.py), and the report shows every bank's noise split next to its tables.
 # Resumable: a bank whose file says complete (with the same MAX_STEPS, EPOCH and switches) is skipped; a
 # killed one continues from its run's last checkpoint (every CHECKPOINT_STEPS=20 meta steps; bit-exact); a
-# run folder without checkpoints is replaced. Takes hours on 2 cores; MAX_STEPS=2 makes a smoke run of every variant.
+# run folder without checkpoints is replaced. Takes hours on 2 cores; MAX_STEPS=2 makes a smoke run of every
+# variant.
 #   bash scripts/train_ablation_banks.sh                     # all five, into learned_finetuner/ablations/
 #   VARIANTS="base layer_reset_norm" BANK_DIR=/tmp/banks MAX_STEPS=2 bash scripts/train_ablation_banks.sh
 #   bash scripts/train_ablation_banks.sh --status           # each bank: complete / resumable / not started
@@ -54,9 +55,9 @@ except Exception:
 EOF
 }
 
-record_noise() {  # <bank>.noise.json for a bank without normalization (the campaign's LR grid), if not there yet
-  [ "$2" = False ] || return 0
-  # a failed measurement costs this bank's campaign runs (listed as unavailable), not the other banks
+record_noise() {  # <bank>.noise.json (a grid for a bank without normalization; the report's noise split)
+  # if not there yet; a failed measurement costs this bank's campaign runs if it has no normalization (listed
+  # as unavailable), a line of the report otherwise, never the other banks
   python scripts/bank_noise_budget.py "$1" ${MODEL:+--model "$MODEL"} --top 3 --write --if_missing \
     || echo "== warning: the noise of $1 was not recorded; run python scripts/bank_noise_budget.py $1 --write" >&2
 }
@@ -86,7 +87,7 @@ for variant in $VARIANTS; do
   bank="$BANK_DIR/smollm2-135m_copa_$variant.safetensors"
   if [ -f "$bank" ] && bank_is_complete "$bank" "$switches"; then
     echo "== $variant: $bank is complete, skipped"
-    record_noise "$bank" "$norm"
+    record_noise "$bank"
     continue
   fi
   if [ -n "${DEADLINE:-}" ] && [ $((DEADLINE - $(date +%s))) -lt "$BANK_SECONDS" ]; then
@@ -109,6 +110,6 @@ for variant in $VARIANTS; do
   CHECKPOINT_STEPS=${CHECKPOINT_STEPS:-20} \
   EXTRA_ARGS="--mlp_optimizer adam --save_every_steps 20 ${EXTRA_ARGS:-}" \
   bash scripts/l2l.sh
-  record_noise "$bank" "$norm"
+  record_noise "$bank"
 done
 echo "ablation banks in $BANK_DIR: $VARIANTS"

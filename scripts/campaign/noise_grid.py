@@ -32,9 +32,8 @@ def file_sha256(path: Path) -> str:
     return _digests[key]
 
 
-def measured_trace_ratio(bank: Path | None) -> float | None:
-    """The bank's noise trace / MeZO's, measured without normalization, from its record; None where there is no
-    bank or record, the record is unreadable, measured other bytes, or measured the bank with normalization."""
+def noise_record(bank: Path | None) -> dict | None:
+    """The bank's <bank>.noise.json as a dict, if it is readable and measured these bank bytes; else None."""
     if bank is None:
         return None
     record = noise_record_path(bank)
@@ -44,10 +43,19 @@ def measured_trace_ratio(bank: Path | None) -> float | None:
         info = json.loads(record.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(info, dict) or info.get("need_normalization") is not False:
+    if not isinstance(info, dict) or info.get("bank_sha256") != file_sha256(bank):
+        return None
+    return info
+
+
+def measured_trace_ratio(bank: Path | None) -> float | None:
+    """The bank's noise trace / MeZO's, measured without normalization, from its record; None where there is no
+    bank or record, the record is unreadable, measured other bytes, or measured the bank with normalization."""
+    info = noise_record(bank)
+    if info is None or info.get("need_normalization") is not False:
         return None  # with c the trace is MeZO's whatever the bank: it would size nothing
     ratio = info.get("noise_trace_vs_mezo")
-    if info.get("bank_sha256") != file_sha256(bank) or not isinstance(ratio, (int, float)) or not 0 < ratio < math.inf:
+    if not isinstance(ratio, (int, float)) or not 0 < ratio < math.inf:
         return None
     return float(ratio)
 

@@ -11,6 +11,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .noise_grid import noise_record
 from .plan import Plan, PlannedRun, build_plan
 from .settings import DIAGNOSTICS, FIRST_ORDER, PRESET_DIR, TABLE2, TABLE3, Settings, method_from_word
 from .store import Run, load_run
@@ -294,15 +295,32 @@ def grid_table(cells, settings) -> list[str]:
     return rows if len(rows) > 2 else ["No grid run has finished yet."]
 
 
+def bank_noise(method) -> str:
+    """Where the method's bank puts its noise, from <bank>.noise.json (scripts/bank_noise_budget.py --write)."""
+    record = noise_record(method.bank_path()) if method is not None else None
+    if record is None:
+        return MISSING if method is not None and method.bank else "no bank"
+    ratio, share = record.get("noise_trace_vs_mezo"), record.get("embedding_share")
+    scale = "with c" if record.get("need_normalization") else "no c"
+    parts = [f"{scale}: trace {ratio:.3g}× MeZO's" if isinstance(ratio, (int, float)) else scale]
+    if isinstance(share, (int, float)):
+        parts.append(f"{share:.1%} on the embedding / head")
+    return ", ".join(parts)
+
+
 def ablation_table(cells, settings, methods: tuple[str, ...], first: str = "bank",
                    shown_with: tuple[str, ...] = ()) -> list[str]:
-    """One row per method, one column per task where `methods` have runs; `shown_with` adds rows for reference."""
+    """One row per method, one column per task where `methods` have runs; `shown_with` adds rows for reference.
+    A table of banks (first == "bank") ends with each bank's noise split, as measured beside the bank."""
     tasks = [t for t in settings.tasks if any((t, m) in cells and cells[t, m].runs for m in methods)]
     if not tasks:
         return [f"No runs yet for {', '.join(methods)}."]
     methods = tuple(dict.fromkeys(shown_with + methods))
-    rows = [f"| {first} | " + " | ".join(f"{t}: loss / metric (best LR)" for t in tasks) + " |",
-            "|---" * (len(tasks) + 1) + "|"]
+    by_name = {m.name: m for m in settings.methods}
+    with_noise = first == "bank"
+    rows = [f"| {first} | " + " | ".join(f"{t}: loss / metric (best LR)" for t in tasks)
+            + (" | bank noise at the start of a run |" if with_noise else " |"),
+            "|---" * (len(tasks) + 1 + with_noise) + "|"]
     for m in methods:
         parts = []
         for t in tasks:
@@ -312,6 +330,8 @@ def ablation_table(cells, settings, methods: tuple[str, ...], first: str = "bank
                 continue
             metric = f"{c.metric:.4f}" if c.metric is not None else MISSING
             parts.append(f"{c.loss:.4f} / {metric} ({c.best_lr}{', grid edge' if c.at_edge else ''})")
+        if with_noise:
+            parts.append(bank_noise(by_name.get(m)))
         rows.append(f"| {m} | " + " | ".join(parts) + " |")
     return rows
 

@@ -202,3 +202,32 @@ def test_the_readme_block_is_replaced_only_between_two_marker_lines():
                 text + "<!-- campaign-table:begin -->\n"):  # two begins
         with pytest.raises(BlockMarkersError):
             splice_block(bad, ["new"], "README")
+
+
+def test_a_bank_table_shows_each_banks_noise_split_from_its_record(tmp_path):
+    import hashlib
+
+    banks = {}
+    for name in ("base", "norm", "reset"):
+        banks[name] = tmp_path / f"{name}.safetensors"
+        banks[name].write_bytes(name.encode())
+    digest = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in banks.items()}
+    banks["base"].with_suffix(".noise.json").write_text(json.dumps(
+        {"bank_sha256": digest["base"], "noise_trace_vs_mezo": 39.47, "need_normalization": False,
+         "embedding_share": 0.9869}))
+    banks["norm"].with_suffix(".noise.json").write_text(json.dumps(
+        {"bank_sha256": digest["norm"], "noise_trace_vs_mezo": 1.0, "need_normalization": True,
+         "embedding_share": 0.25}))
+    banks["reset"].with_suffix(".noise.json").write_text(json.dumps(  # measured other bytes: retrained since
+        {"bank_sha256": "0" * 64, "noise_trace_vs_mezo": 0.5, "need_normalization": False, "embedding_share": 0.1}))
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2",
+                              "METHODS": "zoft_base zoft_norm zoft_reset", **{f"BANK_zoft_{name}": str(path) for name, path in banks.items()}})
+    cells = {("SST2", f"zoft_{name}"): _scored("SST2", f"zoft_{name}", [(0.6, 0.7)], tmp_path) for name in banks}
+    rows = ablation_table(cells, settings, ("zoft_base", "zoft_norm", "zoft_reset"))
+    assert rows[0].endswith("| bank noise at the start of a run |") and rows[1] == "|---|---|---|"
+    assert rows[2].endswith("| no c: trace 39.5× MeZO's, 98.7% on the embedding / head |")
+    assert rows[3].endswith("| with c: trace 1× MeZO's, 25.0% on the embedding / head |")
+    assert rows[4].endswith("| missing |")
+    # tables of methods, not banks, have no such column
+    plain = ablation_table(cells, settings, ("zoft_base",), first="method")
+    assert "bank noise" not in plain[0] and plain[2].count("|") == 3

@@ -15,7 +15,7 @@ from conftest import REPO_ROOT, SHARED_DATA
 from run_helpers import QUIET_ENV, requires_shared_data, run_script
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from campaign.noise_grid import measured_trace_ratio, noise_record_path  # noqa: E402
+from campaign.noise_grid import measured_trace_ratio, noise_record, noise_record_path  # noqa: E402
 
 pytestmark = requires_shared_data
 
@@ -41,6 +41,7 @@ def test_killed_bank_resumes_and_a_complete_bank_is_skipped(tmp_path, tiny_llama
     bank = reference / "banks" / "smollm2-135m_copa_base.safetensors"
     assert measured_trace_ratio(bank) > 0 and json.loads(noise_record_path(bank).read_text())["need_normalization"] \
         is False
+    assert "skipped (--if_missing)" in again.stdout  # measured once, not on every start
 
     # a complete bank trained with other switches is not taken for this variant's: it is trained again
     other = tmp_path / "other"
@@ -48,6 +49,10 @@ def test_killed_bank_resumes_and_a_complete_bank_is_skipped(tmp_path, tiny_llama
     shutil.copy(bank, other / "banks" / "smollm2-135m_copa_norm.safetensors")
     norm = run_script("train_ablation_banks.sh", _env(tiny_llama_dir, other, VARIANTS="norm"))
     assert "is complete, skipped" not in norm.stdout and "NEED_NORMALIZATION=True" in norm.stdout
+    # a normalized bank's noise is recorded too (for the report's noise split), but sizes no grid
+    record = noise_record(other / "banks" / "smollm2-135m_copa_norm.safetensors")
+    assert record["need_normalization"] is True and 0 < record["embedding_share"] < 1
+    assert measured_trace_ratio(other / "banks" / "smollm2-135m_copa_norm.safetensors") is None
 
     # kill the whole launcher once a checkpoint exists, then start it again
     killed = tmp_path / "killed"
