@@ -20,12 +20,29 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from campaign.noise_grid import noise_record  # noqa: E402
+
+# the input embedding (tied: the output head too) and an untied head; not OPT's embed_positions
+EMBEDDING = re.compile(r"embed_tokens|lm_head")
+
+
+def record_is_current(bank: Path, normalize: bool) -> bool:
+    """A record of these bank bytes, measured with the normalization the bank is used with, with a finite
+    embedding share: --if_missing keeps it."""
+    record = noise_record(bank) or {}
+    share = record.get("embedding_share")
+    return (record.get("need_normalization") is normalize and isinstance(share, float)
+            and math.isfinite(share))
 
 
 def main() -> None:
@@ -40,20 +57,11 @@ def main() -> None:
                         help="auto: as the bank's metadata says (absent: True, as every upstream run)")
     parser.add_argument("--write", action="store_true", help="record the trace ratio in <bank>.noise.json")
     parser.add_argument("--if_missing", action="store_true",
-                        help="with --write: skip a bank whose <bank>.noise.json is valid for its bytes")
+                        help="with --write: skip a bank whose <bank>.noise.json measured these bytes, "
+                             "used as they are")
     args = parser.parse_args()
     if args.if_missing and not args.write:
         parser.error("--if_missing goes with --write")
-    if args.if_missing:
-        sys.path.insert(0, str(REPO / "scripts"))
-        from campaign.noise_grid import noise_record
-
-        recorded = [p for p in args.banks if (noise_record(Path(p)) or {}).get("embedding_share") is not None]
-        for path in recorded:
-            print(f"{path}: its noise record is valid, skipped (--if_missing)")
-        args.banks = [p for p in args.banks if p not in recorded]
-        if not args.banks:
-            return
 
     import torch
 
@@ -64,14 +72,26 @@ def main() -> None:
     from zo.sigma import learned_sigma_for
     from zo.stats import block_stats
 
+    def normalization_of(bank) -> bool:
+        if args.need_normalization == "auto":
+            return json.loads(bank.metadata.get("need_normalization", "true"))
+        return args.need_normalization == "True"
+
+    if args.if_missing:
+        recorded = [p for p in args.banks if record_is_current(Path(p), normalization_of(load_bank(p)))]
+        for path in recorded:
+            print(f"{path}: its noise record is valid, skipped (--if_missing)")
+        args.banks = [p for p in args.banks if p not in recorded]
+        if not args.banks:
+            return
+
     model, _ = load_model(resolve_model_path(args.model))
     blocks = parameter_blocks(model)
     stats = block_stats(blocks, NoiseSource())
     numel = torch.tensor([b.param.numel() for b in blocks], dtype=torch.float64)
     for path in args.banks:
         bank = load_bank(path)
-        normalize = (json.loads(bank.metadata.get("need_normalization", "true")) if args.need_normalization == "auto"
-                     else args.need_normalization == "True")
+        normalize = normalization_of(bank)
         policy = learned_sigma_for(bank, blocks, args.batch_size, normalize=normalize)
         for _ in range(args.steps):
             k = torch.tensor(policy.coefficients(stats), dtype=torch.float64)
@@ -82,11 +102,14 @@ def main() -> None:
         print(f"\n{path} ({policy.granularity}-wise): {scale}, noise trace / MeZO's = {ratio:.4g}")
         if args.write:
             # the embedding / head's share: where meta-training tends to put the noise (the tied embedding)
-            embedding = [i for i, b in enumerate(blocks) if "embed" in b.name or "lm_head" in b.name]
+            embedding = [i for i, b in enumerate(blocks) if EMBEDDING.search(b.name)]
+            model_path = resolve_model_path(args.model)
             record = {"bank_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
                       "noise_trace_vs_mezo": ratio, "need_normalization": normalize,
-                      "embedding_share": float(trace[embedding].sum() / trace.sum()),
-                      "model": str(resolve_model_path(args.model)), "batch_size": args.batch_size,
+                      "c": float(policy.last_c) if normalize else None,
+                      "embedding_share": float(trace[embedding].sum() / trace.sum()) if embedding else 0.0,
+                      "embedding_k": max((float(k[i]) for i in embedding), default=None),
+                      "model": Path(model_path).name, "batch_size": args.batch_size,
                       "loss": args.loss, "steps": args.steps}
             out = Path(path).with_suffix(".noise.json")
             out.write_text(json.dumps(record, indent=1) + "\n")

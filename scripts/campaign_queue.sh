@@ -58,14 +58,16 @@ for stage in $STAGES; do  # refuse a typo before any work
     exit 2; }
 done
 
-child=""
+child="" reaped=""
 stop() {  # a kill of the queue stops the step in progress (its whole process group) and nothing else
-  if [ -n "$child" ]; then
-    kill -TERM -- "-$child" 2>/dev/null
+  # $!: a signal between a step's start and `child=$!` must reach that step too, not leave it running
+  local pid=${child:-$!}
+  if [ -n "$pid" ] && [ "$pid" != "$reaped" ]; then
+    kill -TERM -- "-$pid" 2>/dev/null
     # the driver stops its runs (each checkpoints on SIGTERM) before it exits: wait for the whole group
-    for _ in $(seq 600); do kill -0 -- "-$child" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL -- "-$child" 2>/dev/null
-    wait "$child"
+    for _ in $(seq 600); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- "-$pid" 2>/dev/null
+    wait "$pid"
   fi
   echo "queue stopped: start it again to continue"
   exit 130
@@ -108,7 +110,7 @@ for i in "${!STEP_NAMES[@]}"; do
   child=$!
   wait "$child"
   rc=$?
-  child=""
+  reaped=$child child=""
   if [ $rc != 0 ]; then
     echo "== $name ended with exit code $rc; going on with the next step"
     failed="$failed $name"

@@ -234,7 +234,10 @@ def run_campaign(stages: Settings | list[Settings], workers: int, max_runs: int 
                 # the cores are split between the runs that can go at once: a last run alone gets them all
                 threads = worker_threads(settings, min(workers, runnable + len(running)))
                 gpu = free_gpus.pop(0) if free_gpus else None
-                attempt = runner.start(settings, run, threads, gpu)
+                with runner.stop_signals_held():  # a stop must find the new run in `running`
+                    attempt = runner.start(settings, run, threads, gpu)
+                    if attempt is not None:
+                        running[attempt.proc.pid] = attempt
                 if attempt is None:
                     if gpu is not None:
                         free_gpus.insert(0, gpu)
@@ -242,7 +245,6 @@ def run_campaign(stages: Settings | list[Settings], workers: int, max_runs: int 
                           f"has finished it", flush=True)
                     elsewhere.add(run.folder)
                     continue
-                running[attempt.proc.pid] = attempt
                 started += 1
                 started_folders.add(run.folder)
                 print(f"[{time.strftime('%H:%M:%S')}] phase {run.phase}: {label(run)} ({len(todo)} runnable"
@@ -254,13 +256,15 @@ def run_campaign(stages: Settings | list[Settings], workers: int, max_runs: int 
                 break
             lone = next(iter(running.values())) if len(running) == 1 else None
             if lone is not None and workers > 1 and worth_regrowing(lone):
-                del running[lone.proc.pid]
-                runner.stop([lone])  # it checkpoints on the SIGTERM, and is resumed at once on every core
-                again = runner.start(lone.settings, lone.run, available_cores())
+                with runner.stop_signals_held():  # a stop meanwhile waits, then finds the new run in `running`
+                    del running[lone.proc.pid]
+                    runner.stop([lone])  # it checkpoints on the SIGTERM, and is resumed at once on every core
+                    again = runner.start(lone.settings, lone.run, available_cores())
+                    if again is not None:
+                        running[again.proc.pid] = again
                 if again is None:
                     elsewhere.add(lone.run.folder)
                     continue
-                running[again.proc.pid] = again
                 print(f"[{time.strftime('%H:%M:%S')}] {label(lone.run)}: the last run in progress, resumed from "
                       f"its checkpoint on {again.threads} threads", flush=True)
             pid, status, usage = os.wait4(-1, 0)  # whichever run ends first, with its own CPU time

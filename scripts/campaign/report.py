@@ -295,15 +295,21 @@ def grid_table(cells, settings) -> list[str]:
     return rows if len(rows) > 2 else ["No grid run has finished yet."]
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def bank_noise(method) -> str:
     """Where the method's bank puts its noise, from <bank>.noise.json (scripts/bank_noise_budget.py --write)."""
-    record = noise_record(method.bank_path()) if method is not None else None
+    if not method.bank:
+        return "no bank"
+    record = noise_record(method.bank_path())
     if record is None:
-        return MISSING if method is not None and method.bank else "no bank"
+        return MISSING
+    scale = {True: "with c", False: "no c"}.get(record.get("need_normalization"), "c unknown")
     ratio, share = record.get("noise_trace_vs_mezo"), record.get("embedding_share")
-    scale = "with c" if record.get("need_normalization") else "no c"
-    parts = [f"{scale}: trace {ratio:.3g}× MeZO's" if isinstance(ratio, (int, float)) else scale]
-    if isinstance(share, (int, float)):
+    parts = [f"{scale}: trace {ratio:.3g}× MeZO's" if _finite(ratio) else scale]
+    if _finite(share):
         parts.append(f"{share:.1%} on the embedding / head")
     return ", ".join(parts)
 
@@ -330,8 +336,8 @@ def ablation_table(cells, settings, methods: tuple[str, ...], first: str = "bank
                 continue
             metric = f"{c.metric:.4f}" if c.metric is not None else MISSING
             parts.append(f"{c.loss:.4f} / {metric} ({c.best_lr}{', grid edge' if c.at_edge else ''})")
-        if with_noise:
-            parts.append(bank_noise(by_name.get(m)))
+        if with_noise:  # a table's row may name a method outside METHODS: its bank is the built-in one
+            parts.append(bank_noise(by_name.get(m) or method_from_word(settings, m)))
         rows.append(f"| {m} | " + " | ".join(parts) + " |")
     return rows
 

@@ -6,6 +6,7 @@ where the method has them), and the next start resumes it from there if its fing
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import json
@@ -74,8 +75,24 @@ def command(settings: Settings, run: PlannedRun, output_dir: Path, resume: bool 
     return args + list(method.args) + list(split_words(settings.get("EXTRA_ARGS")))
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def stop_signals_held():
+    """SIGINT / SIGTERM wait until the block ends (then they are delivered): a run started inside it is in the
+    driver's table of runs before the driver's handler can raise, so a stop reaches it and it checkpoints."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _die_with_parent() -> None:
-    """The fine-tuning child dies with the driver, even on SIGKILL: no orphan keeps the 2 cores busy."""
+    """The fine-tuning child dies with the driver, even on SIGKILL: no orphan keeps the 2 cores busy. It also
+    takes the stop signals again: a child started under stop_signals_held() inherits the held mask."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:

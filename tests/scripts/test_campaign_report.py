@@ -216,18 +216,24 @@ def test_a_bank_table_shows_each_banks_noise_split_from_its_record(tmp_path):
         {"bank_sha256": digest["base"], "noise_trace_vs_mezo": 39.47, "need_normalization": False,
          "embedding_share": 0.9869}))
     banks["norm"].with_suffix(".noise.json").write_text(json.dumps(
-        {"bank_sha256": digest["norm"], "noise_trace_vs_mezo": 1.0, "need_normalization": True,
-         "embedding_share": 0.25}))
+        {"bank_sha256": digest["norm"], "noise_trace_vs_mezo": float("nan"), "need_normalization": None,
+         "embedding_share": 0.25}))  # fields a record should not have: nothing made up from them
     banks["reset"].with_suffix(".noise.json").write_text(json.dumps(  # measured other bytes: retrained since
         {"bank_sha256": "0" * 64, "noise_trace_vs_mezo": 0.5, "need_normalization": False, "embedding_share": 0.1}))
-    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2",
-                              "METHODS": "zoft_base zoft_norm zoft_reset", **{f"BANK_zoft_{name}": str(path) for name, path in banks.items()}})
+    # zoft_reset is not in METHODS: its row still shows its bank's record
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2", "METHODS": "zoft_base zoft_norm",
+                              **{f"BANK_zoft_{name}": str(path) for name, path in banks.items()}})
     cells = {("SST2", f"zoft_{name}"): _scored("SST2", f"zoft_{name}", [(0.6, 0.7)], tmp_path) for name in banks}
     rows = ablation_table(cells, settings, ("zoft_base", "zoft_norm", "zoft_reset"))
     assert rows[0].endswith("| bank noise at the start of a run |") and rows[1] == "|---|---|---|"
+    assert all(r.count("|") == rows[0].count("|") for r in rows[1:])
     assert rows[2].endswith("| no c: trace 39.5× MeZO's, 98.7% on the embedding / head |")
-    assert rows[3].endswith("| with c: trace 1× MeZO's, 25.0% on the embedding / head |")
+    assert rows[3].endswith("| c unknown, 25.0% on the embedding / head |")
     assert rows[4].endswith("| missing |")
+    banks["reset"].with_suffix(".noise.json").write_text(json.dumps(
+        {"bank_sha256": digest["reset"], "noise_trace_vs_mezo": 0.5, "need_normalization": False}))
+    rows = ablation_table(cells, settings, ("zoft_base", "zoft_norm", "zoft_reset"))
+    assert rows[4].endswith("| no c: trace 0.5× MeZO's |")  # found outside METHODS; no share recorded
     # tables of methods, not banks, have no such column
     plain = ablation_table(cells, settings, ("zoft_base",), first="method")
     assert "bank noise" not in plain[0] and plain[2].count("|") == 3

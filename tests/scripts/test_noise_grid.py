@@ -119,8 +119,17 @@ def test_bank_noise_budget_measures_a_bank_without_normalization_as_it_is_used(t
                            "--write", "--if_missing"], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0 and "skipped (--if_missing)" in proc.stdout, proc.stdout + proc.stderr
     assert noise_record_path(unnormalized).read_text() == before
-    noise_record_path(unnormalized).unlink()  # missing: measured again
-    proc = subprocess.run([sys.executable, str(script), str(unnormalized), "--model", str(tiny_llama_dir),
-                           "--batch_size", "2", "--steps", "2", "--write", "--if_missing"], capture_output=True,
-                          text=True, timeout=240)
-    assert proc.returncode == 0 and measured_trace_ratio(unnormalized) == ratios[False], proc.stderr
+    record = json.loads(before)
+    assert record["model"] == tiny_llama_dir.name and record["c"] is None and record["embedding_k"] > 0
+    # measured with the other normalization than the bank's: it sizes no grid, so it is measured again; as is
+    # a missing record
+    for stale in ({**record, "need_normalization": True}, None):
+        if stale is None:
+            noise_record_path(unnormalized).unlink()
+        else:
+            noise_record_path(unnormalized).write_text(json.dumps(stale))
+        proc = subprocess.run([sys.executable, str(script), str(unnormalized), "--model", str(tiny_llama_dir),
+                               "--batch_size", "2", "--steps", "2", "--write", "--if_missing"], capture_output=True,
+                              text=True, timeout=240)
+        assert proc.returncode == 0 and "skipped" not in proc.stdout, proc.stderr
+        assert measured_trace_ratio(unnormalized) == ratios[False]
