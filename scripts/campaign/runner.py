@@ -273,6 +273,13 @@ def run_cost(metrics: dict, cpu: float, wall: float) -> dict:
     counted. A run resumed from a checkpoint that carried no time (an older version's) counts its last attempt
     only, and says so."""
     cost = {"cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2)}
+    trained_cpu, trained_wall = metrics.get("train_cpu_seconds"), metrics.get("train_seconds")
+    if isinstance(trained_cpu, (int, float)) and trained_cpu > cpu and isinstance(trained_wall, (int, float)):
+        # this attempt found the run finished already (stopped between its end and its publication) and did
+        # no work: the run's own training time is its cost, not this attempt's few seconds
+        return {"cpu_seconds": round(trained_cpu, 2), "wall_seconds": round(max(trained_wall, wall), 2),
+                "last_attempt_cpu_seconds": cost["cpu_seconds"], "last_attempt_wall_seconds": cost["wall_seconds"],
+                "cost_counts": "the run's training time (metrics.json): a later attempt published it"}
     if metrics.get("resumed_from_step") is None:
         return cost
     if "carried_train_cpu_seconds" not in metrics:

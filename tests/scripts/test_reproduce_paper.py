@@ -466,6 +466,13 @@ def test_workers_split_the_cores_and_threads_wins(monkeypatch, tmp_path):
 
 def test_a_resumed_runs_cost_adds_the_time_its_checkpoint_carried_or_says_it_is_partial():
     assert runner.run_cost({"status": "completed"}, 100.0, 120.0) == {"cpu_seconds": 100.0, "wall_seconds": 120.0}
+    trained = {"status": "completed", "train_cpu_seconds": 90.0, "train_seconds": 95.0}
+    assert runner.run_cost(trained, 100.0, 120.0) == {"cpu_seconds": 100.0, "wall_seconds": 120.0}
+    # stopped after its end, before its publication: the next attempt only publishes it, in a few seconds
+    published_later = {**trained, "train_cpu_seconds": 384.7, "train_seconds": 387.7}
+    assert runner.run_cost(published_later, 5.2, 5.6) == {
+        "cpu_seconds": 384.7, "wall_seconds": 387.7, "last_attempt_cpu_seconds": 5.2, "last_attempt_wall_seconds": 5.6,
+        "cost_counts": "the run's training time (metrics.json): a later attempt published it"}
     resumed = {"resumed_from_step": 40, "carried_train_cpu_seconds": 250.5, "carried_train_seconds": 300.0}
     assert runner.run_cost(resumed, 100.0, 120.0) == {
         "cpu_seconds": 350.5, "wall_seconds": 420.0, "last_attempt_cpu_seconds": 100.0,
