@@ -85,8 +85,11 @@ def main() -> None:
         if not args.banks:
             return
 
-    model, _ = load_model(resolve_model_path(args.model))
+    model_path = resolve_model_path(args.model)
+    model, _ = load_model(model_path)
     blocks = parameter_blocks(model)
+    # the embedding / head: where meta-training tends to put the noise (the tied embedding)
+    embedding = [i for i, b in enumerate(blocks) if EMBEDDING.search(b.name)]
     stats = block_stats(blocks, NoiseSource())
     numel = torch.tensor([b.param.numel() for b in blocks], dtype=torch.float64)
     for path in args.banks:
@@ -101,9 +104,6 @@ def main() -> None:
         scale = f"c = {policy.last_c:.3f}" if normalize else "no normalization: k = sigma"
         print(f"\n{path} ({policy.granularity}-wise): {scale}, noise trace / MeZO's = {ratio:.4g}")
         if args.write:
-            # the embedding / head's share: where meta-training tends to put the noise (the tied embedding)
-            embedding = [i for i, b in enumerate(blocks) if EMBEDDING.search(b.name)]
-            model_path = resolve_model_path(args.model)
             record = {"bank_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
                       "noise_trace_vs_mezo": ratio, "need_normalization": normalize,
                       "c": float(policy.last_c) if normalize else None,

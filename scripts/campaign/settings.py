@@ -55,6 +55,8 @@ DIAGNOSTIC_TASKS = ("CB", "SQuAD")
 # A best LR at the edge of its grid is extended: by the plan, EXTEND_GRID times (default 1), or by hand
 # (LRS_<method>, or LRS_<method>_<task> for one task).
 ZO_SGD_GRID = "1e-4 3e-5 1e-5"
+# Its middle LR: the grid of a noise-scaled bank (an ablation) is centred on it divided by the bank's noise ratio.
+ZO_SGD_CENTRE = sorted(map(float, ZO_SGD_GRID.split()))[len(ZO_SGD_GRID.split()) // 2]
 DEFAULT_GRIDS = {"mezo": ZO_SGD_GRID, "hizoo": ZO_SGD_GRID, "lozo": ZO_SGD_GRID, "zoft": ZO_SGD_GRID,
                  "zoft_old": "1e-5 3e-6 1e-6",
                  "mezo_adam": "3e-3 1e-3 3e-4", "fzoo": "1e-2 3e-3 1e-3",
@@ -213,8 +215,7 @@ class Settings:
             ratio = measured_trace_ratio(method.bank_path())
             if ratio is None:
                 return method.grid
-            zo_sgd = sorted(float(lr) for lr in split_words(ZO_SGD_GRID))
-            return noise_scaled_grid(ratio, zo_sgd_centre=zo_sgd[len(zo_sgd) // 2])
+            return noise_scaled_grid(ratio, zo_sgd_centre=ZO_SGD_CENTRE)
         return method.grid
 
     def tasks_for(self, method: Method) -> tuple[str, ...]:
