@@ -24,7 +24,8 @@ from campaign.deadline import clock  # noqa: E402
 from campaign.store import all_runs  # noqa: E402
 
 
-def status_text(settings: Settings, plan: Plan) -> str:
+def status_text(settings: Settings, plan: Plan, threads: int | None = None) -> str:
+    """The plan, what is left and what it will cost; `threads`: what each run will get (it prices the runs)."""
     model = settings.model or "embedded SmolLM2-135M"
     lines = [f"campaign: model {model}; results {settings.results_dir}; tasks {' '.join(settings.tasks)}; "
              f"seeds {' '.join(map(str, settings.seeds))}; best LR by {settings.select_by}"]
@@ -56,7 +57,7 @@ def status_text(settings: Settings, plan: Plan) -> str:
                  f"{left} runs in all. CPU-hours spent on finished runs: {cpu / 3600:.2f}"
                  + (f" (at least: {partial} resumed run{'s' * (partial != 1)} count their last attempt only)"
                     if partial else ""))
-    return "\n".join(lines + [estimate_text(plan, finished)] + scratch_lines(settings, plan))
+    return "\n".join(lines + [estimate_text(plan, finished, threads)] + scratch_lines(settings, plan))
 
 
 def scratch_lines(settings: Settings, plan: Plan) -> list[str]:
@@ -78,10 +79,10 @@ def scratch_lines(settings: Settings, plan: Plan) -> list[str]:
     return [line]
 
 
-def estimate_text(plan: Plan, finished: list) -> str:
+def estimate_text(plan: Plan, finished: list, threads: int | None = None) -> str:
     """What the runnable runs will cost (campaign.cost: a method's own finished runs, else its ratio to MeZO,
     measured by the campaign or by the step benchmark, else its task's median), and on what each was priced."""
-    model = CostModel(finished)
+    model = CostModel(finished, threads=threads)
     known, benchmarked, guessed, unknown = [], set(), set(), set()
     for r in plan.pending():
         price = model.price(r)
@@ -151,15 +152,15 @@ class DeadlineGate:
     before the deadline; a run nothing prices yet does not start. Each run left out is named once, with why
     (`report`: one line per task, method and price)."""
 
-    def __init__(self, settings: Settings):
-        self.deadline, self.margin = settings.deadline, settings.deadline_margin
+    def __init__(self, settings: Settings, threads: int | None = None):
+        self.deadline, self.margin, self.threads = settings.deadline, settings.deadline_margin, threads
         self.runs_dir = settings.runs_dir
         self.model = CostModel([])
         self.left_out: set[Path] = set()
         self.unreported: list[tuple] = []  # (run, price in seconds or None, "from its checkpoint ..." or "")
 
     def refresh(self) -> None:  # before each round of starts: a run that finished prices the next ones better
-        self.model = CostModel(all_runs(self.runs_dir), measure="wall_seconds")
+        self.model = CostModel(all_runs(self.runs_dir), measure="wall_seconds", threads=self.threads)
 
     def seconds_left_of(self, settings: Settings, run) -> tuple[float | None, str]:
         seconds = self.model.price(run).seconds
@@ -219,7 +220,9 @@ def run_campaign(stages: Settings | list[Settings], workers: int, max_runs: int 
     elsewhere: set[Path] = set()  # runs another driver holds (or published since our plan)
     running: dict[int, runner.Attempt] = {}
     started = 0
-    gate = DeadlineGate(stages[0]) if stages[0].deadline is not None else None
+    # priced as the runs will mostly go: each on a share of the cores
+    gate = (DeadlineGate(stages[0], worker_threads(stages[0], workers)) if stages[0].deadline is not None
+            else None)
     started_folders: set[Path] = set()
     try:
         while True:
@@ -285,7 +288,7 @@ def run_campaign(stages: Settings | list[Settings], workers: int, max_runs: int 
         print("interrupted: start again to resume (a run in progress continues from its last checkpoint)", flush=True)
         return 130
     for settings in stages:
-        print(status_text(settings, build_plan(settings)), flush=True)
+        print(status_text(settings, build_plan(settings), worker_threads(settings, workers)), flush=True)
     unstarted = (gate.left_out - started_folders) if gate else set()
     if unstarted:
         print(f"DEADLINE {clock(gate.deadline)}: {len(unstarted)} runnable run{'s' * (len(unstarted) != 1)} not "
@@ -323,10 +326,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     settings = stages[0]
-    if args.status:
-        for stage in stages:
-            print(status_text(stage, build_plan(stage)))
-        return 0
     gpus = split_words(settings.get("GPUS"))
     workers = args.workers if args.workers is not None else int(settings.get("WORKERS", str(len(gpus) or 1)))
     if workers < 1:
@@ -334,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     if gpus and workers > len(gpus):
         parser.error(f"{workers} workers but GPUS lists {len(gpus)}: each run needs a GPU of its own "
                      f"(list a GPU twice to run two runs on it)")
+    if args.status:
+        for stage in stages:
+            print(status_text(stage, build_plan(stage), worker_threads(stage, workers)))
+        return 0
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     return run_campaign(stages, workers, args.max_runs)
 

@@ -6,7 +6,9 @@ step benchmark's ratio (STEP_COST_VS_MEZO); else at the task's median over all m
 with the same caps count (steps, subsets, lengths, batch, model, ...: the fingerprint without the method and its
 LR and seed), so a smoke run or an older setting does not price a full run. Runs whose cost covers their last
 attempt only are left out: they would price a run too low. The cost is CPU seconds (`--status`) or wall seconds
-(DEADLINE), as campaign.json records them.
+(DEADLINE), as campaign.json records them. Given the threads the next runs will get, a price is taken from the
+runs made on that many threads where the task and method have any (CPU time spent on 2 threads here is about twice
+that on 1, for the same wall time on a quiet machine), else from all of them.
 """
 from __future__ import annotations
 
@@ -35,12 +37,17 @@ class Price:
 
 
 class CostModel:
-    def __init__(self, finished: list, measure: str = "cpu_seconds"):
+    def __init__(self, finished: list, measure: str = "cpu_seconds", threads: int | None = None):
         costs: dict[tuple[str, str | None, str], list[float]] = {}
+        same_threads: dict[tuple[str, str | None, str], list[float]] = {}
         for r in finished:
             seconds = getattr(r, measure)
             if not r.diverged and seconds > 0 and r.cost_complete:
-                costs.setdefault((r.task, caps_key(r.campaign.get("fingerprint")), r.method), []).append(seconds)
+                key = (r.task, caps_key(r.campaign.get("fingerprint")), r.method)
+                costs.setdefault(key, []).append(seconds)
+                if threads is not None and r.threads == threads:
+                    same_threads.setdefault(key, []).append(seconds)
+        costs.update(same_threads)
         self.median = {key: statistics.median(values) for key, values in costs.items()}
         by_task: dict[tuple[str, str | None], list[float]] = {}
         for (task, caps, _), values in costs.items():

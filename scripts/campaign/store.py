@@ -92,6 +92,16 @@ class Run:
         return float(self.campaign.get("wall_seconds") or 0.0)
 
     @property
+    def threads(self) -> int | None:
+        """The --threads its command gave it (None: its own default, all the cores). CPU seconds depend on it: a
+        run on 2 threads here spends about twice the CPU time of the same run on 1."""
+        command = self.campaign.get("command") or []
+        if "--threads" in command[:-1]:
+            value = command[command.index("--threads") + 1]
+            return int(value) if str(value).isdigit() else None
+        return None
+
+    @property
     def cost_complete(self) -> bool:
         """False for a run resumed before runs carried their training time across attempts: its CPU seconds are
         its last attempt's only (campaign.json: resumed_from_step without the carried time)."""

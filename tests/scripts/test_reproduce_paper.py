@@ -512,6 +512,25 @@ def test_the_estimate_prices_a_method_by_its_own_runs_else_by_its_ratio_to_mezo(
     assert text.endswith("measure DROP)")
 
 
+def test_a_price_comes_from_runs_on_the_threads_the_next_runs_get_where_there_are_any():
+    from campaign.cost import CostModel
+
+    def done(method, cpu, threads=None):
+        command = ["python", "run_zo_fine_tuner.py"] + (["--threads", str(threads)] if threads else [])
+        return Run("SST2", method, "1e-4", 42, Path("."), {"status": "completed"},
+                   {"cpu_seconds": cpu, "command": command})
+
+    finished = [done("mezo", 800), done("mezo", 400, threads=1), done("mezo", 420, threads=1),
+                done("hizoo", 1200)]  # hizoo ran on all the cores only
+    assert [r.threads for r in finished] == [None, 1, 1, None]
+    runs = {m: SimpleNamespace(task="SST2", method=SimpleNamespace(name=m, train_mode=m)) for m in ("mezo", "hizoo")}
+    on_one = CostModel(finished, threads=1)
+    assert on_one.price(runs["mezo"]).seconds == 410  # the 2-thread run's doubled CPU time left out
+    assert on_one.price(runs["hizoo"]).seconds == 1200  # nothing on 1 thread: all its runs
+    assert CostModel(finished).price(runs["mezo"]).seconds == 420  # no thread count given: every run
+    assert CostModel(finished, threads=2).price(runs["mezo"]).seconds == 420
+
+
 def test_with_two_workers_a_failed_run_is_reported_and_the_other_still_published(campaign_env, tmp_path):
     env = {**campaign_env, "RESULTS_DIR": str(tmp_path / "results"), "TASKS": "SST2", "METHODS": "mezo zoft_new",
            "SEEDS": "1", "LRS_mezo": "0.001", "LRS_zoft_new": "0.001", "ARGS_mezo": "--no_such_flag 1"}
