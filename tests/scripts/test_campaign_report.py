@@ -120,6 +120,22 @@ def test_the_loss_count_against_mezo_is_also_given_after_the_last_step(tmp_path)
     assert "after the last step instead of at the best-dev state: lower for ZO-FT in 1 of 2 tasks" in text
 
 
+def test_with_mixed_seed_counts_the_wins_are_also_counted_on_the_first_seed_alone(tmp_path):
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 CB", "METHODS": "mezo zoft_new hizoo",
+                              "SEEDS": "0 1 2"})
+    # SST2: ZO-FT's mean over 3 seeds (0.633 / 0.70) loses to HiZOO's one seed (0.60 / 0.72), its first seed wins
+    cells = {("SST2", "zoft_new"): _scored("SST2", "zoft_new", [(0.50, 0.75), (0.70, 0.70), (0.70, 0.65)], tmp_path),
+             ("SST2", "hizoo"): _scored("SST2", "hizoo", [(0.60, 0.72)], tmp_path),
+             ("CB", "zoft_new"): _scored("CB", "zoft_new", [(1.0, 0.6)], tmp_path),
+             ("CB", "mezo"): _scored("CB", "mezo", [(1.1, 0.5)], tmp_path)}
+    text = "\n".join(wins(cells, settings))
+    assert "lowest final training loss in 1 of 2 tasks and the highest test metric in 1 of 2" in text
+    assert "On the first seed alone" in text and "lowest loss in 2 of 2 tasks, highest test metric in 2 of 2." in text
+    # the same seed count everywhere: nothing to add
+    del cells["SST2", "zoft_new"], cells["SST2", "hizoo"]
+    assert "first seed alone" not in "\n".join(wins(cells, settings))
+
+
 def test_the_diagnostics_table_shows_mezo_and_zoft_beside_the_variants_on_their_tasks_only(tmp_path):
     settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 CB SQuAD"})
     cells = {("SST2", "mezo"): _scored("SST2", "mezo", [(0.6, 0.7)], tmp_path),
