@@ -74,8 +74,9 @@ DEFAULT_TASK_GRIDS = {(method, task): grid for method in ("mezo", "zoft_new")
 # scripts/benchmark_step.py --data_dir ../shared/data --repeats 3 --copa`). `--status` prices a method's runs with it
 # until the campaign has finished runs of the method to measure; evaluation costs every method the same, so for
 # whole runs it overstates the gaps a little.
-STEP_COST_VS_MEZO = {"mezo": 1.0, "zo_fine_tuner": 1.021, "mezo_adam": 1.031, "hizoo": 1.443, "lozo": 0.727,
-                     "fzoo": 4.851, "fo_sgd": 0.968, "fo_adam": 1.009}
+# The mean of two runs on 2026-11-27.
+STEP_COST_VS_MEZO = {"mezo": 1.0, "zo_fine_tuner": 1.043, "mezo_adam": 1.085, "hizoo": 1.475, "lozo": 0.850,
+                     "fzoo": 5.074, "fo_sgd": 0.894, "fo_adam": 1.149}
 
 
 @dataclass(frozen=True)
