@@ -602,11 +602,14 @@ def test_stages_run_in_order_and_a_stage_end_shares_the_cores_with_the_next(camp
     assert out.count("    done:") == 2 and out.count("left: 0 runnable now") == 2
 
 
-def test_the_step_cost_ratios_are_those_docs_benchmarks_reports():
+def test_the_step_cost_ratios_are_the_mean_of_the_runs_docs_benchmarks_reports_first():
     table = (REPO_ROOT / "docs" / "benchmarks.md").read_text()
-    rows = re.finditer(r"^\| (\w+) \| [\d.]+ s \| ([\d.]+) \|", table, re.M)  # | method | step | step / MeZO |
-    reported = {m.group(1): float(m.group(2)) for m in rows}
-    assert reported == STEP_COST_VS_MEZO
+    # | method | step / MeZO, run 1 / run 2 | ...: the newest table, at the top
+    rows = re.finditer(r"^\| (\w+) \| ([\d.]+) / ([\d.]+) \| [\d.]+ / [\d.]+ \|", table, re.M)
+    reported = {m.group(1): (float(m.group(2)) + float(m.group(3))) / 2 for m in rows}
+    assert reported.keys() == STEP_COST_VS_MEZO.keys()
+    for method, ratio in reported.items():
+        assert math.isclose(STEP_COST_VS_MEZO[method], ratio, abs_tol=6e-4), method
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores: one run each, then both for the last")
