@@ -11,6 +11,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .method_notes import hizoo_note
 from .noise_grid import noise_record
 from .plan import Plan, PlannedRun, build_plan
 from .settings import DIAGNOSTICS, FIRST_ORDER, PRESET_DIR, TABLE2, TABLE3, Settings, method_from_word
@@ -510,6 +511,8 @@ def write_report(settings: Settings, readme: Path | None = None) -> Path:
     if reference:
         lines += [f"Paper column: {reference.get('_source', 'see scripts/presets/paper_reference.json')}.", ""]
     lines += counts + [""]
+    notes = hizoo_note(main_cells)
+    lines += notes + [""] if notes else []
     lines += ["## Table 2: reset and normalization in meta-training", ""] + ablation_table(cells, settings, TABLE2)
     lines += ["", "## Table 3: layer-wise against block-wise banks", ""] + ablation_table(cells, settings, TABLE3)
     lines += ["", "## Diagnostics: the tied embedding's share of ZO-FT's noise", "",

@@ -121,11 +121,27 @@ class Run:
         rows = self._test_rows()
         return [float(row["score"]) for row in rows] if rows else None
 
+    def test_predictions(self) -> list[str] | None:
+        """Each test example's prediction (the chosen option or the generated answer) in test order."""
+        rows = self._test_rows()
+        return [str(row["prediction"]) for row in rows] if rows and all("prediction" in row for row in rows) else None
+
     def test_example_digests(self) -> list[str] | None:
         """Each test example's digest (zo.recipes.finetune.example_digest) in test order; None for files written
         before the digests were."""
         rows = self._test_rows()
         return [row["example"] for row in rows] if rows and all("example" in row for row in rows) else None
+
+    @property
+    def config(self) -> dict:
+        return read_json(self.folder / "config.json") or {}
+
+    def last_step(self) -> dict | None:
+        """The train_log.jsonl record of the last training step taken (method extras included), or None."""
+        path = self.folder / "train_log.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        steps = [row for row in rows if row.get("kind") == "step"]
+        return steps[-1] if steps else None
 
     def curve(self) -> list[tuple[int, float]]:
         """(step, unperturbed train-subset loss) from the dev lines of train_log.jsonl."""
