@@ -120,6 +120,24 @@ def build(args):
     return model, tokenizer, batch, forward, loss, methods
 
 
+def update_sweep(optimizer, with_stats: bool) -> None:
+    """One update sweep over every block (a step's third noise pass), with or without the block statistics that
+    ZO Fine-tuner gathers in it. The step, 1e-30 z, writes every element as an update does (a zero step would skip
+    the write) and moves only weights within about 1e-22 of zero, far below any other weight's rounding."""
+    import torch
+
+    from zo.perturb import add_noise_
+    from zo.stats import BlockStatsCollector
+
+    collector = BlockStatsCollector(optimizer.blocks) if with_stats else None
+    with torch.no_grad():
+        add_noise_(optimizer.noise, 1, optimizer.blocks, [1e-30] * len(optimizer.blocks),
+                   after_chunk=collector.add_chunk if collector else None)
+    if collector:
+        collector.result()
+    _wait_for_device()
+
+
 def _wait_for_device() -> None:
     """A CUDA step returns before its last kernels (MeZO's update sweep) finish: without waiting, that work
     would be charged to whatever is timed next."""
@@ -227,13 +245,14 @@ def main() -> None:
                                 seed=0, noise=mezo.noise, blocks=mezo.blocks)
     virtual = args.perturbation == "virtual"  # in place, pairing does not exist: nothing to compare
     measures += [lambda: other_pairing.step(loss)] if virtual else [lambda: None]
+    measures += [lambda: update_sweep(mezo, with_stats=False), lambda: update_sweep(mezo, with_stats=True)]
     if args.copa:
         copa = tasks.get_task("Copa", args.data_dir)
         copa_batches = [scoring_batch(copa, tokenizer, args.batch_size, s) for s in ("rows", "prompt_cache")]
         measures += [forward_of(model, b) for b in copa_batches]
     times = timed_round_robin(measures, args.repeats)
     t_fwd, step_time = times[0], dict(zip(names, times[1:1 + len(names)]))
-    t_old_fwd, t_old_mezo, t_other_pairing = times[1 + len(names):4 + len(names)]
+    t_old_fwd, t_old_mezo, t_other_pairing, t_sweep, t_sweep_stats = times[1 + len(names):6 + len(names)]
     t_mezo, t_zoft = step_time["mezo"], step_time["zo_fine_tuner"]
     rows = [
         ("forward (one batch)", f"{t_fwd:.3f} s"),
@@ -241,6 +260,10 @@ def main() -> None:
         ("ZO Fine-tuner step", f"{t_zoft:.3f} s"),
         ("ZO-FT / MeZO", f"{t_zoft / t_mezo:.3f}"),
         ("MeZO / (2 x forward)", f"{t_mezo / (2 * t_fwd):.3f}"),
+        # ZO-FT's only extra work in a step: the PertNN bank, and the block statistics gathered in the update sweep
+        ("update sweep, with / without block statistics", f"{t_sweep_stats:.3f} s / {t_sweep:.3f} s"),
+        ("block statistics / (ZO-FT step - MeZO step)",
+         f"{(t_sweep_stats - t_sweep) / (t_zoft - t_mezo):.2f}" if t_zoft > t_mezo else "ZO-FT not slower"),
         (f"forward, rows scoring {tuple(old_batch['input_ids'].shape)} / auto {seq}",
          f"{t_old_fwd:.3f} s / {t_fwd:.3f} s"),
         ("MeZO step, rows scoring / auto", f"{t_old_mezo:.3f} s / {t_mezo:.3f} s"),
@@ -253,7 +276,7 @@ def main() -> None:
                  ("MeZO / (2 x forward), two forwards", f"{t_separate / (2 * t_fwd):.3f}"),
                  ("MeZO / (2 x forward), paired", f"{t_paired / (2 * t_fwd):.3f}")]
     if args.copa:
-        t_copa_rows, t_copa_cache = times[4 + len(names):]
+        t_copa_rows, t_copa_cache = times[6 + len(names):]
         shapes = " / ".join(str(tuple(b["input_ids"].shape)) for b in copa_batches)
         rows += [(f"Copa forward, rows / prompt_cache {shapes}", f"{t_copa_rows:.3f} s / {t_copa_cache:.3f} s"),
                  ("Copa forward speed-up, rows / prompt_cache", f"{t_copa_rows / t_copa_cache:.3f}")]
