@@ -409,8 +409,8 @@ def plots(cells, settings, out_dir: Path) -> list[Path]:
 
 def lr_robustness_plot(grids: list[Cell], task: str, path: Path) -> Path:
     """The paper's Figure 3: train loss after the last step against the LR, per method. Left, every run on a log
-    scale (blow-ups included); right, the same near the best loss, where the methods differ at usable LRs (a run
-    beyond the top is drawn on the top edge, as a triangle)."""
+    scale (blow-ups included); right, the same near the best zeroth-order loss, where the methods differ at usable
+    LRs (a run outside the range, such as the first-order reference below it, is drawn on its edge as a triangle)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -418,24 +418,34 @@ def lr_robustness_plot(grids: list[Cell], task: str, path: Path) -> Path:
     fig, (full, near) = plt.subplots(1, 2, figsize=(10, 4))
     # the end of training, as the paper's Figure 3: the best-dev state can be an early one
     series = [(c.method, sorted((float(r.lr), r.end_train_loss, r.diverged) for r in c.grid_runs)) for c in grids]
-    finite = [loss for _, points in series for _, loss, _ in points if math.isfinite(loss)]
-    low = min(finite) if finite else 1.0
-    top = low * 1.5
+    low, top = near_best_range(series)
     for method, points in series:
         lrs, losses = [p[0] for p in points], [p[1] for p in points]
         line, = full.plot(lrs, losses, marker="o", label=method)
         bad = [p for p in points if p[2]]
         full.scatter([p[0] for p in bad], [p[1] for p in bad], marker="x", s=80, color=line.get_color())
-        clipped = [min(loss, top) if math.isfinite(loss) else top for loss in losses]
+        clipped = [min(max(loss, low), top) if math.isfinite(loss) else top for loss in losses]
         near.plot(lrs, clipped, marker="o", color=line.get_color(), label=method)
         over = [(lr, top) for lr, loss in zip(lrs, losses) if not (math.isfinite(loss) and loss <= top)]
         near.scatter([p[0] for p in over], [p[1] for p in over], marker="^", s=80, color=line.get_color())
+        under = [(lr, low) for lr, loss in zip(lrs, losses) if math.isfinite(loss) and loss < low]
+        near.scatter([p[0] for p in under], [p[1] for p in under], marker="v", s=80, color=line.get_color())
     full.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="train loss after the last step (x: diverged)",
              title=f"{task}: LR robustness (grid seed)")
     near.set(xscale="log", ylim=(low * 0.98, top * 1.02), xlabel="learning rate",
-             title="near the best (up to 1.5x; triangle: above)")
+             title="best zeroth-order loss to 1.5x it (triangles: outside)")
     full.legend(fontsize=7)
     return _save(fig, path)
+
+
+def near_best_range(series: list[tuple[str, list[tuple[float, float, bool]]]]) -> tuple[float, float]:
+    """The loss range of the zoomed panel: from the lowest zeroth-order loss to 1.5x it. A first-order reference
+    far below would otherwise squeeze every zeroth-order method onto the top edge."""
+    def finite(methods):
+        return [loss for m, points in methods for _, loss, _ in points if math.isfinite(loss)]
+    losses = finite([s for s in series if s[0] not in FIRST_ORDER]) or finite(series)
+    low = min(losses) if losses else 1.0
+    return low, low * 1.5
 
 
 def _save(fig, path: Path) -> Path:

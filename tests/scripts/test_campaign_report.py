@@ -14,7 +14,8 @@ from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from campaign.report import (Cell, ablation_table, cpu_lines, lr_robustness_plot, mcnemar_p,  # noqa: E402
-                             not_started_line, paired_differences, paper_table, sampling_noise_line, wins)
+                             near_best_range, not_started_line, paired_differences, paper_table,
+                             sampling_noise_line, wins)
 from campaign.settings import load_settings  # noqa: E402
 from campaign.store import Run  # noqa: E402
 
@@ -188,6 +189,14 @@ def test_the_lr_robustness_plot_takes_blow_ups_and_diverged_runs(tmp_path):
              grid("zoft_new", [("1e-4", 0.55, "completed"), ("1e-5", 0.61, "completed")])]
     path = lr_robustness_plot(cells, "SST2", tmp_path / "lr.png")
     assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_zoomed_lr_panel_is_set_by_the_best_zeroth_order_loss_not_the_first_order_reference():
+    series = [("mezo", [(1e-4, 0.6, False), (3e-4, math.nan, True)]), ("zoft_new", [(1e-4, 0.55, False)]),
+              ("fo_adam", [(3e-5, 0.06, False)])]
+    assert near_best_range(series) == (0.55, 0.55 * 1.5)
+    assert near_best_range([("fo_adam", [(3e-5, 0.06, False)])]) == (0.06, 0.06 * 1.5)  # nothing else: its own
+    assert near_best_range([("mezo", [(3e-4, math.nan, True)])]) == (1.0, 1.5)
 
 
 def test_the_cpu_hours_count_each_run_once_by_phase_and_say_when_a_resumed_run_counts_its_last_attempt_only():
