@@ -397,7 +397,7 @@ def plots(cells, settings, out_dir: Path) -> list[Path]:
                         by_step.setdefault(step, []).append(loss)
                 steps = sorted(by_step)
                 ax.plot(steps, [statistics.mean(by_step[s]) for s in steps], marker="o",
-                        label=f"{c.method} (lr {c.best_lr}, {len(c.runs)} seeds)")
+                        label=f"{c.method} (lr {c.best_lr}, {len(c.runs)} seed{'s' * (len(c.runs) != 1)})")
             ax.set(xlabel="step", ylabel="train loss, unperturbed (fixed subset)", title=f"{task}: loss at best LR")
             ax.legend(fontsize=7)
             written.append(_save(fig, out_dir / f"loss_{task}.png"))
