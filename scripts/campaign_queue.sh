@@ -9,6 +9,7 @@
 # claim of their own), then seeds and the other methods (the bulk of the CPU-hours):
 #   core            MeZO and ZO-FT (new bank): LR grids (seed 42) on SST2 Copa WSC CB
 #   long            MeZO and ZO-FT on BoolQ SQuAD DROP, LR grids, one seed
+#   zero_shot       the model without training, on all 7 tasks (the seeds of each task): what training must beat
 #   ablation_banks  the Table 2 / Table 3 banks (scripts/train_ablation_banks.sh)
 #   ablations       those banks on SST-2, LR grid, seed 42
 #   core_seeds      MeZO and ZO-FT: 3 seeds at the best LR on SST2 Copa WSC CB
@@ -29,7 +30,7 @@ cd "$(dirname "$0")/.."
 SHORT_TASKS="SST2 Copa WSC CB"
 LONG_TASKS="BoolQ SQuAD DROP"
 ABLATION_METHODS="zoft_base zoft_reset zoft_norm zoft_reset_norm zoft_layerwise"
-STAGES=${STAGES:-"core long ablation_banks ablations core_seeds others diagnose seeds"}
+STAGES=${STAGES:-"core long zero_shot ablation_banks ablations core_seeds others diagnose seeds"}
 DIAGNOSTICS="zoft_no_embed mezo_embed_only"
 export DATA_DIR=${DATA_DIR:-../shared/data}
 export WORKERS=${WORKERS:-2}
@@ -42,6 +43,7 @@ stage_spec() {  # sets SPEC: a stage of runs as reproduce_paper.py --stage setti
   case $1 in
     core)           SPEC="TASKS=$SHORT_TASKS;METHODS=mezo zoft_new;SEEDS=42" ;;
     long)           SPEC="TASKS=$LONG_TASKS;METHODS=mezo zoft_new" ;;
+    zero_shot)      SPEC="TASKS=$SHORT_TASKS $LONG_TASKS;METHODS=zero_shot" ;;
     ablation_banks) SPEC=banks ;;
     ablations)      SPEC="TASKS=SST2;METHODS=$ABLATION_METHODS;SEEDS=42" ;;
     core_seeds)     SPEC="TASKS=$SHORT_TASKS;METHODS=mezo zoft_new" ;;
@@ -54,7 +56,7 @@ stage_spec() {  # sets SPEC: a stage of runs as reproduce_paper.py --stage setti
 
 for stage in $STAGES; do  # refuse a typo before any work
   stage_spec "$stage" || {
-    echo "unknown stage '$stage' (core long ablation_banks ablations core_seeds others diagnose seeds)" >&2
+    echo "unknown stage '$stage' (core long zero_shot ablation_banks ablations core_seeds others diagnose seeds)" >&2
     exit 2; }
 done
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from .method_notes import hizoo_note
 from .noise_grid import noise_record
 from .plan import Plan, PlannedRun, build_plan
-from .settings import DIAGNOSTICS, FIRST_ORDER, PRESET_DIR, TABLE2, TABLE3, Settings, method_from_word
+from .settings import (DIAGNOSTICS, PRESET_DIR, REFERENCES, TABLE2, TABLE3, ZERO_SHOT, Settings,
+                       method_from_word)
 from .store import Run, load_run
 
 MISSING = "missing"
@@ -107,13 +108,13 @@ def on_seed(cell: Cell, seed: int) -> Cell:
 
 def count_wins(cells: dict[tuple[str, str], Cell], tasks) -> tuple[int, int, int, set[int]]:
     """(tasks compared, where ZO-FT's loss is the lowest, where its metric is the highest, the seed counts of the
-    cells compared): ZO-FT (new bank) against the ZO baselines (not its own variants, not first order)."""
+    cells compared): ZO-FT (new bank) against the ZO baselines (not its own variants, not the references)."""
     pairs = lowest = highest = 0
     seed_counts: set[int] = set()
     for task in tasks:
         mine = cells.get((task, "zoft_new"))
         rivals = [c for (t, m), c in cells.items() if t == task and m != "zoft_new" and not m.startswith("zoft")
-                  and m not in FIRST_ORDER and c.loss is not None and c.metric is not None]
+                  and m not in REFERENCES and c.loss is not None and c.metric is not None]
         if mine is None or mine.loss is None or mine.metric is None or not rivals:
             continue
         pairs += 1
@@ -230,8 +231,8 @@ def _ordered(cells, settings):
 
 def paper_table(cells, settings) -> list[str]:
     """Methods x tasks, as the paper's Table 1: final train loss / test metric at the best LR, mean over seeds.
-    Bold: the lowest loss and the highest metric of the task among the zeroth-order methods (first order is a
-    reference), where two or more have results; "·": no run at a selected LR yet. A method with no result on any
+    Bold: the lowest loss and the highest metric of the task among the zeroth-order methods (first order and zero
+    shot are references), where two or more have results; "·": no run at a selected LR yet. A method with no result on any
     task is named below the table instead of taking a row of dots."""
     tasks = [t for t in settings.tasks if any(c.runs for (task, _), c in cells.items() if task == t)]
     if not tasks:
@@ -247,7 +248,7 @@ def paper_table(cells, settings) -> list[str]:
     rows = ["| method | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
     best = {}
     for t in tasks:
-        zo = [cells[t, m] for (task, m) in cells if task == t and m not in FIRST_ORDER and has_result(m, t)]
+        zo = [cells[t, m] for (task, m) in cells if task == t and m not in REFERENCES and has_result(m, t)]
         # nothing to win against with fewer than two methods
         best[t] = (min(c.loss for c in zo), max(c.metric for c in zo)) if len(zo) > 1 else (None, None)
     for m in methods:
@@ -257,7 +258,7 @@ def paper_table(cells, settings) -> list[str]:
                 parts.append("·")
                 continue
             c = cells[t, m]
-            zo = m not in FIRST_ORDER
+            zo = m not in REFERENCES
             loss = f"**{c.loss:.3f}**" if zo and c.loss == best[t][0] else f"{c.loss:.3f}"
             metric = f"**{c.metric:.3f}**" if zo and c.metric == best[t][1] else f"{c.metric:.3f}"
             seeds = f" ({len(c.runs)} seeds)" if len(c.runs) > 1 else ""
@@ -417,8 +418,16 @@ def lr_robustness_plot(grids: list[Cell], task: str, path: Path) -> Path:
 
     fig, (full, near) = plt.subplots(1, 2, figsize=(10, 4))
     # the end of training, as the paper's Figure 3: the best-dev state can be an early one
-    series = [(c.method, sorted((float(r.lr), r.end_train_loss, r.diverged) for r in c.grid_runs)) for c in grids]
+    series = [(c.method, sorted((float(r.lr), r.end_train_loss, r.diverged) for r in c.grid_runs)) for c in grids
+              if c.method != ZERO_SHOT]
     low, top = near_best_range(series)
+    # the untrained model has no LR: a level line, what training has to beat
+    untrained = [r.end_train_loss for c in grids if c.method == ZERO_SHOT for r in c.grid_runs
+                 if math.isfinite(r.end_train_loss)]
+    if untrained and untrained[0] < 3 * low:  # the zoom reaches up to it, unless that would undo the zoom
+        top = max(top, untrained[0] * 1.05)
+    for panel in (full, near) if untrained else ():
+        panel.axhline(untrained[0], color="black", linestyle="--", linewidth=1, label="zero_shot (no training)")
     for method, points in series:
         lrs, losses = [p[0] for p in points], [p[1] for p in points]
         line, = full.plot(lrs, losses, marker="o", label=method)
@@ -433,7 +442,7 @@ def lr_robustness_plot(grids: list[Cell], task: str, path: Path) -> Path:
     full.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="train loss after the last step (x: diverged)",
              title=f"{task}: LR robustness (grid seed)")
     near.set(xscale="log", ylim=(low * 0.98, top * 1.02), xlabel="learning rate",
-             title="best zeroth-order loss to 1.5x it (triangles: outside)")
+             title="near the best zeroth-order loss (triangles: outside)")
     full.legend(fontsize=7)
     return _save(fig, path)
 
@@ -443,7 +452,7 @@ def near_best_range(series: list[tuple[str, list[tuple[float, float, bool]]]]) -
     far below would otherwise squeeze every zeroth-order method onto the top edge."""
     def finite(methods):
         return [loss for m, points in methods for _, loss, _ in points if math.isfinite(loss)]
-    losses = finite([s for s in series if s[0] not in FIRST_ORDER]) or finite(series)
+    losses = finite([s for s in series if s[0] not in REFERENCES]) or finite(series)
     low = min(losses) if losses else 1.0
     return low, low * 1.5
 

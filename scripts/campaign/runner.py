@@ -36,6 +36,8 @@ def checkpoint_flags(settings: Settings, train_mode: str) -> list[str]:
     """Checkpoints only serve a restart after a kill; they never change what is computed. Replay checkpoints
     (weights once, then a few numbers per step) are free, so they are frequent; full ones (weights and
     optimizer state, ~1.6 GB for SmolLM2 with Adam) are written by time."""
+    if train_mode == "none":  # evaluation only: nothing to resume
+        return []
     put_repo_on_path()
     from zo.methods import has_replay
     if has_replay(train_mode):

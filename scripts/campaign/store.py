@@ -27,10 +27,15 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+# zo.recipes.finetune's status of an evaluation-only run (zero_shot), which takes no step
+EVALUATED_PREFIX = "evaluated without training"
+
+
 def is_final(metrics: dict | None) -> bool:
-    """Completed, or stopped on a non-finite loss (a diverged LR is a result, and rerunning repeats it)."""
+    """Completed, stopped on a non-finite loss (a diverged LR is a result, and rerunning repeats it), or evaluated
+    without training."""
     status = (metrics or {}).get("status", "")
-    return status == "completed" or status.startswith("stopped")
+    return status == "completed" or status.startswith(("stopped", EVALUATED_PREFIX))
 
 
 @dataclass
@@ -45,7 +50,7 @@ class Run:
 
     @property
     def diverged(self) -> bool:
-        return self.metrics.get("status", "") != "completed"
+        return self.metrics.get("status", "").startswith("stopped")
 
     def _number(self, key: str) -> float:
         """metrics[key] as a float; NaN when it is missing or not a number (a diverged run's null)."""

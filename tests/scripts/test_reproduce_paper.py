@@ -304,6 +304,25 @@ def test_a_grid_extended_on_one_task_and_the_edge_rule(tmp_path):
     assert not at_grid_edge("1e-05", grid[1:2])  # a grid of one LR has no edge to extend from
 
 
+def test_zero_shot_is_one_evaluation_per_seed_and_a_reference_row_not_a_competitor(campaign_env, tmp_path):
+    env = {**campaign_env, "RESULTS_DIR": str(tmp_path / "results"), "TASKS": "SST2", "METHODS": "mezo zero_shot",
+           "LRS_mezo": "0.001", "STEPS": "1"}
+    run_cmd([sys.executable, "scripts/reproduce_paper.py"], env, timeout=600)
+    runs = sorted((tmp_path / "results" / "runs" / "SST2" / "zero_shot").glob("*/*/metrics.json"))
+    assert [p.parent.relative_to(p.parents[2]).as_posix() for p in runs] == ["0/1", "0/2"]  # LR 0, both seeds
+    for path in runs:
+        metrics, campaign = json.loads(path.read_text()), json.loads((path.parent / "campaign.json").read_text())
+        assert metrics["steps"] == 0 and metrics["best_step"] == 0 and math.isfinite(metrics["final_train_loss"])
+        assert "--checkpoint_kind" not in campaign["command"] and campaign["fingerprint"]["train_mode"] == "none"
+    run_cmd([sys.executable, "scripts/make_report.py"], env)
+    report = (tmp_path / "results" / "README.md").read_text()
+    paper = report.split("## Paper-style table")[1].split("\n## ")[0]
+    [row] = [line for line in paper.splitlines() if line.startswith("| zero_shot |")]
+    assert "**" not in row and "(2 seeds)" in row  # a reference is never the task's best
+    assert "| SST2 | zero_shot | 0 |" in report
+    assert "highest test metric" not in report  # nothing to count: zero shot is not a ZO baseline
+
+
 def test_length_groups_reach_the_command_and_the_fingerprint_only_where_used(tmp_path):
     settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 CB", "METHODS": "mezo", "SEEDS": "1",
                               "LRS_mezo": "1e-5", "LENGTH_GROUPS_SST2": "1"})

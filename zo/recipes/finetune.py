@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -376,7 +377,7 @@ def fine_tune(config: FineTuneConfig) -> dict:
             distributed.destroy(group)
             return {"rank": group.rank, "steps": result.steps_done, "status": result.status}
     else:
-        result = LoopResult(steps_done=0, status=EVALUATED)
+        result = _untrained_losses(config, task, splits, model, tokenizer, as_classification, run)
 
     metrics: dict = {"task": task.name, "model": model_path,
                      "train_mode": config.train_mode if config.trains else "none",
@@ -599,8 +600,25 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
             weight = tasks.loss_weight(batch) if counted else 0
             return distributed.weighted_mean_loss(lambda: loss_fn(batch), weight, group, device)
 
+    dev_loss_fn, train_eval_fn = _unperturbed_loss_fns(config, task, splits, model, tokenizer, as_classification,
+                                                       with_dev=group.is_main)
+    if config.gradient_accumulation_steps > 1:
+        encoder = AccumulatedBatches(encoder, config.gradient_accumulation_steps)
+        train_loss_fn = accumulated_loss(train_loss_fn)
+    checkpoints = CheckpointPolicy(config.checkpoint_steps, config.checkpoint_minutes, config.checkpoint_kind)
+    return train_zo(optimizer, encoder, train_loss_fn, config.max_steps, run, config.eval_period, dev_loss_fn,
+                    progress=config.progress and group.is_main, log_extra=optimizer.log_extra,
+                    checkpoints=checkpoints, resume=checkpoint, stop=stop, reporter=reporter,
+                    train_eval_fn=train_eval_fn)
+
+
+def _unperturbed_loss_fns(config: FineTuneConfig, task, splits, model, tokenizer, as_classification: bool,
+                          with_dev: bool = True) -> tuple[Callable[[], float] | None, Callable[[], float] | None]:
+    """The dev loss (model selection; None under --non_diff or without a dev set) and the loss on a fixed train
+    subset (the comparable training loss; None with --train_loss_subset 0), both at the weights as they are."""
+    loss_kwargs = {"logits_dtype": torch.float16} if config.upstream_fp16_semantics else {}
     dev_loss_fn = None
-    if splits.dev and not config.non_diff and group.is_main:
+    if splits.dev and not config.non_diff and with_dev:
         dev_batches = tasks.TrainBatches(splits.dev, task, tokenizer, config.eval_batch_size, seed=0,
                                          as_classification=as_classification, max_length=config.max_length,
                                          option_scoring=config.option_scoring,
@@ -610,7 +628,8 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
             dev_loss_fn = lambda: _mean_example_loss(  # noqa: E731
                 model, dev_batches.epoch(shuffle=False, by_length=True), loss_kwargs)
         else:
-            dev_loss_fn = lambda: _mean_loss(model, loss_fn, dev_batches.epoch(shuffle=False))  # noqa: E731
+            dev_loss_fn = lambda: _mean_loss(  # noqa: E731
+                model, lambda b: tasks.batch_loss(model, b, **loss_kwargs), dev_batches.epoch(shuffle=False))
     train_eval_fn = None
     if config.train_loss_subset and splits.train:
         # always the cross-entropy loss (also under --non_diff), so that methods compare on one scale
@@ -621,15 +640,31 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
                                             only_train_option=config.only_train_option)
         train_eval_fn = lambda: _mean_loss(model, lambda b: tasks.batch_loss(model, b),  # noqa: E731
                                            subset_batches.epoch(shuffle=False))
+    return dev_loss_fn, train_eval_fn
 
-    if config.gradient_accumulation_steps > 1:
-        encoder = AccumulatedBatches(encoder, config.gradient_accumulation_steps)
-        train_loss_fn = accumulated_loss(train_loss_fn)
-    checkpoints = CheckpointPolicy(config.checkpoint_steps, config.checkpoint_minutes, config.checkpoint_kind)
-    return train_zo(optimizer, encoder, train_loss_fn, config.max_steps, run, config.eval_period, dev_loss_fn,
-                    progress=config.progress and group.is_main, log_extra=optimizer.log_extra,
-                    checkpoints=checkpoints, resume=checkpoint, stop=stop, reporter=reporter,
-                    train_eval_fn=train_eval_fn)
+
+def _untrained_losses(config: FineTuneConfig, task, splits, model, tokenizer, as_classification: bool,
+                      run: RunDir) -> LoopResult:
+    """Evaluation only (MeZO's --trainer none): the dev loss and the train-subset loss of the weights as loaded,
+    logged as step 0, so that a zero-shot run takes its place in the same tables and plots as the trained ones."""
+    result = LoopResult(steps_done=0, status=EVALUATED)
+    dev_loss_fn, train_eval_fn = _unperturbed_loss_fns(config, task, splits, model, tokenizer, as_classification)
+    line: dict = {"step": 0}
+    if train_eval_fn is not None:
+        line["train_eval_loss"] = float(train_eval_fn())
+        result.train_eval_losses = [(0, line["train_eval_loss"])]
+        result.best_train_eval_loss = line["train_eval_loss"]
+    if dev_loss_fn is not None:
+        line["dev_loss"] = float(dev_loss_fn())
+        result.dev_losses = [(0, line["dev_loss"])]
+        result.best_dev_loss, result.best_step = line["dev_loss"], 0
+    train_log = run.open_log()
+    try:
+        if len(line) > 1:
+            train_log.dev(line)
+    finally:
+        train_log.close()
+    return result
 
 
 def _rank_share(group: distributed.ProcessGroup) -> type:

@@ -1,5 +1,7 @@
 """Run options of the fine-tuning recipe: a task from a spec file, eval-only mode, --save_steps as the
 evaluation period, generation options, and upstream flags accepted, ignored or refused by name."""
+import json
+import math
 import os
 
 import pytest
@@ -50,8 +52,28 @@ def test_eval_only_evaluates_dev_and_test_and_writes_no_weights(tmp_path, tiny_l
     metrics = run_zo_fine_tuner.main(args)  # zo_fine_tuner (the default mode) needs no bank when not training
     assert metrics["steps"] == 0 and metrics["train_mode"] == "none" and "without training" in metrics["status"]
     assert metrics["dev"]["num_examples"] == 3 and metrics["test"]["num_examples"] == 5
-    # no train log, no weights; the test split per example
-    assert sorted(os.listdir(out)) == ["config.json", "metrics.json", "test_predictions.jsonl"]
+    # no weights; the test split per example; the losses of the weights as loaded, logged as step 0
+    assert sorted(os.listdir(out)) == ["config.json", "metrics.json", "test_predictions.jsonl", "train_log.jsonl"]
+    assert metrics["best_step"] == 0 and metrics["dev"]["loss"] == metrics["best_dev_loss"]
+    assert math.isfinite(metrics["final_train_loss"])
+
+
+@requires_shared_data
+def test_eval_only_losses_are_those_a_run_that_does_not_move_sees(tmp_path, tiny_llama_dir):
+    """MeZO at LR 0 leaves the weights bit for bit as loaded (the virtual perturbation is never written): its
+    evaluation after a step must give the zero-shot run's dev and train-subset losses exactly."""
+    common = ["--model_name", str(tiny_llama_dir), "--task_name", "SST2", "--data_dir", str(SHARED_DATA),
+              "--num_train", "8", "--num_dev", "3", "--num_eval", "2", "--threads", "1", "--progress", "False",
+              "--train_loss_subset", "4"]
+    zero_shot = run_zo_fine_tuner.main(common + ["--train_mode", "none", "--output_dir", str(tmp_path / "none")])
+    still = run_zo_fine_tuner.main(common + ["--train_mode", "mezo", "--learning_rate", "0", "--max_steps", "1",
+                                             "--eval_steps", "1", "--per_device_train_batch_size", "2",
+                                             "--output_dir", str(tmp_path / "lr0")])
+    assert zero_shot["best_dev_loss"] == still["best_dev_loss"]
+    assert zero_shot["final_train_loss"] == still["final_train_loss"]
+    [line] = [json.loads(row) for row in (tmp_path / "none" / "train_log.jsonl").read_text().splitlines()]
+    assert line["step"] == 0 and line["dev_loss"] == zero_shot["best_dev_loss"]
+    assert line["train_eval_loss"] == zero_shot["final_train_loss"]
 
 
 @requires_shared_data
