@@ -268,6 +268,8 @@ def paper_table(cells, settings) -> list[str]:
     return rows + ["", f"Each cell: final train loss / test {' or '.join(metric_names)}, one seed unless it says "
                        "more. Bold: the task's lowest loss and highest metric among the zeroth-order methods, "
                        "where two or more have results. ·: no run at a selected LR yet."
+                       + (f" {ZERO_SHOT}: the model without training (a reference, as first order: never bold)."
+                          if ZERO_SHOT in methods else "")
                        + (f" No task has one yet for {', '.join(waiting)}." if waiting else "")]
 
 
@@ -398,7 +400,8 @@ def plots(cells, settings, out_dir: Path) -> list[Path]:
                         by_step.setdefault(step, []).append(loss)
                 steps = sorted(by_step)
                 ax.plot(steps, [statistics.mean(by_step[s]) for s in steps], marker="o",
-                        label=f"{c.method} (lr {c.best_lr}, {len(c.runs)} seed{'s' * (len(c.runs) != 1)})")
+                        label=f"{c.method} ({'no training' if c.method == ZERO_SHOT else f'lr {c.best_lr}'}, "
+                              f"{len(c.runs)} seed{'s' * (len(c.runs) != 1)})")
             ax.set(xlabel="step", ylabel="train loss, unperturbed (fixed subset)", title=f"{task}: loss at best LR")
             ax.legend(fontsize=7)
             written.append(_save(fig, out_dir / f"loss_{task}.png"))
