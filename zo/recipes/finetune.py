@@ -658,12 +658,12 @@ def _untrained_losses(config: FineTuneConfig, task, splits, model, tokenizer, as
         line["dev_loss"] = float(dev_loss_fn())
         result.dev_losses = [(0, line["dev_loss"])]
         result.best_dev_loss, result.best_step = line["dev_loss"], 0
-    train_log = run.open_log()
-    try:
-        if len(line) > 1:
+    if len(line) > 1:
+        train_log = run.open_log()
+        try:
             train_log.dev(line)
-    finally:
-        train_log.close()
+        finally:
+            train_log.close()
     return result
 
 
