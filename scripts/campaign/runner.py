@@ -276,9 +276,13 @@ def run_cost(metrics: dict, cpu: float, wall: float) -> dict:
     only, and says so."""
     cost = {"cpu_seconds": round(cpu, 2), "wall_seconds": round(wall, 2)}
     trained_cpu, trained_wall = metrics.get("train_cpu_seconds"), metrics.get("train_seconds")
-    if isinstance(trained_cpu, (int, float)) and trained_cpu > cpu and isinstance(trained_wall, (int, float)):
-        # this attempt found the run finished already (stopped between its end and its publication) and did
-        # no work: the run's own training time is its cost, not this attempt's few seconds
+    carried_cpu = metrics.get("carried_train_cpu_seconds") or 0.0
+    if (isinstance(trained_cpu, (int, float)) and isinstance(trained_wall, (int, float))
+            and trained_cpu - carried_cpu > cpu):
+        # metrics.json was not written by this attempt, whose whole process took less CPU than the training
+        # that wrote it: the attempt found the run finished already (stopped between its end and its
+        # publication) and did no work, so the run's own training time is its cost, not these few seconds.
+        # (A resumed attempt that trained writes train = carried + its own training, its own <= cpu.)
         return {"cpu_seconds": round(trained_cpu, 2), "wall_seconds": round(max(trained_wall, wall), 2),
                 "last_attempt_cpu_seconds": cost["cpu_seconds"], "last_attempt_wall_seconds": cost["wall_seconds"],
                 "cost_counts": "the run's training time (metrics.json): a later attempt published it"}

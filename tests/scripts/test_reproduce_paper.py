@@ -496,6 +496,15 @@ def test_a_resumed_runs_cost_adds_the_time_its_checkpoint_carried_or_says_it_is_
     assert runner.run_cost(resumed, 100.0, 120.0) == {
         "cpu_seconds": 350.5, "wall_seconds": 420.0, "last_attempt_cpu_seconds": 100.0,
         "last_attempt_wall_seconds": 120.0}
+    # a resumed attempt that trained writes train = carried + its own training, which its whole process exceeds
+    # (Copa fo_adam: resumed at step 82, 93 CPU-s for 18 steps, loading and evaluation; counted as 329 before)
+    resumed_and_trained = {**resumed, "train_cpu_seconds": 329.48, "train_seconds": 451.68,
+                           "carried_train_cpu_seconds": 261.48, "carried_train_seconds": 382.98}
+    assert runner.run_cost(resumed_and_trained, 92.99, 94.63)["cpu_seconds"] == round(92.99 + 261.48, 2)
+    # found finished by a later attempt, the earlier one itself resumed: its own training (600) dwarfs 5 CPU-s
+    found_finished = {**resumed, "train_cpu_seconds": 1000.0, "train_seconds": 1100.0,
+                      "carried_train_cpu_seconds": 400.0}
+    assert runner.run_cost(found_finished, 5.0, 6.0)["cpu_seconds"] == 1000.0
     old_checkpoint = {"resumed_from_step": 40}  # written before checkpoints carried the time
     cost = runner.run_cost(old_checkpoint, 100.0, 120.0)
     assert cost == {"cpu_seconds": 100.0, "wall_seconds": 120.0, "cost_counts": "last attempt only"}
