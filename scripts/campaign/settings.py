@@ -75,6 +75,13 @@ DEFAULT_GRIDS = {"mezo": ZO_SGD_GRID, "hizoo": ZO_SGD_GRID, "lozo": ZO_SGD_GRID,
 DEFAULT_TASK_GRIDS = {(method, task): grid for method in ("mezo", "zoft_new")
                       for task, grid in (("SST2", "3e-4 1e-4 3e-5 1e-5 3e-6"), ("Copa", "1e-4 3e-5 1e-5 3e-6"),
                                          ("WSC", "3e-4 1e-4 3e-5 1e-5 3e-6"), ("CB", "3e-4 1e-4 3e-5 1e-5"))}
+# Grids of the later tasks centred where the first two put the best LR (chosen on their dev sets; no test result
+# is used). The old bank was best at its grid's lowest LR, 1e-6, on SST-2 and Copa, and blew up at 1e-5 on both
+# (train loss 13.7 and 3.9 after 100 steps); FZOO blew up or trailed at 1e-2 on both (dev loss 0.695 against
+# 0.616-0.622 on SST-2, 3.765 against 2.883 on Copa) and was best at 1e-3 on SST-2. Both grids move one step down
+# on WSC and CB, so that the three runs bracket the likely best instead of spending one on a blow-up.
+DEFAULT_TASK_GRIDS.update({(method, task): grid for task in ("WSC", "CB")
+                           for method, grid in (("zoft_old", "3e-6 1e-6 3e-7"), ("fzoo", "3e-3 1e-3 3e-4"))})
 
 # A step's time against MeZO's on SST-2, measured side by side (docs/benchmarks.md: `python
 # scripts/benchmark_step.py --data_dir ../shared/data --repeats 3 --copa`). `--status` prices a method's runs with it
