@@ -1,95 +1,22 @@
-"""Tables and plots from the finished runs of the current plan (same env / preset as the campaign).
-
-Only runs whose fingerprint matches the plan count; a cell without runs reads "missing", never 0.
-"""
+"""The campaign's report from the finished runs of the current plan (same env / preset as the campaign): the
+tables, the win counts and the notes in <RESULTS_DIR>/README.md, with the plots (plots.py) beside it."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cells import MISSING, Cell, collect, mean_sd, on_seed
 from .method_notes import hizoo_note
 from .noise_grid import noise_record
-from .plan import Plan, PlannedRun, build_plan
-from .settings import (DIAGNOSTICS, PRESET_DIR, REFERENCES, TABLE2, TABLE3, ZERO_SHOT, Settings,
-                       method_from_word)
-from .store import Run, load_run
+from .plan import build_plan
+from .plots import plots
+from .settings import DIAGNOSTICS, PRESET_DIR, REFERENCES, TABLE2, TABLE3, ZERO_SHOT, Settings, method_from_word
+from .significance import sampling_noise_line
 
-MISSING = "missing"
 REFERENCE_FILE = PRESET_DIR / "paper_reference.json"
-
-
-@dataclass
-class Cell:
-    """One (task, method): its grid, the LR chosen on dev and the runs at that LR."""
-    task: str
-    method: str
-    grid_done: int = 0
-    grid_size: int = 0
-    best_lr: str | None = None
-    at_edge: bool = False  # the best LR is the largest or smallest of the grid: extend the grid to be sure
-    runs: list[Run] = field(default_factory=list)
-    grid_runs: list[Run] = field(default_factory=list)
-
-    @property
-    def losses(self) -> list[float]:
-        return [r.train_loss for r in self.runs if math.isfinite(r.train_loss)]
-
-    @property
-    def metrics(self) -> list[float]:
-        return [r.metric("test") for r in self.runs if math.isfinite(r.metric("test"))]
-
-    @property
-    def loss(self) -> float | None:
-        return statistics.mean(self.losses) if self.losses else None
-
-    @property
-    def metric(self) -> float | None:
-        return statistics.mean(self.metrics) if self.metrics else None
-
-    @property
-    def end_loss(self) -> float | None:
-        """Mean unperturbed train-subset loss after the last step (not at the best-dev state)."""
-        ends = [r.end_train_loss for r in self.runs if math.isfinite(r.end_train_loss)]
-        return statistics.mean(ends) if ends else None
-
-    @property
-    def sampling_variance(self) -> float | None:
-        """Variance of the mean test accuracy from the draw of test examples alone (binomial, over every seed's
-        examples); None for F1, which is not a proportion, or when the test size is unknown."""
-        examples = sum(r.test_examples for r in self.runs if math.isfinite(r.metric("test")))
-        if self.metric is None or not examples or any(r.metric_name != "accuracy" for r in self.runs):
-            return None
-        return self.metric * (1 - self.metric) / examples
-
-
-def collect(settings: Settings, plan: Plan | None = None) -> dict[tuple[str, str], Cell]:
-    plan = plan or build_plan(settings)
-    groups: dict[tuple[str, str], list[PlannedRun]] = {}
-    for r in plan.runs:
-        groups.setdefault((r.task, r.method.name), []).append(r)
-    cells = {}
-    for (task, method), planned in groups.items():
-        grid = [r for r in planned if r.phase in (1, 3)]
-        cell = Cell(task, method, grid_done=sum(r.state == "done" for r in grid), grid_size=len(grid))
-        cell.grid_runs = [run for r in grid if r.state == "done" and (run := load_run(r.folder))]
-        cell.best_lr, cell.at_edge = plan.best_lr.get((task, method)), (task, method) in plan.at_edge
-        if cell.best_lr is not None:
-            cell.runs = [run for r in planned if r.lr == cell.best_lr and r.state == "done"
-                         and (run := load_run(r.folder))]
-        cells[task, method] = cell
-    return cells
-
-
-def mean_sd(values: list[float]) -> str:
-    if not values:
-        return MISSING
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def reference_for(settings: Settings) -> dict:
@@ -99,11 +26,6 @@ def reference_for(settings: Settings) -> dict:
     table = json.loads(REFERENCE_FILE.read_text())
     model = settings.get("PAPER_MODEL") or (Path(settings.model).name if settings.model else "")
     return table.get("models", {}).get(model, {})
-
-
-def on_seed(cell: Cell, seed: int) -> Cell:
-    """The cell with its run of this seed only (none if it has no such run)."""
-    return dataclasses.replace(cell, runs=[r for r in cell.runs if r.seed == seed])
 
 
 def count_wins(cells: dict[tuple[str, str], Cell], tasks) -> tuple[int, int, int, set[int]]:
@@ -155,72 +77,6 @@ def wins(cells: dict[tuple[str, str], Cell], settings: Settings) -> list[str]:
                          f"{sum(a < b for a, b in ends)} of {len(ends)} tasks.")
         lines += ["", sampling_noise_line(vs)]
     return lines or ["No task has both ZO-FT (new bank) and a ZO baseline at a selected LR yet."]
-
-
-def paired_differences(mine: Cell, other: Cell) -> list[float] | None:
-    """Per test example, mine's score minus other's, over the seeds of their best LRs (a seed fixes the test
-    sample, so the examples line up, which the examples' digests check where both files have them); None when
-    the seeds differ, a run lacks test_predictions.jsonl, or the digests show other examples."""
-    mine_runs, other_runs = {r.seed: r for r in mine.runs}, {r.seed: r for r in other.runs}
-    if set(mine_runs) != set(other_runs):
-        return None
-    differences = []
-    for seed in sorted(mine_runs):
-        a, b = mine_runs[seed].test_scores(), other_runs[seed].test_scores()
-        if a is None or b is None or len(a) != len(b):
-            return None
-        digests = mine_runs[seed].test_example_digests(), other_runs[seed].test_example_digests()
-        if None not in digests and digests[0] != digests[1]:
-            return None
-        differences += [x - y for x, y in zip(a, b)]
-    return differences if len(differences) > 1 else None
-
-
-def difference_se(mine: Cell, other: Cell) -> tuple[float | None, str]:
-    """The standard error that sampling the test examples puts on mine.metric − other.metric, and how it was
-    had: paired over the same examples when both cells saved their per-example scores, else binomial."""
-    differences = paired_differences(mine, other)
-    if differences is not None:
-        return statistics.stdev(differences) / math.sqrt(len(differences)), "paired"
-    if mine.sampling_variance is None or other.sampling_variance is None:
-        return None, "F1 without per-example scores: no SE"
-    return math.sqrt(mine.sampling_variance + other.sampling_variance), "binomial"
-
-
-def mcnemar_p(differences: list[float] | None) -> float | None:
-    """Exact two-sided McNemar test of paired right/wrong outcomes (accuracy): under "no difference" each example
-    that only one method gets right is a fair coin. None when a difference is not -1, 0 or 1."""
-    if not differences or any(d not in (-1.0, 0.0, 1.0) for d in differences):
-        return None
-    wins, losses = sum(d > 0 for d in differences), sum(d < 0 for d in differences)
-    n, k = wins + losses, min(wins, losses)
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
-
-
-def sampling_noise_line(pairs: list[tuple[Cell, Cell]]) -> str:
-    """Each task's ZO-FT − MeZO test difference next to the noise that the draw of test examples alone puts on it,
-    so that a difference of a few examples is not read as a win."""
-    parts, within, beyond_two, counted = [], 0, 0, 0
-    for mine, mezo in pairs:
-        difference = mine.metric - mezo.metric
-        se, how = difference_se(mine, mezo)
-        if se is None:
-            parts.append(f"{mine.task} {difference:+.3f} ({how})")
-            continue
-        counted += 1
-        within += abs(difference) <= se * (1 + 1e-9)  # a difference of exactly one SE counts as within it
-        beyond_two += abs(difference) > 2 * se * (1 + 1e-9)
-        accuracy = all(r.metric_name == "accuracy" for r in mine.runs + mezo.runs)  # right / wrong per example
-        exact = mcnemar_p(paired_differences(mine, mezo)) if how == "paired" and accuracy else None
-        parts.append(f"{mine.task} {difference:+.3f} ± {se:.3f} ({how}"
-                     + (f"; exact McNemar p = {exact:.2g}" if exact is not None else "") + ")")
-    return (f"ZO-FT − MeZO test metric per task, ± the standard error that sampling the test examples alone gives "
-            f"the difference (paired: over the same examples, from each run's test_predictions.jsonl; binomial, "
-            f"for runs without that file: as if the methods saw independent examples, which usually overstates it). "
-            f"Neither counts the seed-to-seed spread: {'; '.join(parts)}. "
-            f"Within one standard error: {within} of {counted}; more than two from zero: {beyond_two} of {counted}.")
 
 
 def _ordered(cells, settings):
@@ -379,93 +235,6 @@ def cpu_lines(cells) -> list[str]:
     note = (f" At least: {partial} of them were resumed from checkpoints that carried no time (older versions), and "
             "count their last attempt only." if partial else "")
     return [f"CPU-hours spent on the {len(runs)} finished runs: {total / 3600:.2f} ({detail or 'none'}).{note}"]
-
-
-def plots(cells, settings, out_dir: Path) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for task in settings.tasks:
-        task_cells = [c for (t, _), c in cells.items() if t == task]
-        curves = [c for c in task_cells if c.runs and any(r.curve() for r in c.runs)]
-        if curves:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for c in curves:
-                by_step: dict[int, list[float]] = {}
-                for r in c.runs:
-                    for step, loss in r.curve():
-                        by_step.setdefault(step, []).append(loss)
-                steps = sorted(by_step)
-                ax.plot(steps, [statistics.mean(by_step[s]) for s in steps], marker="o",
-                        label=f"{c.method} ({'no training' if c.method == ZERO_SHOT else f'lr {c.best_lr}'}, "
-                              f"{len(c.runs)} seed{'s' * (len(c.runs) != 1)})")
-            ax.set(xlabel="step", ylabel="train loss, unperturbed (fixed subset)", title=f"{task}: loss at best LR")
-            ax.legend(fontsize=7)
-            written.append(_save(fig, out_dir / f"loss_{task}.png"))
-        grids = [c for c in task_cells if c.grid_runs]
-        if grids:
-            written.append(lr_robustness_plot(grids, task, out_dir / f"lr_robustness_{task}.png"))
-    return written
-
-
-def lr_robustness_plot(grids: list[Cell], task: str, path: Path) -> Path:
-    """The paper's Figure 3: train loss after the last step against the LR, per method. Left, every run on a log
-    scale (blow-ups included); right, the same near the best zeroth-order loss, where the methods differ at usable
-    LRs (a run outside the range, such as the first-order reference below it, is drawn on its edge as a triangle)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (full, near) = plt.subplots(1, 2, figsize=(10, 4))
-    # the end of training, as the paper's Figure 3: the best-dev state can be an early one
-    series = [(c.method, sorted((float(r.lr), r.end_train_loss, r.diverged) for r in c.grid_runs)) for c in grids
-              if c.method != ZERO_SHOT]
-    low, top = near_best_range(series)
-    # the untrained model has no LR: a level line, what training has to beat
-    untrained = [r.end_train_loss for c in grids if c.method == ZERO_SHOT for r in c.grid_runs
-                 if math.isfinite(r.end_train_loss)]
-    if untrained and untrained[0] < 3 * low:  # the zoom reaches up to it, unless that would undo the zoom
-        top = max(top, untrained[0] * 1.05)
-    for panel in (full, near) if untrained else ():
-        panel.axhline(untrained[0], color="black", linestyle="--", linewidth=1, label="zero_shot (no training)")
-    for method, points in series:
-        lrs, losses = [p[0] for p in points], [p[1] for p in points]
-        line, = full.plot(lrs, losses, marker="o", label=method)
-        bad = [p for p in points if p[2]]
-        full.scatter([p[0] for p in bad], [p[1] for p in bad], marker="x", s=80, color=line.get_color())
-        clipped = [min(max(loss, low), top) if math.isfinite(loss) else top for loss in losses]
-        near.plot(lrs, clipped, marker="o", color=line.get_color(), label=method)
-        over = [(lr, top) for lr, loss in zip(lrs, losses) if not (math.isfinite(loss) and loss <= top)]
-        near.scatter([p[0] for p in over], [p[1] for p in over], marker="^", s=80, color=line.get_color())
-        under = [(lr, low) for lr, loss in zip(lrs, losses) if math.isfinite(loss) and loss < low]
-        near.scatter([p[0] for p in under], [p[1] for p in under], marker="v", s=80, color=line.get_color())
-    full.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="train loss after the last step (x: diverged)",
-             title=f"{task}: LR robustness (grid seed)")
-    near.set(xscale="log", ylim=(low * 0.98, top * 1.02), xlabel="learning rate",
-             title="near the best zeroth-order loss (triangles: outside)")
-    full.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def near_best_range(series: list[tuple[str, list[tuple[float, float, bool]]]]) -> tuple[float, float]:
-    """The loss range of the zoomed panel: from the lowest zeroth-order loss to 1.5x it. A first-order reference
-    far below would otherwise squeeze every zeroth-order method onto the top edge."""
-    def finite(methods):
-        return [loss for m, points in methods for _, loss, _ in points if math.isfinite(loss)]
-    losses = finite([s for s in series if s[0] not in REFERENCES]) or finite(series)
-    low = min(losses) if losses else 1.0
-    return low, low * 1.5
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return path
 
 
 def with_ablation_runs(settings: Settings) -> Settings:

@@ -2,7 +2,6 @@
 to the run itself."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
