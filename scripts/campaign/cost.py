@@ -8,7 +8,8 @@ LR and seed), so a smoke run or an older setting does not price a full run. Runs
 attempt only are left out: they would price a run too low. The cost is CPU seconds (`--status`) or wall seconds
 (DEADLINE), as campaign.json records them. Given the threads the next runs will get, a price is taken from the
 runs made on that many threads where the task and method have any (CPU time spent on 2 threads here is about twice
-that on 1, for the same wall time on a quiet machine), else from all of them.
+that on 1, for the same wall time on a quiet machine), else from all of them; a ratio to MeZO only from runs of
+both on the same threads.
 """
 from __future__ import annotations
 
@@ -40,11 +41,13 @@ class CostModel:
     def __init__(self, finished: list, measure: str = "cpu_seconds", threads: int | None = None):
         costs: dict[tuple[str, str | None, str], list[float]] = {}
         same_threads: dict[tuple[str, str | None, str], list[float]] = {}
+        by_threads: dict[tuple[str, str | None, str, int | None], list[float]] = {}
         for r in finished:
             seconds = getattr(r, measure)
             if not r.diverged and seconds > 0 and r.cost_complete:
                 key = (r.task, caps_key(r.campaign.get("fingerprint")), r.method)
                 costs.setdefault(key, []).append(seconds)
+                by_threads.setdefault(key + (r.threads,), []).append(seconds)
                 if threads is not None and r.threads == threads:
                     same_threads.setdefault(key, []).append(seconds)
         costs.update(same_threads)
@@ -53,10 +56,13 @@ class CostModel:
         for (task, caps, _), values in costs.items():
             by_task.setdefault((task, caps), []).extend(values)
         self.task_median = {key: statistics.median(values) for key, values in by_task.items()}
+        # a method's cost against MeZO's, from runs of both on the same task and the same number of threads (a
+        # 1-thread run against a 2-thread one would halve or double it)
         ratios: dict[str, list[float]] = {}
-        for (task, caps, method), value in self.median.items():
-            if method != "mezo" and (task, caps, "mezo") in self.median:
-                ratios.setdefault(method, []).append(value / self.median[task, caps, "mezo"])
+        for (task, caps, method, run_threads), values in by_threads.items():
+            mezo = by_threads.get((task, caps, "mezo", run_threads))
+            if method != "mezo" and mezo:
+                ratios.setdefault(method, []).append(statistics.median(values) / statistics.median(mezo))
         self.ratio = {method: statistics.median(values) for method, values in ratios.items()}
 
     def price(self, run) -> Price:

@@ -559,6 +559,25 @@ def test_a_price_comes_from_runs_on_the_threads_the_next_runs_get_where_there_ar
     assert CostModel(finished, threads=2).price(runs["mezo"]).seconds == 420
 
 
+def test_a_ratio_to_mezo_compares_runs_on_the_same_threads_only():
+    from campaign.cost import CostModel
+
+    def done(task, method, cpu, threads=None):
+        command = ["python", "run_zo_fine_tuner.py"] + (["--threads", str(threads)] if threads else [])
+        return Run(task, method, "1e-4", 42, Path("."), {"status": "completed"},
+                   {"cpu_seconds": cpu, "command": command})
+
+    # on SST-2, hizoo ran on all the cores only, as one MeZO run did; MeZO's 1-thread run spends half the CPU time
+    finished = [done("SST2", "mezo", 800), done("SST2", "mezo", 400, threads=1), done("SST2", "hizoo", 1200),
+                done("CB", "mezo", 500, threads=1)]
+    model = CostModel(finished, threads=1)
+    assert model.ratio == {"hizoo": 1.5}  # 1200 / 800, not 1200 / 400
+    cb_hizoo = SimpleNamespace(task="CB", method=SimpleNamespace(name="hizoo", train_mode="hizoo"))
+    assert model.price(cb_hizoo).seconds == 750
+    # no thread count in common: no ratio, the step benchmark's instead
+    assert CostModel([done("SST2", "mezo", 400, threads=1), done("SST2", "hizoo", 1200)]).ratio == {}
+
+
 def test_with_two_workers_a_failed_run_is_reported_and_the_other_still_published(campaign_env, tmp_path):
     env = {**campaign_env, "RESULTS_DIR": str(tmp_path / "results"), "TASKS": "SST2", "METHODS": "mezo zoft_new",
            "SEEDS": "1", "LRS_mezo": "0.001", "LRS_zoft_new": "0.001", "ARGS_mezo": "--no_such_flag 1"}
