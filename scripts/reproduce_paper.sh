@@ -5,7 +5,7 @@
 #   bash scripts/reproduce_paper.sh --stage 'TASKS=SST2;SEEDS=42' --stage 'TASKS=CB'   # stages, in order
 #   PRESET=llama-3.2-1b MODEL=/path/Llama-3.2-1B bash scripts/reproduce_paper.sh   # the authors' settings
 # Env vars (defaults in scripts/campaign/settings.py):
-#   TASKS="SST2 Copa CB WSC BoolQ SQuAD DROP"   METHODS="mezo zoft_new zoft_old zoft_untrained mezo_adam hizoo lozo fzoo fo_adam"
+#   TASKS="SST2 Copa CB WSC BoolQ SQuAD DROP"   METHODS="mezo zoft_new zero_shot zoft_old zoft_untrained mezo_adam lozo fzoo fo_adam hizoo"
 #   LRS_<method>="1e-5 3e-6 ..." (LRS_<method>_<task> for one task)  SEEDS="42 43 44" (SEEDS_<task> per task)  BANK_<method>=path  ARGS_<method>="--flag v"
 #   TASKS_<method>="SST2"  STEPS, EVAL_STEPS, TRAIN, DEV, EVAL, MAX_LENGTH, MAX_NEW_TOKENS (also <VAR>_<task>)
 #   BS (16)  EPS (1e-3)  DTYPE (float32|float16|bfloat16)  SELECT_BY (dev_loss|dev_metric)  EXTRA_ARGS
