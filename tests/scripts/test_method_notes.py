@@ -8,8 +8,8 @@ from pathlib import Path
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from campaign.method_notes import hizoo_note  # noqa: E402
 from campaign.cells import Cell  # noqa: E402
+from campaign.method_notes import hizoo_note  # noqa: E402
 from campaign.store import Run  # noqa: E402
 
 
