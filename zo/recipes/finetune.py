@@ -585,7 +585,7 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
                                  max_length=config.max_length, for_generation_objective=config.non_diff,
                                  option_scoring=config.option_scoring,
                                  only_train_option=config.only_train_option, length_groups=config.length_groups)
-    loss_kwargs = {"logits_dtype": torch.float16} if config.upstream_fp16_semantics else {}
+    loss_kwargs = _loss_kwargs(config)
     if config.non_diff:
         def loss_fn(batch):
             return tasks.negative_f1_objective(model, tokenizer, batch, task, max_length=config.max_length,
@@ -612,11 +612,16 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
                     train_eval_fn=train_eval_fn)
 
 
+def _loss_kwargs(config: FineTuneConfig) -> dict:
+    """tasks.batch_loss options: upstream's fp16 runs take the log-softmax of fp16 logits."""
+    return {"logits_dtype": torch.float16} if config.upstream_fp16_semantics else {}
+
+
 def _unperturbed_loss_fns(config: FineTuneConfig, task, splits, model, tokenizer, as_classification: bool,
                           with_dev: bool = True) -> tuple[Callable[[], float] | None, Callable[[], float] | None]:
     """The dev loss (model selection; None under --non_diff or without a dev set) and the loss on a fixed train
     subset (the comparable training loss; None with --train_loss_subset 0), both at the weights as they are."""
-    loss_kwargs = {"logits_dtype": torch.float16} if config.upstream_fp16_semantics else {}
+    loss_kwargs = _loss_kwargs(config)
     dev_loss_fn = None
     if splits.dev and not config.non_diff and with_dev:
         dev_batches = tasks.TrainBatches(splits.dev, task, tokenizer, config.eval_batch_size, seed=0,
