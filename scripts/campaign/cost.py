@@ -40,7 +40,6 @@ class Price:
 class CostModel:
     def __init__(self, finished: list, measure: str = "cpu_seconds", threads: int | None = None):
         costs: dict[tuple[str, str | None, str], list[float]] = {}
-        same_threads: dict[tuple[str, str | None, str], list[float]] = {}
         by_threads: dict[tuple[str, str | None, str, int | None], list[float]] = {}
         for r in finished:
             seconds = getattr(r, measure)
@@ -48,9 +47,8 @@ class CostModel:
                 key = (r.task, caps_key(r.campaign.get("fingerprint")), r.method)
                 costs.setdefault(key, []).append(seconds)
                 by_threads.setdefault(key + (r.threads,), []).append(seconds)
-                if threads is not None and r.threads == threads:
-                    same_threads.setdefault(key, []).append(seconds)
-        costs.update(same_threads)
+        if threads is not None:  # where the task and method have runs on these threads, only those
+            costs.update({key[:3]: values for key, values in by_threads.items() if key[3] == threads})
         self.median = {key: statistics.median(values) for key, values in costs.items()}
         by_task: dict[tuple[str, str | None], list[float]] = {}
         for (task, caps, _), values in costs.items():
