@@ -168,9 +168,8 @@ def _builtin(name: str) -> dict | None:
                           "args": ("--trainable_blocks", "^(?!.*embed_tokens)"), "tasks": DIAGNOSTIC_TASKS},
         "mezo_embed_only": {"train_mode": "mezo", "grid_key": "mezo_embed_only",
                             "args": ("--trainable_blocks", "embed_tokens"), "tasks": DIAGNOSTIC_TASKS},
+        ZERO_SHOT: {"train_mode": "none", "grid_key": ZERO_SHOT},
     }
-    if name == ZERO_SHOT:
-        return {"train_mode": "none", "grid_key": ZERO_SHOT}
     if name in table:
         return table[name]
     if name in ("mezo", "mezo_adam", "hizoo", "lozo", "fzoo", "fo_sgd", "fo_adam"):
