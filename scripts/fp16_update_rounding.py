@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     tensors = load_file(args.weights)
     gen = torch.Generator().manual_seed(0)
-    print(f"| lr | abs(g*k) | tensors | realized / intended step norm | weights that move |")
+    print("| lr | abs(g*k) | tensors | realized / intended step norm | weights that move |")
     print("|---|---|---|---|---|")
     for gk in (1.0, 10.0, 100.0, 1000.0):
         for label, keep in (("matrices", lambda n, t: t.dim() >= 2), ("norm weights", lambda n, t: "norm" in n)):

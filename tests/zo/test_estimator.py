@@ -189,7 +189,7 @@ def test_weight_decay_shrinks_model_norm_only_under_the_mezo_rule(rule):
 
 
 def test_fused_block_stats_match_torch_var_mean():
-    from zo.stats import BlockStatsCollector, block_stats
+    from zo.stats import block_stats
     model = build_tiny_model("llama", 400)
     with torch.no_grad():
         model.model.norm.weight.fill_(1.0)  # a constant block: variance exactly 0

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import build_tiny_model
-from zo.blocks import Block, parameter_blocks
+from zo.blocks import parameter_blocks
 from zo.l2l import FunctionalModel, MetaConfig, MetaLearner, MicroBatches, TrajectoryOptimizer
 from zo.noise import NoiseSource
 from zo.pertnn import bank_features, fresh_bank

@@ -20,7 +20,6 @@ def test_noise_is_independent_of_thread_count():
     shape = torch.Size((3 * CHUNK_ELEMENTS // 64 + 7, 64))
     z1 = NoiseSource(threads=1).block_noise(11, 4, shape)
     t = torch.zeros(shape)
-    seen = []
     NoiseSource(threads=2).for_each_chunk(11, [(4, t)], lambda b, c, rows, z: rows.copy_(z))
     assert torch.equal(z1, t)
     assert len(block_chunks(shape)) > 2  # the threaded path really split the block

@@ -593,12 +593,13 @@ def _train(config: FineTuneConfig, task, splits, model, tokenizer, optimizer, as
     else:
         def loss_fn(batch):
             return tasks.batch_loss(model, batch, **loss_kwargs)
-    train_loss_fn = loss_fn
     if group.enabled:  # the example-weighted loss of the global batch, on every rank
         def train_loss_fn(share):
             batch, counted = share
             weight = tasks.loss_weight(batch) if counted else 0
             return distributed.weighted_mean_loss(lambda: loss_fn(batch), weight, group, device)
+    else:
+        train_loss_fn = loss_fn
 
     dev_loss_fn, train_eval_fn = _unperturbed_loss_fns(config, task, splits, model, tokenizer, as_classification,
                                                        with_dev=group.is_main)
