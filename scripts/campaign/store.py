@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 SMALL_FILES = ("config.json", "metrics.json", "train_log.jsonl", "test_predictions.jsonl")
@@ -113,50 +114,53 @@ class Run:
         return not (self.campaign.get("resumed_from_step") is not None and "last_attempt_cpu_seconds" not in
                     self.campaign)
 
+    @cached_property
     def _test_rows(self) -> list[dict] | None:
-        path = self.folder / "test_predictions.jsonl"
-        if not path.exists():
-            return None
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        """test_predictions.jsonl, read once: the report asks for a run's scores, predictions and digests."""
+        rows = _jsonl_rows(self.folder / "test_predictions.jsonl")
         return rows if rows and len(rows) == self.test_examples else None
 
     def test_scores(self) -> list[float] | None:
         """Each test example's score (1/0, or F1) in the run's test order; None for a run finished before runs
         wrote test_predictions.jsonl, or a file that does not cover the whole test split."""
-        rows = self._test_rows()
+        rows = self._test_rows
         return [float(row["score"]) for row in rows] if rows else None
 
     def test_predictions(self) -> list[str] | None:
         """Each test example's prediction (the chosen option or the generated answer) in test order."""
-        rows = self._test_rows()
+        rows = self._test_rows
         return [str(row["prediction"]) for row in rows] if rows and all("prediction" in row for row in rows) else None
 
     def test_example_digests(self) -> list[str] | None:
         """Each test example's digest (zo.recipes.finetune.example_digest) in test order; None for files written
         before the digests were."""
-        rows = self._test_rows()
+        rows = self._test_rows
         return [row["example"] for row in rows] if rows and all("example" in row for row in rows) else None
 
     @property
     def config(self) -> dict:
         return read_json(self.folder / "config.json") or {}
 
+    @cached_property
+    def _log_rows(self) -> list[dict]:
+        return _jsonl_rows(self.folder / "train_log.jsonl") or []
+
     def last_step(self) -> dict | None:
         """The train_log.jsonl record of the last training step taken (method extras included), or None."""
-        path = self.folder / "train_log.jsonl"
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-        steps = [row for row in rows if row.get("kind") == "step"]
+        steps = [row for row in self._log_rows if row.get("kind") == "step"]
         return steps[-1] if steps else None
 
     def curve(self) -> list[tuple[int, float]]:
         """(step, unperturbed train-subset loss) from the dev lines of train_log.jsonl."""
-        path = self.folder / "train_log.jsonl"
-        points = []
-        for line in path.read_text().splitlines() if path.exists() else []:
-            row = json.loads(line) if line.strip() else {}
-            if isinstance(row.get("train_eval_loss"), (int, float)):
-                points.append((int(row["step"]), float(row["train_eval_loss"])))
-        return points
+        return [(int(row["step"]), float(row["train_eval_loss"])) for row in self._log_rows
+                if isinstance(row.get("train_eval_loss"), (int, float))]
+
+
+def _jsonl_rows(path: Path) -> list[dict] | None:
+    """The records of a JSON-lines file, or None when it does not exist."""
+    if not path.exists():
+        return None
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def load_run(folder: Path) -> Run | None:
