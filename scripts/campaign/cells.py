@@ -25,6 +25,7 @@ class Cell:
     grid_size: int = 0
     best_lr: str | None = None
     at_edge: bool = False  # the best LR is the largest or smallest of the grid: extend the grid to be sure
+    provisional: bool = False  # best_lr is the best so far: the grid's extension past its edge is pending
     runs: list[Run] = field(default_factory=list)
     grid_runs: list[Run] = field(default_factory=list)
 
@@ -71,6 +72,8 @@ def collect(settings: Settings, plan: Plan | None = None) -> dict[tuple[str, str
         cell = Cell(task, method, grid_done=sum(r.state == "done" for r in grid), grid_size=len(grid))
         cell.grid_runs = [run for r in grid if r.state == "done" and (run := load_run(r.folder))]
         cell.best_lr, cell.at_edge = plan.best_lr.get((task, method)), (task, method) in plan.at_edge
+        if cell.best_lr is None and (task, method) in plan.provisional_lr:
+            cell.best_lr, cell.provisional = plan.provisional_lr[task, method], True
         if cell.best_lr is not None:
             cell.runs = [run for r in planned if r.lr == cell.best_lr and r.state == "done"
                          and (run := load_run(r.folder))]

@@ -40,6 +40,9 @@ class Plan:
     # (task, method) -> the best LR of its complete grid, and those whose best LR is at the grid's edge
     best_lr: dict[tuple[str, str], str] = field(default_factory=dict)
     at_edge: set[tuple[str, str]] = field(default_factory=set)
+    # (task, method) -> the best LR of its finished grid runs while only the grid's extension is pending: the
+    # report shows it, marked; the seed runs wait for the final choice
+    provisional_lr: dict[tuple[str, str], str] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)  # method -> why
 
     def pending(self) -> list[PlannedRun]:
@@ -162,8 +165,11 @@ def build_plan(settings: Settings) -> Plan:
                 for _ in range(int(settings.get("EXTEND_GRID", "1"))):
                     if chosen is None or not at_grid_edge(chosen, grid):
                         break
+                    so_far = chosen
                     grid.append(add(grid_phase, task, method, lr_beyond(chosen, grid), grid[0].seed))
                     chosen = selected_lr(grid, settings.select_by)
+                    if chosen is None:
+                        plan.provisional_lr[task, method.name] = so_far
                 if chosen is not None:
                     plan.best_lr[task, method.name] = chosen
                     if at_grid_edge(chosen, grid):

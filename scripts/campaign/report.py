@@ -17,6 +17,9 @@ from .settings import DIAGNOSTICS, PRESET_DIR, REFERENCES, TABLE2, TABLE3, ZERO_
 from .significance import sampling_noise_line
 
 REFERENCE_FILE = PRESET_DIR / "paper_reference.json"
+PROVISIONAL_MARK = " †"
+PROVISIONAL_NOTE = ("†: provisional, the best of the LRs run so far: its grid's best lay at an edge, and the LR one "
+                    "step past it has not finished yet.")
 
 
 def reference_for(settings: Settings) -> dict:
@@ -51,9 +54,10 @@ def wins(cells: dict[tuple[str, str], Cell], settings: Settings) -> list[str]:
     lines = []
     pairs, lowest, highest, seed_counts = count_wins(cells, settings.tasks)
     if pairs:
+        provisional = any(c.provisional and c.loss is not None for c in cells.values())
         lines.append(f"ZO-FT (new bank) has the lowest final training loss in {lowest} of {pairs} tasks and the "
                      f"highest test metric in {highest} of {pairs}, against the ZO baselines with results on the "
-                     f"same task.")
+                     f"same task" + (" (provisional cells count as they stand)." if provisional else "."))
     if len(seed_counts) > 1:
         # a one-seed cell holds the very run its LR was chosen on (the lowest dev loss of its grid): next to a mean
         # over seeds it is flattered by that choice; on the first seed alone every method is chosen alike
@@ -118,7 +122,7 @@ def paper_table(cells, settings) -> list[str]:
             loss = f"**{c.loss:.3f}**" if zo and c.loss == best[t][0] else f"{c.loss:.3f}"
             metric = f"**{c.metric:.3f}**" if zo and c.metric == best[t][1] else f"{c.metric:.3f}"
             seeds = f" ({len(c.runs)} seeds)" if len(c.runs) > 1 else ""
-            parts.append(f"{loss} / {metric}{seeds}")
+            parts.append(f"{loss} / {metric}{seeds}{PROVISIONAL_MARK if c.provisional else ''}")
         rows.append(f"| {m} | " + " | ".join(parts) + " |")
     metric_names = sorted({c.runs[0].metric_name for (t, _), c in cells.items() if t in tasks and c.runs})
     return rows + ["", f"Each cell: final train loss / test {' or '.join(metric_names)}, one seed unless it says "
@@ -126,7 +130,9 @@ def paper_table(cells, settings) -> list[str]:
                        "where two or more have results. ·: no run at a selected LR yet."
                        + (f" {ZERO_SHOT}: the model without training (a reference, as first order: never bold)."
                           if ZERO_SHOT in methods else "")
-                       + (f" No task has one yet for {', '.join(waiting)}." if waiting else "")]
+                       + (f" No task has one yet for {', '.join(waiting)}." if waiting else "")
+                       + (f" {PROVISIONAL_NOTE}" if any(cells[t, m].provisional for m in methods for t in tasks
+                                                       if has_result(m, t)) else "")]
 
 
 def not_started_line(cells, settings) -> list[str]:
@@ -151,7 +157,7 @@ def main_table(cells, settings, reference) -> list[str]:
         if c.best_lr is None:
             lr = f"{MISSING} (grid {c.grid_done}/{c.grid_size})"
         else:
-            lr = c.best_lr + (" (grid edge)" if c.at_edge else "")
+            lr = c.best_lr + (" (grid edge)" if c.at_edge else "") + (" (provisional)" if c.provisional else "")
         metric_name = c.runs[0].metric_name if c.runs else ""
         metric = mean_sd(c.metrics) + (f" ({metric_name})" if c.metrics else "")
         diverged = sum(r.diverged for r in c.runs)
@@ -217,7 +223,8 @@ def ablation_table(cells, settings, methods: tuple[str, ...], first: str = "bank
                 parts.append(MISSING)
                 continue
             metric = f"{c.metric:.4f}" if c.metric is not None else MISSING
-            parts.append(f"{c.loss:.4f} / {metric} ({c.best_lr}{', grid edge' if c.at_edge else ''})")
+            parts.append(f"{c.loss:.4f} / {metric} ({c.best_lr}{', grid edge' if c.at_edge else ''}"
+                         f"{', provisional' if c.provisional else ''})")
         if with_noise:  # a table's row may name a method outside METHODS: its bank is the built-in one
             parts.append(bank_noise(by_name.get(m) or method_from_word(settings, m)))
         rows.append(f"| {m} | " + " | ".join(parts) + " |")

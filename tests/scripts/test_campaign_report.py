@@ -12,7 +12,8 @@ from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from campaign.cells import Cell  # noqa: E402
-from campaign.report import ablation_table, cpu_lines, not_started_line, paper_table, wins  # noqa: E402
+from campaign.report import (PROVISIONAL_NOTE, ablation_table, cpu_lines, not_started_line, paper_table,  # noqa: E402
+                             wins)
 from campaign.settings import load_settings  # noqa: E402
 from campaign.store import Run  # noqa: E402
 
@@ -94,6 +95,23 @@ def test_the_paper_table_bolds_the_best_zeroth_order_cell_and_marks_what_has_not
     line = not_started_line(cells, settings)[0]
     assert line.endswith("BoolQ: mezo.") and "hizoo" not in line  # a grid under way is in the main table
     assert paper_table({}, settings) == ["No (task, method) has a selected LR yet."]
+
+
+def test_a_provisional_cell_is_shown_marked_and_said_to_count_as_it_stands(tmp_path):
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2", "METHODS": "mezo zoft_new lozo"})
+    cells = {("SST2", "mezo"): _scored("SST2", "mezo", [(0.6, 0.7)], tmp_path),
+             ("SST2", "zoft_new"): _scored("SST2", "zoft_new", [(0.65, 0.74)], tmp_path),
+             ("SST2", "lozo"): _scored("SST2", "lozo", [(0.5, 0.6)], tmp_path)}
+    cells["SST2", "lozo"].provisional = True
+    table = paper_table(cells, settings)
+    assert "| lozo | **0.500** / 0.600 † |" in table and table[-1].endswith(PROVISIONAL_NOTE)
+    assert "(provisional cells count as they stand)" in "\n".join(wins(cells, settings))
+    rows = ablation_table(cells, settings, ("lozo",), first="method")
+    assert rows[-1] == "| lozo | 0.5000 / 0.6000 (1e-4, provisional) |"
+
+    cells["SST2", "lozo"].provisional = False  # nothing provisional: no mark, no note
+    assert PROVISIONAL_NOTE not in "\n".join(paper_table(cells, settings))
+    assert "provisional" not in "\n".join(wins(cells, settings))
 
 
 def test_the_cpu_hours_count_each_run_once_by_phase_and_say_when_a_resumed_run_counts_its_last_attempt_only():

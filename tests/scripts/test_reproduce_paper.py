@@ -20,6 +20,7 @@ from run_helpers import QUIET_ENV, processes_mentioning, requires_shared_data, r
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from campaign import runner  # noqa: E402
+from campaign.cells import collect  # noqa: E402
 from campaign.plan import at_grid_edge, build_plan  # noqa: E402
 from campaign.settings import (DIAGNOSTIC_TASKS, PRESET_DIR, STEP_COST_VS_MEZO, TABLE2, TABLE3,  # noqa: E402
                                load_settings)
@@ -608,11 +609,14 @@ def test_a_best_lr_at_the_grid_edge_extends_the_grid_before_the_seeds_run(tmp_pa
     (extension,) = plan.pending()  # one LR further up the 1-3-10 ladder, same seed; the seed run waits for it
     assert (extension.phase, extension.lr, extension.seed) == (1, "0.0003", 1) and plan.blocked == {2: 1}
     assert ("SST2", "mezo") not in plan.best_lr  # no choice while the extended grid is incomplete
+    assert plan.provisional_lr == {("SST2", "mezo"): "0.0001"}  # but the report shows the best so far, marked
+    cell = collect(load_settings(env), plan)["SST2", "mezo"]
+    assert (cell.best_lr, cell.provisional, [r.lr for r in cell.runs]) == ("0.0001", True, ["0.0001"])
 
     _publish_fake(extension, 0.62)  # worse than 1e-4: the best is inside the grid now, the seed runs there
     plan = build_plan(load_settings(env))
     assert [(r.phase, r.lr, r.seed) for r in plan.pending()] == [(2, "0.0001", 2)]
-    assert not plan.at_edge and not plan.blocked
+    assert not plan.at_edge and not plan.blocked and not plan.provisional_lr
 
     no_extension = build_plan(load_settings({**env, "EXTEND_GRID": "0", "RESULTS_DIR": str(tmp_path / "other")}))
     assert len(no_extension.runs) == 3  # EXTEND_GRID=0: the grid as given (and its seeds blocked until done)
