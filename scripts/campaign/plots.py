@@ -11,33 +11,58 @@ from .settings import REFERENCES, ZERO_SHOT
 
 
 def plots(cells, settings, out_dir: Path) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for task in settings.tasks:
         task_cells = [c for (t, _), c in cells.items() if t == task]
         curves = [c for c in task_cells if c.runs and any(r.curve() for r in c.runs)]
         if curves:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for c in curves:
-                by_step: dict[int, list[float]] = {}
-                for r in c.runs:
-                    for step, loss in r.curve():
-                        by_step.setdefault(step, []).append(loss)
-                steps = sorted(by_step)
-                ax.plot(steps, [statistics.mean(by_step[s]) for s in steps], marker="o",
-                        label=f"{c.method} ({'no training' if c.method == ZERO_SHOT else f'lr {c.best_lr}'}, "
-                              f"{len(c.runs)} seed{'s' * (len(c.runs) != 1)})")
-            ax.set(xlabel="step", ylabel="train loss, unperturbed (fixed subset)", title=f"{task}: loss at best LR")
-            ax.legend(fontsize=7)
-            written.append(_save(fig, out_dir / f"loss_{task}.png"))
+            written.append(loss_curves_plot(curves, task, out_dir / f"loss_{task}.png"))
         grids = [c for c in task_cells if c.grid_runs]
         if grids:
             written.append(lr_robustness_plot(grids, task, out_dir / f"lr_robustness_{task}.png"))
     return written
+
+
+def loss_curves_plot(curves: list[Cell], task: str, path: Path) -> Path:
+    """Train loss against the step at each method's best LR, mean over its seeds. The y range ends a little above
+    the highest loss any method has at its chosen state (or the untrained model's): a run chosen at an early step
+    that blows up later would otherwise flatten every other curve; its points above are drawn on the top edge as
+    triangles."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    top = curves_top(curves)
+    for c in curves:
+        by_step: dict[int, list[float]] = {}
+        for r in c.runs:
+            for step, loss in r.curve():
+                by_step.setdefault(step, []).append(loss)
+        steps = sorted(by_step)
+        losses = [statistics.mean(by_step[s]) for s in steps]
+        what = "no training" if c.method == ZERO_SHOT else f"lr {c.best_lr}{' †' if c.provisional else ''}"
+        line, = ax.plot(steps, [min(loss, top) for loss in losses], marker="o",
+                        label=f"{c.method} ({what}, {len(c.runs)} seed{'s' * (len(c.runs) != 1)})")
+        over = [s for s, loss in zip(steps, losses) if loss > top]
+        ax.scatter(over, [top] * len(over), marker="^", s=80, color=line.get_color())
+    ax.set(xlabel="step", ylabel="train loss, unperturbed (fixed subset)", ylim=(0, top * 1.02),
+           title=f"{task}: loss at best LR" + (" (triangles: above the range)" if top < _highest(curves) else ""))
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def curves_top(curves: list[Cell]) -> float:
+    """The top of the loss-curve plot: 1.25x the highest loss of a cell at its chosen state (the table's loss), the
+    untrained model's included; every point when no cell has one."""
+    chosen = [c.loss for c in curves if c.loss is not None and math.isfinite(c.loss)]
+    return 1.25 * max(chosen) if chosen else _highest(curves)
+
+
+def _highest(curves: list[Cell]) -> float:
+    points = [loss for c in curves for r in c.runs for _, loss in r.curve() if math.isfinite(loss)]
+    return max(points) if points else 1.0
 
 
 def lr_robustness_plot(grids: list[Cell], task: str, path: Path) -> Path:

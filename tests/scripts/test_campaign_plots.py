@@ -8,7 +8,7 @@ from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from campaign.cells import Cell  # noqa: E402
-from campaign.plots import lr_robustness_plot, near_best_range  # noqa: E402
+from campaign.plots import curves_top, loss_curves_plot, lr_robustness_plot, near_best_range  # noqa: E402
 from campaign.store import Run  # noqa: E402
 
 
@@ -31,3 +31,20 @@ def test_the_zoomed_lr_panel_is_set_by_the_best_zeroth_order_loss_not_the_first_
     assert near_best_range(series) == (0.55, 0.55 * 1.5)
     assert near_best_range([("fo_adam", [(3e-5, 0.06, False)])]) == (0.06, 0.06 * 1.5)  # nothing else: its own
     assert near_best_range([("mezo", [(3e-4, math.nan, True)])]) == (1.0, 1.5)
+
+
+def test_the_loss_curves_end_above_every_chosen_state_not_at_a_later_blow_up(tmp_path):
+    def cell(method, losses, chosen, provisional=False):
+        folder = tmp_path / method
+        folder.mkdir()
+        (folder / "train_log.jsonl").write_text("".join(
+            f'{{"kind": "dev", "step": {25 * (i + 1)}, "train_eval_loss": {loss}}}\n' for i, loss in enumerate(losses)))
+        run = Run("SST2", method, "1e-4", 42, folder, {"status": "completed", "final_train_loss": chosen}, {})
+        return Cell("SST2", method, best_lr="1e-4", runs=[run], provisional=provisional)
+
+    mezo = cell("mezo", [0.7, 0.65, 0.64, 0.63], 0.63)
+    lozo = cell("lozo", [0.62, 0.61, 1.2, 9.7], 0.61, provisional=True)  # chosen at step 50, blown up by step 100
+    assert curves_top([mezo, lozo]) == 1.25 * 0.63
+    assert curves_top([cell("fzoo", [0.5, 0.4], math.nan)]) == 0.5  # no chosen loss: every point fits
+    path = loss_curves_plot([mezo, lozo], "SST2", tmp_path / "loss.png")
+    assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
