@@ -31,6 +31,11 @@ def reference_for(settings: Settings) -> dict:
     return table.get("models", {}).get(model, {})
 
 
+def is_rival(method: str) -> bool:
+    """A ZO baseline ZO-FT (new bank) is counted against: not one of its own variants, not a reference."""
+    return not method.startswith("zoft") and method not in REFERENCES
+
+
 def count_wins(cells: dict[tuple[str, str], Cell], tasks) -> tuple[int, int, int, set[int]]:
     """(tasks compared, where ZO-FT's loss is the lowest, where its metric is the highest, the seed counts of the
     cells compared): ZO-FT (new bank) against the ZO baselines (not its own variants, not the references)."""
@@ -38,8 +43,8 @@ def count_wins(cells: dict[tuple[str, str], Cell], tasks) -> tuple[int, int, int
     seed_counts: set[int] = set()
     for task in tasks:
         mine = cells.get((task, "zoft_new"))
-        rivals = [c for (t, m), c in cells.items() if t == task and m != "zoft_new" and not m.startswith("zoft")
-                  and m not in REFERENCES and c.loss is not None and c.metric is not None]
+        rivals = [c for (t, m), c in cells.items() if t == task and is_rival(m)
+                  and c.loss is not None and c.metric is not None]
         if mine is None or mine.loss is None or mine.metric is None or not rivals:
             continue
         pairs += 1
@@ -54,7 +59,8 @@ def wins(cells: dict[tuple[str, str], Cell], settings: Settings) -> list[str]:
     lines = []
     pairs, lowest, highest, seed_counts = count_wins(cells, settings.tasks)
     if pairs:
-        provisional = any(c.provisional and c.loss is not None for c in cells.values())
+        provisional = any(c.provisional and c.loss is not None for (_, m), c in cells.items()
+                          if m == "zoft_new" or is_rival(m))
         lines.append(f"ZO-FT (new bank) has the lowest final training loss in {lowest} of {pairs} tasks and the "
                      f"highest test metric in {highest} of {pairs}, against the ZO baselines with results on the "
                      f"same task" + (" (provisional cells count as they stand)." if provisional else "."))

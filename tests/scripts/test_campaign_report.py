@@ -110,6 +110,10 @@ def test_a_provisional_cell_is_shown_marked_and_said_to_count_as_it_stands(tmp_p
     assert rows[-1] == "| lozo | 0.5000 / 0.6000 (1e-4, provisional) |"
 
     cells["SST2", "lozo"].provisional = False  # nothing provisional: no mark, no note
+    cells["SST2", "fo_adam"] = _scored("SST2", "fo_adam", [(0.1, 0.9)], tmp_path)
+    cells["SST2", "fo_adam"].provisional = True  # a reference: marked in the table, but not counted
+    assert "(provisional cells count as they stand)" not in "\n".join(wins(cells, settings))
+    del cells["SST2", "fo_adam"]
     assert PROVISIONAL_NOTE not in "\n".join(paper_table(cells, settings))
     assert "provisional" not in "\n".join(wins(cells, settings))
 
