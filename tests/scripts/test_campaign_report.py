@@ -12,8 +12,8 @@ from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from campaign.cells import Cell  # noqa: E402
-from campaign.report import (PROVISIONAL_NOTE, ablation_table, cpu_lines, not_started_line, paper_table,  # noqa: E402
-                             wins)
+from campaign.report import (PROVISIONAL_NOTE, ablation_table, count_wins, cpu_lines, not_started_line,  # noqa: E402
+                             paper_table, wins)
 from campaign.settings import load_settings  # noqa: E402
 from campaign.store import Run  # noqa: E402
 
@@ -115,6 +115,13 @@ def test_a_provisional_cell_is_shown_marked_and_said_to_count_as_it_stands(tmp_p
     assert "(provisional cells count as they stand)" not in "\n".join(wins(cells, settings))
     del cells["SST2", "fo_adam"]
     assert PROVISIONAL_NOTE not in "\n".join(paper_table(cells, settings))
+    assert "provisional" not in "\n".join(wins(cells, settings))
+
+    # a provisional baseline on a task where ZO-FT has no result is not compared, so it is not said to count
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 CB", "METHODS": "mezo zoft_new lozo"})
+    cells["CB", "lozo"] = _scored("CB", "lozo", [(0.9, 0.5)], tmp_path)
+    cells["CB", "lozo"].provisional = True
+    assert count_wins(cells, settings.tasks).pairs == 1
     assert "provisional" not in "\n".join(wins(cells, settings))
 
 
