@@ -8,7 +8,8 @@ the spread of their losses.
 N + 1 forwards per step, no persistent state beyond the seed stream. The step does not depend on
 the scale of the loss (L -> c L + b leaves it unchanged). The authors' code divides by s = 0 (N = 1,
 or all l_i equal) and yields inf/NaN weights; here s falls back to the root mean square of l_i - l0,
-so N = 1 is a sign step, theta - lr * sign(l_1 - l0) * u_1, and identical losses give no step.
+so N = 1 is a sign step, theta - lr * sign(l_1 - l0) * u_1, N equal probe losses step by
+-lr * sign(l - l0) * mean_i u_i, and only when every l_i equals l0 is there no step.
 The record's loss_plus / loss_minus are both l0 (the loss at theta); the probes are in `losses`.
 """
 from __future__ import annotations

@@ -6,9 +6,11 @@ diagonal curvature estimate D (one float32 entry per parameter, initialised to 1
     theta <- theta * (1 - lr wd) - lr * g * z / sqrt(D_new)
 
 The probe uses D_t, the step D_{t+1}, as the authors' code. 3 forwards per step (their logging-only
-fourth forward at the new theta is dropped). alpha * |...| / (2 eps^2) is formed in double precision
-and D kept in float32 (in fp16 the authors' D barely moves at alpha = 1e-8 and never at 1e-10, or
-overflows in the older version). With alpha = 0, D stays exactly 1 and HiZOO is MeZO plus one forward.
+fourth forward at the new theta is dropped). The scalar alpha * |...| / (2 eps^2) is formed in double
+precision and D kept and updated in float32 (in fp16 the authors' D barely moves at alpha = 1e-8 and
+never at 1e-10, or overflows in the older version). In float32, 1 - alpha rounds to 1 below alpha ~6e-8
+(as in the authors' fp32 runs) and each factor of D is rounded to float32's spacing near 1 (~1.2e-7).
+With alpha = 0, D stays exactly 1 and HiZOO is MeZO plus one forward.
 Weight decay follows --weight_decay_rule, MeZO's name rule by default (the authors decay every tensor).
 """
 from __future__ import annotations

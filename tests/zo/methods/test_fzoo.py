@@ -62,6 +62,9 @@ def test_one_perturbation_is_a_sign_step_not_a_division_by_zero():
     """The authors divide by the std of one loss (0): inf/NaN. Here N = 1 is theta - lr sign(l1 - l0) u."""
     assert fzoo_coefficients([2.5], 2.0) == ([1.0], 0.5)
     assert fzoo_coefficients([2.0, 2.0], 2.0) == ([0.0, 0.0], 0.0)  # no information: no step
+    # equal probes away from l0: the spread falls back to |l - l0|, a sign step along the mean direction
+    assert fzoo_coefficients([2.5, 2.5, 2.5], 2.0) == ([pytest.approx(1 / 3)] * 3, 0.5)
+    assert fzoo_coefficients([1.5, 1.5], 2.0) == ([-0.5, -0.5], 0.5)
     model = build_tiny_model("llama", 400)
     before = [b.param.detach().clone() for b in parameter_blocks(model)]
     record = run(make(model, "fzoo", ZOConfig(lr=1e-3, eps=1e-3), fzoo_n=1), model, batches(1))[0]

@@ -69,6 +69,24 @@ def test_lozo_matches_a_plain_reference_across_window_changes(beta):
         assert all(torch.equal(p, q) for p, q in zip(model.parameters(), ref.parameters()))
 
 
+def test_lozo_on_the_large_tied_head_paths_matches_the_reference(monkeypatch):
+    """SmolLM2's tied embedding / head is perturbed by rows (never materialized) and looked up chunk by chunk;
+    the tiny model's head is small enough to take neither path unless the limits are lowered."""
+    import zo.noise
+    import zo.perturb
+    monkeypatch.setattr(zo.perturb, "MATERIALIZE_LIMIT", 1000)  # every matrix goes by rows
+    monkeypatch.setattr(zo.noise, "CHUNK_ELEMENTS", 4096)  # the 400 x 32 embedding: 4 chunks
+    model, ref = build_tiny_model("llama", 400), build_tiny_model("llama", 400)
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    assert len(block_chunks(model.get_input_embeddings().weight.shape)) == 4
+    method = make(model, "lozo", ZOConfig(lr=1e-3, eps=1e-3), lozo_rank=2, lozo_interval=2)
+    records = run(method, model, batches(3))
+    field = LowRankNoise(NoiseSource(threads=1), parameter_blocks(ref), rank=2)
+    ref_losses = reference_lozo(ref, records, field, 1e-3, 1e-3)
+    assert [(r.loss_plus, r.loss_minus) for r in records] == pytest.approx(ref_losses, rel=1e-6)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), ref.parameters()))
+
+
 def test_a_window_moves_a_matrix_within_the_row_space_of_its_v():
     model = build_tiny_model("llama", 400)
     block = next(b for b in parameter_blocks(model) if b.name.endswith("mlp.up_proj.weight"))

@@ -71,3 +71,26 @@ def test_mezo_adam_weight_decay_is_adamws_with_mezos_exemptions():
         adamw.zero_grad(set_to_none=True)
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         assert torch.equal(p, q), name
+
+
+def test_fp16_weights_keep_float32_moments_and_finite_steps():
+    """ZO-Bench keeps the moments in the model dtype: in fp16 Adam's eps (1e-8) is 0 and (1 - beta2)(g z)^2
+    underflows for small |g z| while m does not, so m / sqrt(v) is inf there. Here the moments are float32."""
+    lr = 1e-3
+    model = build_tiny_model("llama", 400, dtype=torch.float16)
+    before = [b.param.detach().clone() for b in parameter_blocks(model)]
+    method = make(model, "mezo_adam", ZOConfig(lr=lr, eps=1e-2))
+    record = run(method, model, batches(1))[0]
+    assert all(m.dtype == v.dtype == torch.float32 for m, v in zip(method.exp_avg, method.exp_avg_sq))
+    noise = NoiseSource(threads=1)
+    small = 0
+    for b, old, m, v in zip(parameter_blocks(model), before, method.exp_avg, method.exp_avg_sq):
+        assert torch.isfinite(b.param).all(), b.name
+        gz = (record.projected_grad * noise.block_noise(record.seed, b.index, b.param.shape)).to(torch.float16)
+        m16, v16 = (0.1 * gz), (1e-3 * gz * gz)  # the first step's moments as ZO-Bench keeps them
+        small += int(((v16 == 0) & (m16 != 0)).sum())
+        # each coordinate moved by lr (m_hat / sqrt(v_hat) = +-1), up to one fp16 spacing of the weight
+        expected = old.float() - lr * m.sign()
+        spacing = torch.exp2(torch.floor(torch.log2(expected.abs().clamp(min=2.0 ** -14))) - 10)
+        assert ((b.param.float() - expected).abs() <= spacing).all(), b.name
+    assert small > 0  # fp16 moments would have divided by zero on these coordinates
