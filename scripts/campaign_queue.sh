@@ -15,6 +15,7 @@
 #   core_seeds      MeZO and ZO-FT: 3 seeds at the best LR on SST2 Copa WSC CB
 #   others          the LR grid (seed 42) of every other method on SST2 Copa WSC CB
 #   diagnose        where ZO-FT trails: it without the tied embedding, MeZO on that alone (CB, SQuAD; seed 42)
+#   hizoo_alpha     HiZOO with a smoothing rate (1e-4) at which its curvature acts within the budget (SST2; seed 42)
 #   seeds           3 seeds at the best LR for the other methods on SST2 Copa WSC CB
 # Consecutive stages of runs go to one driver (reproduce_paper.py --stage ...), in order: a stage's runs start
 # once the earlier stages have none left to start, so a stage's last run and the next stage's first share the
@@ -30,7 +31,8 @@ cd "$(dirname "$0")/.."
 SHORT_TASKS="SST2 Copa WSC CB"
 LONG_TASKS="BoolQ SQuAD DROP"
 ABLATION_METHODS="zoft_base zoft_reset zoft_norm zoft_reset_norm zoft_layerwise"
-STAGES=${STAGES:-"core long zero_shot ablation_banks ablations core_seeds others diagnose seeds"}
+ALL_STAGES="core long zero_shot ablation_banks ablations core_seeds others diagnose hizoo_alpha seeds"
+STAGES=${STAGES:-$ALL_STAGES}
 DIAGNOSTICS="zoft_no_embed mezo_embed_only"
 export DATA_DIR=${DATA_DIR:-../shared/data}
 export WORKERS=${WORKERS:-2}
@@ -49,15 +51,14 @@ stage_spec() {  # sets SPEC: a stage of runs as reproduce_paper.py --stage setti
     core_seeds)     SPEC="TASKS=$SHORT_TASKS;METHODS=mezo zoft_new" ;;
     others)         SPEC="TASKS=$SHORT_TASKS;SEEDS=42" ;;
     diagnose)       SPEC="TASKS=CB SQuAD;METHODS=$DIAGNOSTICS;SEEDS=42" ;;
+    hizoo_alpha)    SPEC="TASKS=SST2;METHODS=hizoo_alpha;SEEDS=42" ;;
     seeds)          SPEC="TASKS=$SHORT_TASKS" ;;
     *) return 1 ;;
   esac
 }
 
 for stage in $STAGES; do  # refuse a typo before any work
-  stage_spec "$stage" || {
-    echo "unknown stage '$stage' (core long zero_shot ablation_banks ablations core_seeds others diagnose seeds)" >&2
-    exit 2; }
+  stage_spec "$stage" || { echo "unknown stage '$stage' ($ALL_STAGES)" >&2; exit 2; }
 done
 
 child="" reaped=""

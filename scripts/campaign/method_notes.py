@@ -59,3 +59,16 @@ def hizoo_note(cells) -> list[str]:
             text += (" At this budget HiZOO is MeZO with one more forward a step: its cells measure MeZO again, not "
                      "its preconditioner (the authors ran 20k steps; docs/campaign.md).")
     return [text]
+
+
+def curvature_line(cells, method: str) -> list[str]:
+    """How far a HiZOO variant's curvature D moved: the mean of D after the last step, per run, by LR."""
+    runs = sorted(_runs_of(cells, method), key=lambda r: (r.task, float(r.lr), r.seed))
+    moved = [(r, step["curvature_mean"]) for r, step in ((r, r.last_step()) for r in runs)
+             if step and isinstance(step.get("curvature_mean"), (int, float))]
+    if not moved:
+        return []
+    alphas = sorted({r.config.get("hizoo_alpha") for r, _ in moved} - {None})
+    each = ", ".join(f"{r.task} lr {r.lr} seed {r.seed}: {d:.4g}" for r, d in moved)
+    return [f"{method} (α = {', '.join(format(a, 'g') for a in alphas) or 'unknown'}): the mean of its curvature D "
+            f"(1 at the start) after the last step: {each}."]

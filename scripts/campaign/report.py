@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .cells import MISSING, Cell, collect, mean_sd, on_seed
-from .method_notes import hizoo_note
+from .method_notes import curvature_line, hizoo_note
 from .noise_grid import noise_record
 from .plan import build_plan
 from .plots import plots
-from .settings import DIAGNOSTICS, PRESET_DIR, REFERENCES, TABLE2, TABLE3, ZERO_SHOT, Settings, method_from_word
+from .settings import (DIAGNOSTICS, HIZOO_MOVING, PRESET_DIR, REFERENCES, TABLE2, TABLE3, ZERO_SHOT, Settings,
+                       method_from_word)
 from .significance import sampling_noise_line
 
 REFERENCE_FILE = PRESET_DIR / "paper_reference.json"
@@ -264,7 +265,8 @@ def with_ablation_runs(settings: Settings) -> Settings:
     METHODS does not name them: they run as campaigns of their own (scripts/campaign_queue.sh), and their tables
     belong in the one report."""
     named = {m.name for m in settings.methods}
-    extra = tuple(method_from_word(settings, name) for name in dict.fromkeys(TABLE2 + TABLE3 + DIAGNOSTICS)
+    own_campaigns = TABLE2 + TABLE3 + DIAGNOSTICS + (HIZOO_MOVING,)
+    extra = tuple(method_from_word(settings, name) for name in dict.fromkeys(own_campaigns)
                   if name not in named and any((settings.runs_dir / task / name).is_dir() for task in settings.tasks))
     return dataclasses.replace(settings, methods=settings.methods + extra)
 
@@ -332,6 +334,12 @@ def write_report(settings: Settings, readme: Path | None = None) -> Path:
               "zoft_no_embed: ZO-FT (new bank) with the embedding / head frozen, c normalizing the other blocks to "
               "MeZO's noise budget; mezo_embed_only: MeZO on the embedding / head alone (docs/campaign.md).", ""]
     lines += ablation_table(cells, settings, DIAGNOSTICS, first="method", shown_with=("mezo", "zoft_new"))
+    lines += ["", "## Diagnostics: HiZOO with a curvature that moves", "",
+              f"{HIZOO_MOVING}: HiZOO with α = 1e-4 instead of the authors' 1e-8, so that its curvature D acts "
+              "within the 100 steps (docs/campaign.md).", ""]
+    lines += ablation_table(cells, settings, (HIZOO_MOVING,), first="method", shown_with=("mezo", "hizoo"))
+    moved = curvature_line(cells, HIZOO_MOVING)
+    lines += ["", *moved] if moved else []
     lines += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs] + [""]
     lines += ["## Every grid run", ""] + grid_table(cells, settings) + [""]
     lines += cpu_lines(cells) + [""]

@@ -9,7 +9,7 @@ from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from campaign.cells import Cell  # noqa: E402
-from campaign.method_notes import hizoo_note  # noqa: E402
+from campaign.method_notes import curvature_line, hizoo_note  # noqa: E402
 from campaign.store import Run  # noqa: E402
 
 
@@ -23,7 +23,8 @@ def _run(folder: Path, method: str, lr: str, dev_loss: float, accuracy: float, p
     log = [{**step, "step": 0, "curvature_mean": 1.0} if curvature is not None else {**step, "step": 0}, step,
            {"kind": "eval", "step": 1, "dev_loss": dev_loss}]
     (run_folder / "train_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log))
-    (run_folder / "config.json").write_text(json.dumps({"hizoo_alpha": 1e-8} if method == "hizoo" else {}))
+    alpha = {"hizoo": 1e-8, "hizoo_alpha": 1e-4}.get(method)
+    (run_folder / "config.json").write_text(json.dumps({} if alpha is None else {"hizoo_alpha": alpha}))
     if predictions is not None:
         rows = [{"index": i, "prediction": p, "score": 1.0} for i, p in enumerate(predictions)]
         (run_folder / "test_predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -65,3 +66,13 @@ def test_no_note_without_hizoo_runs_and_no_comparison_without_mezo_at_its_lr(tmp
         _run(tmp_path, "hizoo", "1e-4", 0.6, 0.6, ["a"], curvature=1.0)])}
     [line] = hizoo_note(lonely)
     assert "Against MeZO" not in line and "MeZO with one more forward" not in line
+
+
+def test_the_curvature_line_gives_each_runs_final_mean_of_d_by_lr(tmp_path):
+    runs = [_run(tmp_path, "hizoo_alpha", "1e-3", 0.60, 0.7, None, curvature=812.5),
+            _run(tmp_path, "hizoo_alpha", "3e-4", 0.62, 0.7, None, curvature=1530.0)]
+    cells = {("SST2", "hizoo_alpha"): Cell("SST2", "hizoo_alpha", grid_runs=runs)}
+    [line] = curvature_line(cells, "hizoo_alpha")
+    assert line == ("hizoo_alpha (α = 0.0001): the mean of its curvature D (1 at the start) after the last step: "
+                    "SST2 lr 3e-4 seed 42: 1530, SST2 lr 1e-3 seed 42: 812.5.")
+    assert curvature_line(cells, "hizoo") == []

@@ -292,6 +292,16 @@ def test_the_diagnostics_freeze_exactly_the_embedding_or_all_but_it():
         assert [n for n in names if re.search(embed_only.args[1], n)] == embedding
 
 
+def test_the_moving_curvature_hizoo_is_hizoo_at_alpha_1e_4_on_sst2_with_its_own_grid(tmp_path):
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 CB", "METHODS": "hizoo_alpha",
+                              "SEEDS": "42"})
+    runs = build_plan(settings).runs
+    assert {r.task for r in runs} == {"SST2"} and sorted(float(r.lr) for r in runs) == [1e-4, 3e-4, 1e-3]
+    cmd = runner.command(settings, runs[0], tmp_path)
+    assert cmd[cmd.index("--train_mode") + 1] == "hizoo" and cmd[cmd.index("--hizoo_alpha") + 1] == "1e-4"
+    assert "hizoo_alpha" not in {m.name for m in load_settings({}).methods}  # not a row of the main table
+
+
 def test_a_grid_extended_on_one_task_and_the_edge_rule(tmp_path):
     settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 Copa", "METHODS": "mezo", "SEEDS": "1",
                               "LRS_mezo": "1e-5 3e-6", "LRS_mezo_SST2": "1e-4 1e-5 3e-6"})
