@@ -188,3 +188,20 @@ def test_a_bank_table_shows_each_banks_noise_split_from_its_record(tmp_path):
     # tables of methods, not banks, have no such column
     plain = ablation_table(cells, settings, ("zoft_base",), first="method")
     assert "bank noise" not in plain[0] and plain[2].count("|") == 3
+
+
+def test_win_counts_need_a_strict_win_over_every_baseline_and_ignore_zofts_own_variants(tmp_path):
+    settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 CB",
+                              "METHODS": "mezo zoft_new zoft_old lozo"})
+    cells = {("SST2", "zoft_new"): _scored("SST2", "zoft_new", [(0.60, 0.70)], tmp_path),
+             ("SST2", "mezo"): _scored("SST2", "mezo", [(0.60, 0.65)], tmp_path),  # a tied loss is no win
+             ("SST2", "lozo"): _scored("SST2", "lozo", [(0.70, 0.75)], tmp_path),  # ZO-FT's metric between two
+             ("CB", "zoft_new"): _scored("CB", "zoft_new", [(0.90, 0.60)], tmp_path),
+             ("CB", "mezo"): _scored("CB", "mezo", [(1.00, 0.50)], tmp_path),
+             # its own variant beats it everywhere: not a rival
+             ("CB", "zoft_old"): _scored("CB", "zoft_old", [(0.10, 0.99)], tmp_path)}
+    counts = count_wins(cells, settings.tasks)
+    assert (counts.pairs, counts.lowest, counts.highest) == (2, 1, 1)
+    text = "\n".join(wins(cells, settings))
+    # ZO-FT - MeZO: +0.05 on SST2, +0.10 on CB
+    assert "lower loss in 1 of 2 tasks, higher test metric in 2 of 2; mean test metric difference +0.0750" in text

@@ -24,7 +24,7 @@ from campaign.cells import collect  # noqa: E402
 from campaign.plan import at_grid_edge, build_plan  # noqa: E402
 from campaign.settings import (DIAGNOSTIC_TASKS, PRESET_DIR, STEP_COST_VS_MEZO, TABLE2, TABLE3,  # noqa: E402
                                load_settings)
-from campaign.store import Run, best_lr  # noqa: E402
+from campaign.store import Run, best_lr, is_final  # noqa: E402
 
 pytestmark = requires_shared_data
 
@@ -157,6 +157,37 @@ def test_best_lr_uses_dev_never_test_and_breaks_ties_to_the_smaller_lr():
     assert best_lr(runs) == "1e-07"  # tie on dev loss and dev accuracy; test accuracy is never looked at
     assert best_lr(runs, "dev_metric") == "3e-06"
     assert best_lr([_run("1e-05", math.nan, math.nan)]) is None
+
+
+def test_a_tie_on_dev_loss_goes_to_the_better_dev_metric_whatever_the_test_metric_says():
+    tied = [Run("SST2", "mezo", lr, 1, Path("."), {"best_dev_loss": 0.5, "dev": {"accuracy": dev},
+                                                   "test": {"accuracy": test}}, {})
+            for lr, dev, test in (("1e-05", 0.7, 0.1), ("1e-06", 0.6, 0.9))]
+    assert best_lr(tied) == "1e-05"
+
+
+def test_only_completed_stopped_or_evaluated_runs_are_final(tmp_path):
+    for status in ("completed", "stopped: non-finite loss at step 7", "evaluated without training (eval_only)"):
+        assert is_final({"status": status}), status
+    for metrics in ({"status": "interrupted"}, {"status": "failed"}, {}, None):
+        assert not is_final(metrics), metrics
+    env = {"RESULTS_DIR": str(tmp_path), "TASKS": "SST2", "METHODS": "mezo", "SEEDS": "1", "LRS_mezo": "1e-4 3e-5"}
+    diverged, interrupted = build_plan(load_settings(env)).pending()
+    for run, status in ((diverged, "stopped: non-finite loss at step 7"), (interrupted, "interrupted")):
+        run.folder.mkdir(parents=True)
+        (run.folder / "metrics.json").write_text(json.dumps({"status": status, "best_dev_loss": None}))
+        (run.folder / "campaign.json").write_text(json.dumps({"fingerprint": run.fingerprint}))
+    plan = build_plan(load_settings(env))
+    assert [(r.lr, r.state) for r in plan.runs] == [(diverged.lr, "done"), (interrupted.lr, "pending")]
+
+
+def test_a_finished_run_becomes_stale_when_a_setting_in_its_fingerprint_changes(tmp_path):
+    env = {"RESULTS_DIR": str(tmp_path), "TASKS": "SST2", "METHODS": "mezo", "SEEDS": "1", "LRS_mezo": "1e-4"}
+    (run,) = build_plan(load_settings(env)).pending()
+    _publish_fake(run, 0.6)
+    assert [r.state for r in build_plan(load_settings(env)).runs] == ["done"]
+    for change in ({"STEPS": "7"}, {"EPS": "1e-4"}, {"BS": "8"}, {"EXTRA_ARGS": "--weight_decay 0.1"}):
+        assert [r.state for r in build_plan(load_settings({**env, **change})).runs] == ["stale"], change
 
 
 def test_paper_presets_load_and_command_line_env_wins():

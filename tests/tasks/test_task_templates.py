@@ -32,6 +32,10 @@ def test_copa_cause_effect_and_lowercasing():
     assert t.verbalize(effect, "He Dropped a hammer") == "The man broke his toe so he Dropped a hammer"
     with pytest.raises(ValueError):
         t.encode(s(premise="x.", question="why"))
+    # calibration (sfc / icl_sfc): the connective alone, then the choice
+    assert (t.encode_sfc(cause), t.encode_sfc(effect)) == ("because", "so")
+    assert t.verbalize_sfc(cause, "The sun was rising.") == "because the sun was rising."
+    assert t.verbalize_sfc(effect, "I dropped a hammer.") == "so I dropped a hammer."
 
 
 def test_boolq_v3():
