@@ -1,5 +1,6 @@
 """The fine-tuning recipe from Python: files, best-state selection, run names, bad input, NaN stops."""
 import json
+import math
 import os
 from pathlib import Path
 
@@ -89,8 +90,9 @@ def test_default_output_dir_is_one_component_under_result(tiny_llama_dir, bank):
 
 
 def test_best_state_is_kept_and_restored(tmp_path, tiny_llama_dir, captured_model, monkeypatch):
-    # dev loss every step; scripted so that the best one (step 2) is neither the first nor the last
-    scripted = iter([3.0, 1.0, 2.0, 4.0])
+    # dev loss every step; scripted so that the best one (step 2) is neither the first nor the last, and ties
+    # with a later one (step 3): the first state reaching it is kept (a strict <, as HF's best-model logic)
+    scripted = iter([3.0, 1.0, 1.0, 4.0])
     real_dev_loss = zo.recipes.finetune._mean_example_loss  # the dev loss (per example, as upstream)
     monkeypatch.setattr(zo.recipes.finetune, "_mean_example_loss", lambda *a: (real_dev_loss(*a), next(scripted))[1])
     out = tmp_path / "run"
@@ -150,6 +152,8 @@ def test_nan_loss_stops_and_keeps_last_good_state(tmp_path, tiny_llama_dir, capt
                                 perturbation=perturbation))
     assert metrics["status"].startswith("stopped") and "non-finite" in metrics["status"]
     assert metrics["steps"] == k
+    # the NaN step's two forwards and one final dev batch: a loop that went on would call the loss again
+    assert calls["n"] == 2 * (k + 1) + 1
     on_disk = read_json(out / "metrics.json")
     assert on_disk["status"] == metrics["status"] and on_disk["steps"] == k
     log = read_jsonl(out / "train_log.jsonl")  # every line is complete JSON
@@ -292,3 +296,17 @@ def test_train_loss_subset_without_dev_set_is_the_last_state(tmp_path, tiny_llam
     lines = [r for r in read_jsonl(tmp_path / "run" / "train_log.jsonl") if "train_eval_loss" in r]
     assert [r["step"] for r in lines] == [2] and "dev_loss" not in lines[0]
     assert metrics["final_train_loss"] == metrics["last_step_train_loss"] == lines[0]["train_eval_loss"]
+
+
+def test_only_train_option_false_reaches_the_training_dev_and_train_subset_losses(tmp_path, tiny_llama_dir):
+    """--only_train_option False (MeZO's flag) scores the whole sequence everywhere a loss is taken; a loss site
+    left on the option-only default would give the same number in both runs."""
+    runs = {}
+    for only_option in (True, False):
+        out = tmp_path / f"only_option_{only_option}"
+        metrics = fine_tune(_config(tiny_llama_dir, out, max_steps=1, train_as_classification=False,
+                                    only_train_option=only_option))
+        (step,) = [r for r in read_jsonl(out / "train_log.jsonl") if "loss_plus" in r]
+        runs[only_option] = (step["loss_plus"], metrics["best_dev_loss"], metrics["final_train_loss"])
+    for option_only, whole in zip(runs[True], runs[False]):
+        assert math.isfinite(option_only) and math.isfinite(whole) and option_only != whole

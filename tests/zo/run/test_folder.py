@@ -3,6 +3,7 @@ with another config is refused with the differences, a corrupt checkpoint is ski
 import json
 
 import pytest
+import torch
 
 import tasks
 from conftest import SHARED_DATA
@@ -115,6 +116,39 @@ def test_truncated_checkpoint_and_partial_log_line(tmp_path):
     assert start.checkpoint["x"] == 1 and first == "step-00000001"
     # old logs without `kind` are read by their keys
     assert [line_kind(r) for r in ({"loss_plus": 1}, {"dev_loss": 1}, {"event": "reset"})] == ["step", "dev", "event"]
+
+
+@pytest.mark.parametrize("status, finished", [("completed", True), ("stopped: non-finite loss at step 3", True),
+                                              ("interrupted", False)])
+def test_resume_returns_a_completed_or_stopped_run_as_it_is_and_continues_an_interrupted_one(tmp_path, status,
+                                                                                            finished):
+    """A diverged run is a result: resuming it must not train it again (its LR would diverge again)."""
+    run = RunDir(tmp_path / "r")
+    run.start({"a": 1})
+    run.write_config({"a": 1})
+    log = run.open_log()
+    log.step({"step": 0})
+    run.save_checkpoint({"log_offset": log.offset(), "x": 1}, 1)
+    log.close()
+    run.write_metrics({"status": status, "steps": 1})
+    start = RunDir(tmp_path / "r").start({"a": 1}, resume=True)
+    if finished:
+        assert start.finished == {"status": status, "steps": 1} and start.checkpoint is None
+    else:
+        assert start.finished is None and start.checkpoint["x"] == 1
+
+
+def test_pruning_keeps_the_full_checkpoint_the_kept_replay_checkpoints_rest_on(tmp_path):
+    run = RunDir(tmp_path / "r", keep_checkpoints=2)
+    run.start({"a": 1})
+    run.write_config({"a": 1})
+    base = run.save_checkpoint({"weights": torch.ones(3)}, 2)
+    for step in (4, 6, 8):  # replay checkpoints: no weights, only what to replay on top of the base
+        run.save_checkpoint({"replay_to": step}, step, base=base)
+    kept = sorted(p.name for p in run.checkpoint_dir.iterdir())
+    assert kept == [f"step-{s:08d}.{ext}" for s in (2, 6, 8) for ext in ("json", "pt")]
+    state = RunDir(tmp_path / "r").load_checkpoint()
+    assert state["replay_to"] == 8 and torch.equal(state["base_state"]["weights"], torch.ones(3))
 
 
 def test_summarize_runs_reads_through_the_run_folder(tmp_path):

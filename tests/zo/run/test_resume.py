@@ -97,6 +97,18 @@ def test_fine_tuning_killed_anywhere_resumes_bit_exactly(tmp_path, tiny_llama_di
     assert not (out / "checkpoints").exists() and not temp_leftovers(out)  # a finished run drops its checkpoints
 
 
+def test_lines_logged_after_the_last_checkpoint_are_not_repeated_on_resume(tmp_path, tiny_llama_dir):
+    """The kill at loss call 7 (step 3's first forward) comes after the step-2 checkpoint and after step 2's
+    step and dev lines: the resumed run must cut the log back to the checkpoint, not log step 2 twice (a random
+    kill point of the test above may fall where nothing was logged after the checkpoint)."""
+    reference_dir = tmp_path / "reference"
+    run_zo_fine_tuner.main(_ft_args(tiny_llama_dir, reference_dir, "--train_mode", "mezo"))
+    out = tmp_path / "killed"
+    _kill_and_resume("run_zo_fine_tuner", _ft_args(tiny_llama_dir, out, "--train_mode", "mezo"), [("loss", 7)],
+                     "kill at loss call 7")
+    _assert_same(_outcome(out), _outcome(reference_dir), "kill at loss call 7")
+
+
 def _interrupt_with_sigterm(tiny_llama_dir, out):
     """Run MeZO with slow steps and SIGTERM it after its 2nd step: it checkpoints and exits."""
     env = {**os.environ, **QUIET_ENV}
