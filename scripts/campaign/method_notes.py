@@ -35,18 +35,27 @@ def _agreement(pairs) -> tuple[int, int, int]:
     return same, total, compared
 
 
+def _final_curvatures(runs: list[Run]) -> list[tuple[Run, float]]:
+    """(run, the mean of HiZOO's curvature D after its last step), for the runs that logged it."""
+    return [(r, step["curvature_mean"]) for r, step in ((r, r.last_step()) for r in runs)
+            if step and isinstance(step.get("curvature_mean"), (int, float))]
+
+
+def _alphas(runs) -> str:
+    alphas = sorted({r.config.get("hizoo_alpha") for r in runs} - {None})
+    return ", ".join(format(a, "g") for a in alphas) or "unknown"
+
+
 def hizoo_note(cells) -> list[str]:
     """How far HiZOO's curvature moved, and how far its runs are from MeZO's at the same task, LR and seed
     (which draw the same z: with D = 1 a HiZOO step is a MeZO step)."""
     hizoo = _runs_of(cells, "hizoo")
-    drifts = [abs(step["curvature_mean"] - 1) for step in (r.last_step() for r in hizoo)
-              if step and isinstance(step.get("curvature_mean"), (int, float))]
+    drifts = [abs(d - 1) for _, d in _final_curvatures(hizoo)]
     if not drifts:
         return []
-    alphas = sorted({r.config.get("hizoo_alpha") for r in hizoo} - {None})
     mezo = {(r.task, r.lr, r.seed): r for r in _runs_of(cells, "mezo")}
     pairs = [(r, mezo[r.task, r.lr, r.seed]) for r in hizoo if (r.task, r.lr, r.seed) in mezo]
-    text = (f"HiZOO (α = {', '.join(format(a, 'g') for a in alphas) or 'unknown'}): after its last step, the mean "
+    text = (f"HiZOO (α = {_alphas(hizoo)}): after its last step, the mean "
             f"of its curvature D (1 at the start) is within {max(drifts):.2%} of 1 in all {len(drifts)} runs.")
     dev, test = _largest_gap(pairs, lambda r: r.dev_loss), _largest_gap(pairs, lambda r: r.metric("test"))
     if pairs and dev is not None:
@@ -64,11 +73,9 @@ def hizoo_note(cells) -> list[str]:
 def curvature_line(cells, method: str) -> list[str]:
     """How far a HiZOO variant's curvature D moved: the mean of D after the last step, per run, by LR."""
     runs = sorted(_runs_of(cells, method), key=lambda r: (r.task, float(r.lr), r.seed))
-    moved = [(r, step["curvature_mean"]) for r, step in ((r, r.last_step()) for r in runs)
-             if step and isinstance(step.get("curvature_mean"), (int, float))]
+    moved = _final_curvatures(runs)
     if not moved:
         return []
-    alphas = sorted({r.config.get("hizoo_alpha") for r, _ in moved} - {None})
     each = ", ".join(f"{r.task} lr {r.lr} seed {r.seed}: {d:.4g}" for r, d in moved)
-    return [f"{method} (α = {', '.join(format(a, 'g') for a in alphas) or 'unknown'}): the mean of its curvature D "
-            f"(1 at the start) after the last step: {each}."]
+    return [f"{method} (α = {_alphas(r for r, _ in moved)}): the mean of its curvature D (1 at the start) after "
+            f"the last step: {each}."]
