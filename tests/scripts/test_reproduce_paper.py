@@ -173,10 +173,8 @@ def test_only_completed_stopped_or_evaluated_runs_are_final(tmp_path):
         assert not is_final(metrics), metrics
     env = {"RESULTS_DIR": str(tmp_path), "TASKS": "SST2", "METHODS": "mezo", "SEEDS": "1", "LRS_mezo": "1e-4 3e-5"}
     diverged, interrupted = build_plan(load_settings(env)).pending()
-    for run, status in ((diverged, "stopped: non-finite loss at step 7"), (interrupted, "interrupted")):
-        run.folder.mkdir(parents=True)
-        (run.folder / "metrics.json").write_text(json.dumps({"status": status, "best_dev_loss": None}))
-        (run.folder / "campaign.json").write_text(json.dumps({"fingerprint": run.fingerprint}))
+    _publish_fake(diverged, None, "stopped: non-finite loss at step 7")
+    _publish_fake(interrupted, None, "interrupted")
     plan = build_plan(load_settings(env))
     assert [(r.lr, r.state) for r in plan.runs] == [(diverged.lr, "done"), (interrupted.lr, "pending")]
 
@@ -632,10 +630,10 @@ def test_with_two_workers_a_failed_run_is_reported_and_the_other_still_published
     assert published == ["SST2/zoft_new/0.001/1"]
 
 
-def _publish_fake(run, dev_loss: float) -> None:
-    """A finished run as the campaign publishes it, with this dev loss (no training: the plan reads only these)."""
+def _publish_fake(run, dev_loss: float | None, status: str = "completed") -> None:
+    """A run as the campaign publishes it, with this dev loss and status (no training: the plan reads only these)."""
     run.folder.mkdir(parents=True)
-    (run.folder / "metrics.json").write_text(json.dumps({"status": "completed", "best_dev_loss": dev_loss,
+    (run.folder / "metrics.json").write_text(json.dumps({"status": status, "best_dev_loss": dev_loss,
                                                           "dev": {"accuracy": 0.5}}))
     (run.folder / "campaign.json").write_text(json.dumps({"fingerprint": run.fingerprint}))
 
