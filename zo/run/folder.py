@@ -33,7 +33,8 @@ LOG_KINDS = ("step", "dev", "event")
 CHECKPOINT_FORMAT = "zo-run-checkpoint"
 BEST_STATE_FILE = "best_model.safetensors"
 PREDICTIONS_FILE = "test_predictions.jsonl"  # the test split's prediction and score per example
-FINISHED_STATUSES_PREFIX = ("completed", "stopped")  # "interrupted" runs can be resumed
+# "interrupted" runs can be resumed; "evaluated without training" is an evaluation-only run (zo.recipes.finetune)
+FINISHED_STATUSES_PREFIX = ("completed", "stopped", "evaluated without training")
 
 
 class RunFolderError(ValueError):

@@ -74,6 +74,11 @@ def test_eval_only_losses_are_those_a_run_that_does_not_move_sees(tmp_path, tiny
     [line] = [json.loads(row) for row in (tmp_path / "none" / "train_log.jsonl").read_text().splitlines()]
     assert line["step"] == 0 and line["dev_loss"] == zero_shot["best_dev_loss"]
     assert line["train_eval_loss"] == zero_shot["final_train_loss"]
+    # a finished evaluation is not redone on resume: the same metrics come back and the log keeps its one line
+    again = run_zo_fine_tuner.main(common + ["--train_mode", "none", "--output_dir", str(tmp_path / "none"),
+                                             "--resume", "True"])
+    assert again == zero_shot
+    assert len((tmp_path / "none" / "train_log.jsonl").read_text().splitlines()) == 1
 
 
 @requires_shared_data
