@@ -7,6 +7,7 @@
 # plateaued), Adam trajectory lr 1e-5, Adam bank lr 1e-3 (eta=1e-6 gives meta-gradients ~1e-5 that SGD
 # would not move in a few hundred steps), eta 1e-6, batch 8, fp32.
 # The first bank (upstream's rule, 6 epochs = 228 steps): EPOCH=6 MAX_STEPS=0 EXTRA_ARGS="--effective_dim_rule upstream".
+# The bank file exists (shipped): OVERWRITE=1 makes it again in place, SAVE_MLP_PATH=... saves elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR=${DATA_DIR:-../shared/data} TASK=Copa EPOCH=${EPOCH:-10} EPOCHS_PER_RESTART=2 BS=8 \

@@ -69,10 +69,14 @@ def _method_options_class() -> type:
 MethodOptions = _method_options_class()
 
 
+def method_listing() -> str:
+    """One line per registered method: its name and what it does."""
+    return "\n".join(f"  {spec.name}: {spec.summary}" for spec in METHODS.values())
+
+
 def get_method(name: str) -> MethodSpec:
     if name not in METHODS:
-        listing = "\n".join(f"  {spec.name}: {spec.summary}" for spec in METHODS.values())
-        raise ValueError(f"unknown train_mode {name!r}: choose one of {', '.join(TRAIN_MODES)}\n{listing}")
+        raise ValueError(f"unknown train_mode {name!r}: choose one of {', '.join(TRAIN_MODES)}\n{method_listing()}")
     return METHODS[name]
 
 
@@ -108,4 +112,5 @@ def build_method(train_mode: str, ctx: MethodContext, values: dict) -> Method:
 
 
 __all__ = ["METHODS", "TRAIN_MODES", "MethodContext", "MethodOptions", "MethodRecord", "MethodSpec",
-           "build_method", "check_options", "get_method", "has_replay", "method_config", "option_owners"]
+           "build_method", "check_options", "get_method", "has_replay", "method_config", "method_listing",
+           "option_owners"]

@@ -28,11 +28,12 @@ from zo.estimator import ZOConfig
 from zo.io import sanitize_component
 from zo.loop import (AccumulatedBatches, CheckpointPolicy, LoopResult, accumulated_loss,
                      refuse_replay_drawn_elsewhere, train_zo)
-from zo.methods import MethodContext, MethodOptions, build_method, check_options, method_config
+from zo.methods import (TRAIN_MODES, MethodContext, MethodOptions, build_method, check_options, method_config,
+                        method_listing)
 from zo.models import load_model, resolve_device, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource, blocks_noise_signature
 from zo.run.folder import RunDir
-from zo.run.progress import REPORT_TO, Reporter, make_reporter
+from zo.run.progress import Reporter, check_report_to, make_reporter
 from zo.run.signals import INTERRUPTED, GracefulStop
 from zo.seeding import seed_everything
 
@@ -155,8 +156,11 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
                                        eos_token=self.eos_token, cut_at_newline=self.cut_at_newline)
 
     def validate(self) -> None:
-        if self.train_mode != "none":  # none: evaluation only (MeZO's --trainer none)
-            check_options(self.train_mode, asdict(self))  # unknown mode, another method's option
+        if self.train_mode not in TRAIN_MODES and self.train_mode != "none":  # none: MeZO's --trainer none
+            raise ValueError(f"unknown train_mode {self.train_mode!r}: choose one of {', '.join(TRAIN_MODES)}, or "
+                             "none (evaluation only)\n" + method_listing())
+        if self.train_mode != "none":
+            check_options(self.train_mode, asdict(self))  # another method's option
             method_config(self.train_mode, asdict(self))  # the method's own checks (rank, interval >= 1, ...)
         if self.trainable_blocks is not None:
             try:
@@ -168,6 +172,9 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
         if self.trains and self.train_mode == "zo_fine_tuner" and not self.load_mlp_path:
             raise ValueError("train_mode zo_fine_tuner needs a PertNN bank: set LOAD_MLP_PATH / --load_mlp_path "
                              "(python -m zo.init_bank writes an untrained one)")
+        if self.trains and self.load_mlp_path and self.train_mode != "zo_fine_tuner":
+            raise ValueError(f"--load_mlp_path (LOAD_MLP_PATH) is ZO Fine-tuner's PertNN bank; train_mode "
+                             f"{self.train_mode} does not read one: drop it, or use train_mode zo_fine_tuner")
         if self.load_mlp_path and not Path(self.load_mlp_path).exists():
             raise FileNotFoundError(f"PertNN bank not found: {self.load_mlp_path}")
         if tasks.is_task_file(self.task_ref):
@@ -222,8 +229,7 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
         if self.length_groups > 1 and self.non_diff:
             raise ValueError("--length_groups applies to the loss of encoded batches; --non_diff generates from "
                              "the prompts instead")
-        if self.report_to not in REPORT_TO:
-            raise ValueError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}")
+        check_report_to(self.report_to)
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
         CheckpointPolicy(self.checkpoint_steps, self.checkpoint_minutes, self.checkpoint_kind)  # validates
@@ -362,9 +368,10 @@ def fine_tune(config: FineTuneConfig) -> dict:
             # resumed elsewhere from a full checkpoint: the log's steps drew z on both placements
             resolved["noise_signature"] = f"{before} -> {resolved['noise_signature']}"
     run.write_config(resolved)
-    log.info("task %s: %d train / %d dev / %d test; %s on %s; output %s", task.name, len(splits.train),
+    extra_state = resolved.get("extra_state_bytes", 0)
+    log.info("task %s: %d train / %d dev / %d test; %s on %s%s; output %s", task.name, len(splits.train),
              len(splits.dev), len(splits.test), config.train_mode if config.trains else "evaluation only",
-             model_path, output_dir)
+             model_path, f" (extra optimizer state {extra_state / 2**20:.1f} MiB)" if extra_state else "", output_dir)
 
     reporter = make_reporter(config.report_to, resolved, name=output_dir.name) if group.is_main else Reporter()
     start = time.perf_counter()

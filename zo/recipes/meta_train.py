@@ -8,6 +8,7 @@ model's structure.
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 import signal
@@ -28,7 +29,7 @@ from zo.noise import NoiseSource
 from zo.pertnn import check_bank_granularity, fresh_bank, load_bank
 from zo.run.folder import RunDir
 from zo.run.l2l_state import learner_state, load_learner_state
-from zo.run.progress import REPORT_TO, make_reporter, progress_bar
+from zo.run.progress import check_report_to, make_reporter, progress_bar
 from zo.run.rng import global_rng_state, set_global_rng_state
 from zo.run.signals import INTERRUPTED, GracefulStop
 from zo.seeding import seed_everything
@@ -162,8 +163,7 @@ class L2LConfig:
             raise ValueError("trajectory_optimizer must be 'adam' or 'sgd'")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other")
-        if self.report_to not in REPORT_TO:
-            raise ValueError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}")
+        check_report_to(self.report_to)
         CheckpointPolicy(self.checkpoint_steps, self.checkpoint_minutes)  # validates
 
     def default_output_dir(self) -> str:
@@ -234,6 +234,23 @@ def warn_copied_values(config: L2LConfig) -> list[str]:
     return warnings
 
 
+def refuse_to_replace_a_bank(save_path: Path, output_dir: Path, config: L2LConfig) -> None:
+    """A bank file already there (a shipped bank is one --save_mlp_path away) is replaced only with --overwrite,
+    or by resuming the run that writes it."""
+    if config.overwrite or not save_path.exists():
+        return
+    saved = output_dir / "config.json"
+    if config.resume and saved.exists():
+        try:
+            owner = json.loads(saved.read_text()).get("save_mlp_path")
+        except ValueError:
+            owner = None
+        if owner is not None and Path(owner).resolve() == save_path.resolve():
+            return
+    raise FileExistsError(f"the bank {save_path} exists and this run would replace it: pass --overwrite "
+                          f"(OVERWRITE=1) to replace it, or save elsewhere with --save_mlp_path (SAVE_MLP_PATH)")
+
+
 def meta_train(config: L2LConfig) -> dict:
     """Meta-train and save the bank; returns a summary (also written to <output_dir>/summary.json)."""
     config.validate()
@@ -241,6 +258,7 @@ def meta_train(config: L2LConfig) -> dict:
     model_path = resolve_model_path(config.model_name)  # a bad model path fails before any data is read
     output_dir = Path(config.output_dir or config.default_output_dir())
     save_path = Path(config.save_mlp_path or output_dir / "bank.safetensors")
+    refuse_to_replace_a_bank(save_path, output_dir, config)
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)

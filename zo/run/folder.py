@@ -130,13 +130,17 @@ class RunDir:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
             existing = []
         if not existing:
+            if resume:  # a mistyped folder would otherwise start a new run without a word
+                log.info("%s holds no run to resume: starting a new one", self.path)
             self.path.mkdir(parents=True, exist_ok=True)
             self._clean_temporaries()
             return Start()
         if not resume:
             status = self.read_metrics().get("status") if self.metrics_path.exists() else None
-            what = f"a finished run (status {status!r})" if status else "an unfinished run"
-            raise RunFolderError(f"{self.path} holds {what}: pass --resume (RESUME=1) to continue it, "
+            finished = str(status or "").startswith(FINISHED_STATUSES_PREFIX)
+            what, resume_does = ((f"a finished run (status {status!r})", "return its metrics") if finished else
+                                 (f"an unfinished run{f' (status {status!r})' if status else ''}", "continue it"))
+            raise RunFolderError(f"{self.path} holds {what}: pass --resume (RESUME=1) to {resume_does}, "
                                  f"--overwrite (OVERWRITE=1) to replace it, or choose another output folder")
         if self.config_path.exists():
             self._check_same_config(config, set(ignore_keys), defaults or {})

@@ -7,6 +7,7 @@ offline mode, WANDB_MODE=offline, needs no network).
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import time
@@ -61,13 +62,26 @@ class Reporter:
         pass
 
 
+WANDB_MISSING = "--report_to wandb needs the wandb package: pip install wandb (WANDB_MODE=offline works offline)"
+
+
+def check_report_to(report_to: str) -> None:
+    """A known tracker, installed: checked with the other settings, before a run folder is touched."""
+    if report_to not in REPORT_TO:
+        raise ValueError(f"report_to must be one of {REPORT_TO}, got {report_to!r}")
+    if report_to == "wandb":
+        try:
+            importlib.import_module("wandb")
+        except ImportError as err:
+            raise ImportError(WANDB_MISSING) from err
+
+
 class WandbReporter(Reporter):
     def __init__(self, config: dict, name: str | None, resume_id: str | None = None):
         try:
             import wandb
         except ImportError as err:
-            raise ImportError("--report_to wandb needs the wandb package: pip install wandb "
-                              "(WANDB_MODE=offline works without a network)") from err
+            raise ImportError(WANDB_MISSING) from err
         self._run = wandb.init(project="zo-fine-tuner", config=config, name=name, id=resume_id,
                                resume="allow" if resume_id else None)
         self.id = self._run.id
@@ -86,6 +100,5 @@ class WandbReporter(Reporter):
 
 
 def make_reporter(report_to: str, config: dict, name: str | None = None) -> Reporter:
-    if report_to not in REPORT_TO:
-        raise ValueError(f"report_to must be one of {REPORT_TO}, got {report_to!r}")
+    check_report_to(report_to)
     return WandbReporter(config, name) if report_to == "wandb" else Reporter()

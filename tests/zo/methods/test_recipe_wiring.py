@@ -39,7 +39,8 @@ def test_each_new_method_runs_through_the_recipe(tmp_path, tiny_llama_dir, mode,
     (dict(train_mode="fo_sgd", adam_beta2=0.99), "--adam_beta2 is an option of mezo_adam / fo_adam"),
     (dict(train_mode="lozo", lozo_interval=0), "lozo_interval must be >= 1"),
     (dict(train_mode="lozo", lozo_rank=-2), "lozo_rank must be >= 1"),
-    (dict(train_mode="sgd"), "unknown train_mode 'sgd': choose one of mezo, zo_fine_tuner, mezo_adam"),
+    (dict(train_mode="sgd"), "unknown train_mode 'sgd': choose one of mezo, zo_fine_tuner, mezo_adam.*or none"),
+    (dict(train_mode="mezo", load_mlp_path="bank.safetensors"), "train_mode mezo does not read one"),
 ])
 def test_bad_method_options_fail_before_the_run_folder_is_touched(tmp_path, overrides, message):
     out = tmp_path / "run"

@@ -38,6 +38,11 @@ def test_task_from_a_jsonl_file_runs_through_the_launcher(tmp_path, tiny_llama_d
                                     "EVAL": "2", "BS": "2", "OUTPUT_DIR": str(out), "EXTRA_ARGS": "--threads 1"})
     metrics = read_json(out / "metrics.json")
     assert metrics["task"] == "Reviews" and metrics["steps"] == 1 and "accuracy" in metrics["test"]
+    # without TASK=custom the file would be ignored (and SST-2 run): refused instead
+    proc = run_script("zo_fine_tuner.sh", {"MODEL": str(tiny_llama_dir), "CUSTOM_TASK": str(spec),
+                                           "OUTPUT_DIR": str(tmp_path / "other")}, check=False)
+    assert proc.returncode == 2 and "CUSTOM_TASK is read with TASK=custom only (TASK=SST2)" in proc.stderr
+    assert not (tmp_path / "other").exists()
 
 
 @requires_shared_data

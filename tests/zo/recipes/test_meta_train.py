@@ -242,6 +242,25 @@ def test_duplicate_tasks_and_zero_epochs_are_rejected(tmp_path, tiny_llama_dir, 
         meta_train(_l2l_config(tiny_llama_dir, tmp_path / "out", **overrides))
 
 
+def test_an_existing_bank_is_replaced_only_with_overwrite_or_by_the_run_that_writes_it(tmp_path, tiny_llama_dir,
+                                                                                      no_model_loading):
+    bank = tmp_path / "shipped.safetensors"
+    bank.write_bytes(b"a bank")
+    out = tmp_path / "out"
+    with pytest.raises(FileExistsError, match="--overwrite"):  # a fresh run, before any work
+        meta_train(_l2l_config(tiny_llama_dir, out, save_mlp_path=str(bank)))
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"save_mlp_path": str(tmp_path / "other.safetensors")}))
+    with pytest.raises(FileExistsError):  # resuming a run that saves elsewhere does not own this bank
+        meta_train(_l2l_config(tiny_llama_dir, out, save_mlp_path=str(bank), resume=True))
+    assert bank.read_bytes() == b"a bank"
+    # past the check (the model loading it reaches is refused by the fixture): --overwrite, or the owner's resume
+    with pytest.raises(AssertionError, match="model was loaded"):
+        meta_train(_l2l_config(tiny_llama_dir, out, save_mlp_path=str(bank), overwrite=True))
+    (out / "config.json").write_text(json.dumps({"save_mlp_path": str(bank)}))
+    with pytest.raises(AssertionError, match="model was loaded"):
+        meta_train(_l2l_config(tiny_llama_dir, out, save_mlp_path=str(bank), resume=True))
+
 @requires_shared_data
 def test_bad_data_or_bank_leaves_an_earlier_run_folder_alone(tmp_path, tiny_llama_dir, tiny_model_dir):
     from zo.init_bank import init_bank

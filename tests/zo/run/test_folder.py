@@ -1,6 +1,7 @@
 """The run folder through the fine-tuning recipe (in process): a finished run is never overwritten, a resume
 with another config is refused with the differences, a corrupt checkpoint is skipped for the previous one."""
 import json
+import logging
 
 import pytest
 import torch
@@ -36,11 +37,13 @@ def _crash_at_loss_call(monkeypatch, n):
     monkeypatch.setattr(tasks, "batch_loss", loss)
 
 
-def test_a_finished_run_is_refused_unless_resume_or_overwrite(tmp_path, tiny_llama_dir):
+def test_a_finished_run_is_refused_unless_resume_or_overwrite(tmp_path, tiny_llama_dir, caplog):
     out = tmp_path / "run"
-    first = fine_tune(_config(tiny_llama_dir, out, max_steps=2, eval_steps=0))
+    caplog.set_level(logging.INFO, logger="zo.run.folder")
+    first = fine_tune(_config(tiny_llama_dir, out, max_steps=2, eval_steps=0, resume=True))
+    assert f"{out} holds no run to resume: starting a new one" in caplog.messages  # a mistyped folder shows
     files = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(RunFolderError, match="finished run.*'completed'.*--overwrite"):
+    with pytest.raises(RunFolderError, match="finished run.*'completed'.*--resume.*to return its metrics.*--overwrite"):
         fine_tune(_config(tiny_llama_dir, out, max_steps=2, eval_steps=0))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files  # untouched
     # --resume of a finished run: nothing to do, its metrics as they are

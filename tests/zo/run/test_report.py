@@ -9,6 +9,7 @@ import pytest
 from conftest import SHARED_DATA
 from run_helpers import read_jsonl, requires_shared_data
 from zo.recipes.finetune import FineTuneConfig, fine_tune
+from zo.recipes.meta_train import L2LConfig, meta_train
 from zo.run.progress import make_reporter, progress_bar
 
 
@@ -50,6 +51,19 @@ def test_without_wandb_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     with pytest.raises(ImportError, match="pip install wandb"):
         make_reporter("wandb", {})
+
+
+@pytest.mark.parametrize("recipe", ["fine_tune", "meta_train"])
+def test_without_wandb_a_run_fails_before_its_folder_is_made(tmp_path, tiny_llama_dir, monkeypatch, recipe):
+    """Else a half-made folder (config.json alone) refuses the same command without --report_to."""
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    out = tmp_path / "run"
+    config = (_config(tiny_llama_dir, out) if recipe == "fine_tune" else
+              L2LConfig(task_name="Copa", model_name=str(tiny_llama_dir), data_dir=str(SHARED_DATA),
+                        output_dir=str(out), report_to="wandb"))
+    with pytest.raises(ImportError, match="pip install wandb"):
+        (fine_tune if recipe == "fine_tune" else meta_train)(config)
+    assert not out.exists()
 
 
 @requires_shared_data
