@@ -45,6 +45,8 @@ fi
 if [ "$TASK" = "custom" ]; then
   [ -n "$CUSTOM_TASK" ] || { echo "TASK=custom needs CUSTOM_TASK=path/to/spec.yaml (docs/adding_a_task.md)" >&2; exit 2; }
   TASK=$CUSTOM_TASK
+elif [ -n "$CUSTOM_TASK" ]; then
+  echo "CUSTOM_TASK is read with TASK=custom only (TASK=$TASK): set both, or unset CUSTOM_TASK" >&2; exit 2
 fi
 # Upstream's per-task cases. Its CB and Copa runs used DEV=100 whatever DEV said; a DEV you set wins here.
 TASK_ARGS=""
@@ -70,6 +72,10 @@ flag CHECKPOINT_STEPS --checkpoint_steps; flag DEVICE --device
 [ -n "$NUM_TRAIN_SETS" ] && ARGS+=(--num_train_sets "$NUM_TRAIN_SETS")
 [ -n "$LOAD_MLP_PATH" ] && ARGS+=(--load_mlp_path "$LOAD_MLP_PATH")
 
-echo "TASK=$TASK TRAIN_MODE=$TRAIN_MODE MODEL=${MODEL:-<embedded SmolLM2>} LR=$LR EPS=$EPS BS=$BS STEPS=$STEPS BANK=${LOAD_MLP_PATH:-none}${NUM_TRAIN_SETS:+ TRAIN_SETS=$NUM_TRAIN_SETS}"
+if [ -n "$CONFIG" ]; then
+  config_banner TASK TRAIN_MODE MODEL LR EPS BS STEPS LOAD_MLP_PATH NUM_TRAIN_SETS
+else
+  echo "TASK=$TASK TRAIN_MODE=$TRAIN_MODE MODEL=${MODEL:-<embedded SmolLM2>} LR=$LR EPS=$EPS BS=$BS STEPS=$STEPS BANK=${LOAD_MLP_PATH:-none}${NUM_TRAIN_SETS:+ TRAIN_SETS=$NUM_TRAIN_SETS}"
+fi
 # shellcheck disable=SC2086
 exec python run_zo_fine_tuner.py "${ARGS[@]}" $TASK_ARGS $EXTRA_ARGS "$@"

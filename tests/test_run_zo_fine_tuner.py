@@ -156,7 +156,9 @@ def test_launcher_config_file_env_overrides_and_refusal(tmp_path, tiny_llama_dir
                       "threads: 1\nlearning_rate: 1e-3\n")
     out = tmp_path / "run"
     # STEPS is set by the caller: it overrides the file; LR, BS, TRAIN... are not: the file's values hold
-    run_script("zo_fine_tuner.sh", {"CONFIG": str(config), "STEPS": "3", "OUTPUT_DIR": str(out)})
+    proc = run_script("zo_fine_tuner.sh", {"CONFIG": str(config), "STEPS": "3", "OUTPUT_DIR": str(out)})
+    # the start line names what runs: the file and STEPS, not the launcher's unused defaults (LR=1e-6, ...)
+    assert f"CONFIG={config} STEPS=3 (every other setting" in proc.stdout and " LR=" not in proc.stdout
     resolved = read_json(out / "config.json")
     assert resolved["max_steps"] == 3 and resolved["learning_rate"] == 1e-3 and resolved["num_train"] == 8
     assert resolved["per_device_train_batch_size"] == 2 and resolved["model_name"] == str(tiny_llama_dir)

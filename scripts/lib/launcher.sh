@@ -23,6 +23,16 @@ flag() {
   if [ -z "$CONFIG" ] || user_set "$1"; then ARGS+=("$2" "${!1}"); fi
 }
 
+# config_banner VAR...: with CONFIG, the start line names the file and the env vars the caller set, not the
+# launcher's defaults (which are not passed, so they are not what runs).
+config_banner() {
+  local text="CONFIG=$CONFIG" var
+  for var in "$@"; do
+    if user_set "$var"; then text+=" $var=${!var}"; fi
+  done
+  echo "$text (every other setting from the file)"
+}
+
 # The arguments both launchers pass the same way: the config file, the model, data and output folders, and
 # what to do with a run already in OUTPUT_DIR.
 add_run_args() {
