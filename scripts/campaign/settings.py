@@ -194,6 +194,41 @@ def split_words(text: str | None) -> tuple[str, ...]:
     return tuple((text or "").split())
 
 
+def lr_words(text: str | None, name: str) -> tuple[str, ...]:
+    """An LR grid from an env var: each word a number >= 0, else one error that names the variable."""
+    words = split_words(text)
+    for word in words:
+        try:
+            ok = 0 <= float(word) < math.inf
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{name}: {word!r} is not a learning rate (a number >= 0, e.g. 1e-4)")
+    return words
+
+
+def int_words(text: str | None, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(word) for word in split_words(text))
+    except ValueError:
+        raise ValueError(f"{name} must be whole numbers separated by spaces, got {text!r}") from None
+
+
+def check_tasks_have_data(names: tuple[str, ...], data_dir: Path) -> None:
+    """A task named in TASKS needs its folder in the data dir (named exactly as the task): a misspelled task
+    fails here, once, instead of in every one of its runs. Skipped where there is no data dir (--status
+    elsewhere)."""
+    if not data_dir.is_dir():
+        return
+    present = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
+    for name in names:
+        if name not in present:
+            close = [p for p in present if p.lower().replace("-", "") == name.lower().replace("-", "")]
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"TASKS: no data folder for {name!r} in {data_dir}{hint}; tasks there: "
+                             f"{', '.join(present)}")
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines (quotes stripped, # comments); no shell expansion."""
     values = {}
@@ -229,12 +264,12 @@ class Settings:
 
     def seeds_for(self, task: str) -> tuple[int, ...]:
         override = self.get(f"SEEDS_{task}")
-        return tuple(int(s) for s in split_words(override)) if override else self.seeds[:self.caps[task].seeds]
+        return int_words(override, f"SEEDS_{task}") if override else self.seeds[:self.caps[task].seeds]
 
     def grid_for(self, method: Method, task: str) -> tuple[str, ...]:
         """The method's LR grid on one task: LRS_<method>_<task> when set (a grid extended where its best LR
         sat at an edge), else LRS_<method>, else the default for that task, else the method's default."""
-        override = split_words(self.get(f"LRS_{method.name}_{task}"))
+        override = lr_words(self.get(f"LRS_{method.name}_{task}"), f"LRS_{method.name}_{task}")
         if override:
             return override
         if self.get(f"LRS_{method.name}") is None and (method.name, task) in DEFAULT_TASK_GRIDS:
@@ -261,9 +296,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         env = {**read_env_file(path), **{k: v for k, v in env.items() if v != ""}}
     s = Settings(env=env)
     s.tasks = split_words(s.get("TASKS")) or PAPER_TASKS
-    s.seeds = tuple(int(x) for x in split_words(s.get("SEEDS", "42 43 44")))
+    s.seeds = int_words(s.get("SEEDS", "42 43 44"), "SEEDS")
     s.model = s.get("MODEL", "")
     s.data_dir = s.get("DATA_DIR", str(REPO_ROOT.parent / "shared" / "data"))
+    if s.get("TASKS"):
+        check_tasks_have_data(s.tasks, Path(s.data_dir))
     s.results_dir = REPO_ROOT / s.get("RESULTS_DIR", "results")  # relative: to the repo, as the launchers cd there
     s.select_by = s.get("SELECT_BY", "dev_loss")
     if s.select_by not in ("dev_loss", "dev_metric"):
@@ -300,7 +337,7 @@ def method_from_word(s: Settings, word: str) -> Method:
         _builtin(name) or ({"train_mode": "zo_fine_tuner", "grid_key": "zoft"} if bank_path else
                            {"train_mode": name, "grid_key": name}))
     bank = s.get(f"BANK_{name}", bank_path or spec.get("bank"))
-    grid = split_words(s.get(f"LRS_{name}", DEFAULT_GRIDS.get(spec["grid_key"], ZO_SGD_GRID)))
+    grid = lr_words(s.get(f"LRS_{name}", DEFAULT_GRIDS.get(spec["grid_key"], ZO_SGD_GRID)), f"LRS_{name}")
     noise_grid = bool(spec.get("noise_grid")) and s.get(f"LRS_{name}") is None  # an LRS_<name> set by hand wins
     tasks = split_words(s.get(f"TASKS_{name}")) or spec.get("tasks")
     args = tuple(spec.get("args", ())) + split_words(s.get(f"ARGS_{name}"))

@@ -299,6 +299,23 @@ def test_a_method_of_your_own_varies_a_built_in(tmp_path):
         load_settings({"METHODS": "mezo", "MODE_mezo": "hizoo"})
 
 
+@pytest.mark.parametrize("env, message", [
+    ({"TASKS": "SST2 SST-2"}, r"no data folder for 'SST-2' in .* \(did you mean SST2\?\)"),
+    ({"TASKS": "sst2"}, r"did you mean SST2\?"),
+    ({"LRS_mezo": "1e-4 abc"}, r"LRS_mezo: 'abc' is not a learning rate"),
+    ({"LRS_mezo_SST2": "-1e-4"}, r"LRS_mezo_SST2: '-1e-4' is not a learning rate"),
+    ({"SEEDS": "42 4x"}, r"SEEDS must be whole numbers"),
+])
+def test_bad_campaign_settings_fail_once_with_the_variable_named(tmp_path, env, message):
+    """Instead of a traceback, or a failure in every run of a misspelled task."""
+    data = tmp_path / "data"
+    (data / "SST2").mkdir(parents=True)
+    with pytest.raises(ValueError, match=message):
+        settings = load_settings({"DATA_DIR": str(data), "RESULTS_DIR": str(tmp_path / "results"), "TASKS": "SST2",
+                                  "METHODS": "mezo", **env})
+        build_plan(settings)  # per-task grids are read by the plan
+
+
 def _builtin_method(name):
     return next(m for m in load_settings({"METHODS": name}).methods if m.name == name)
 
