@@ -62,6 +62,13 @@ def read_upstream_bank(path: str | Path) -> PertNNBank:
 
 
 def _restricted_load(path: Path) -> Any:
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    # torch.save writes a zip archive, or (legacy) a pickle of protocol >= 2: anything else is not a torch file,
+    # and the unpickler's error about it would read as a refused object
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        raise ValueError(f"{path} is not a torch file (torch.save writes a zip archive or a pickle; its first "
+                         f"bytes are {head!r})")
     try:
         # map_location: the authors' files tag their storages cuda:0..7; this also works without CUDA.
         with torch.serialization.safe_globals(list(PERTNN_ALLOWED_GLOBALS)):
@@ -74,7 +81,7 @@ def _restricted_load(path: Path) -> Any:
             f"({', '.join(c.__name__ for c in PERTNN_ALLOWED_GLOBALS)}, torch tensors, dict/set/OrderedDict); "
             f"it was refused and nothing from it was executed. "
             f"torch's restricted unpickler: {_torch_detail(err)}") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
+    except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path} is not a readable torch archive: {err}") from err
 
 

@@ -268,6 +268,17 @@ def test_wrong_structure_is_rejected(obj, error, needle, tmp_path):
         assert not isinstance(info.value, UnsafeBankError)
 
 
+@pytest.mark.parametrize("content, needle", [(b"hello\n", "is not a torch file"), (b"", "is not a torch file"),
+                                             (b"\x80\x02", "not a readable torch archive")])
+def test_a_file_that_is_not_a_torch_archive_says_so(content, needle, tmp_path):
+    """Not as a refused object (the unpickler's error on such bytes), nor as a bare KeyError."""
+    path = tmp_path / "notes.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=needle) as info:
+        read_upstream_bank(path)
+    assert not isinstance(info.value, UnsafeBankError)
+
+
 # ---- CLI ------------------------------------------------------------------------------------------------
 def test_cli_end_to_end(tmp_path):
     out = tmp_path / "llama1B.safetensors"
