@@ -67,14 +67,16 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, help_text: dic
     comments = field_comments(cls)
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
         help_ = ((help_text or {}).get(field.name) or comments.get(field.name, "").replace("%", "%%")) + \
-            f" (default: {field.default})"
+            f" (default: {shown})"
         args = typing.get_args(kind)
         optional = type(None) in args
         base = next((a for a in args if a is not type(None)), kind) if args else kind
         if typing.get_origin(kind) is list:
             parser.add_argument(f"--{field.name}", nargs="+", type=typing.get_args(kind)[0],
-                                default=field.default_factory(), help=help_.replace(str(field.default), "list"))
+                                default=default, help=help_)
         elif base is bool:
             parser.add_argument(f"--{field.name}", type=str2bool, nargs="?", const=True,
                                 default=field.default, help=help_)
@@ -250,7 +252,8 @@ def run_main(main) -> None:
     (SIGINT / SIGTERM, checkpoint written) exits with 128 + the signal number."""
     try:
         result = main()
-    except (ValueError, FileNotFoundError, FloatingPointError, ImportError) as err:  # UpstreamFlagError too
+    # ValueError covers UpstreamFlagError and RunFolderError
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, ImportError) as err:
         logging.getLogger("zo").error("%s: %s", type(err).__name__, err)
         sys.exit(2)
     if isinstance(result, dict) and result.get("status") == "interrupted":

@@ -100,6 +100,17 @@ def test_truncated_bank_is_one_error_naming_the_file(tmp_path, tiny_llama_dir, t
     assert not (tmp_path / "out").exists()
 
 
+def test_an_existing_bank_at_the_save_path_is_one_error_line(tmp_path, tiny_llama_dir, caplog):
+    bank = tmp_path / "shipped.safetensors"
+    bank.write_bytes(b"a bank")
+    with pytest.raises(SystemExit) as info:
+        run_main(lambda: run_l2l.main(["--model_name", str(tiny_llama_dir), "--data_dir", str(SHARED_DATA),
+                                       "--output_dir", str(tmp_path / "out"), "--save_mlp_path", str(bank)]))
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert info.value.code == 2 and len(errors) == 1 and "--overwrite" in errors[0], errors
+    assert bank.read_bytes() == b"a bank"
+
+
 @dataclasses.dataclass
 class _Noted:
     # a note above,
@@ -140,3 +151,8 @@ def test_every_flag_of_the_two_clis_has_help(module, cls):
     add_dataclass_arguments(parser, cls, module.HELP)
     bare = [action.dest for action in parser._actions if action.help and action.help.startswith(" (default:")]
     assert not bare, f"flags without help: {bare}"
+    shown = {action.dest: action.help for action in parser._actions}
+    # a list field shows its factory's value, not dataclasses.MISSING or the word "list"
+    assert not [dest for dest, text in shown.items() if text and ("MISSING" in text or "default: list" in text)]
+    if cls is L2LConfig:
+        assert shown["multi_task_name"].endswith("(default: SST2 Copa WSC)")

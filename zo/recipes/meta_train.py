@@ -236,11 +236,11 @@ def warn_copied_values(config: L2LConfig) -> list[str]:
 
 def refuse_to_replace_a_bank(save_path: Path, output_dir: Path, config: L2LConfig) -> None:
     """A bank file already there (a shipped bank is one --save_mlp_path away) is replaced only with --overwrite,
-    or by resuming the run that writes it."""
+    or by the run that writes it (then the run folder's own rules apply: resume it, or it is refused)."""
     if config.overwrite or not save_path.exists():
         return
     saved = output_dir / "config.json"
-    if config.resume and saved.exists():
+    if saved.exists():
         try:
             owner = json.loads(saved.read_text()).get("save_mlp_path")
         except ValueError:

@@ -251,7 +251,7 @@ def test_an_existing_bank_is_replaced_only_with_overwrite_or_by_the_run_that_wri
         meta_train(_l2l_config(tiny_llama_dir, out, save_mlp_path=str(bank)))
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"save_mlp_path": str(tmp_path / "other.safetensors")}))
-    with pytest.raises(FileExistsError):  # resuming a run that saves elsewhere does not own this bank
+    with pytest.raises(FileExistsError):  # a run that saves elsewhere does not own this bank
         meta_train(_l2l_config(tiny_llama_dir, out, save_mlp_path=str(bank), resume=True))
     assert bank.read_bytes() == b"a bank"
     # past the check (the model loading it reaches is refused by the fixture): --overwrite, or the owner's resume
