@@ -66,14 +66,19 @@ def evaluated_step(metrics: dict) -> int:
     return int(best) if best is not None else int(metrics.get("steps") or 0)
 
 
+def finished_run(run_dir: str | Path) -> RunDir:
+    run = RunDir(run_dir)
+    if not run.config_path.exists() or not run.metrics_path.exists():
+        raise RebuildError(f"{run.path} holds no finished fine-tuning run (config.json and metrics.json)")
+    return run
+
+
 def rebuild(run_dir: str | Path, step: int | None = None, threads: int | None = None, model_name: str | None = None,
             data_dir: str | None = None, device: str | None = None) -> Rebuilt:
     """The model of a finished run after `step` steps (default: the state it evaluated on test), on the run's
     device unless `device` says otherwise: the noise is drawn on the device, so another device type draws
     other noise and rebuilds other weights (a rescore then refuses to write)."""
-    run = RunDir(run_dir)
-    if not run.config_path.exists() or not run.metrics_path.exists():
-        raise RebuildError(f"{run.path} holds no finished fine-tuning run (config.json and metrics.json)")
+    run = finished_run(run_dir)
     metrics = run.read_metrics()
     saved = run.read_config()
     config = run_config(saved, threads, model_name, data_dir)
@@ -84,7 +89,8 @@ def rebuild(run_dir: str | Path, step: int | None = None, threads: int | None = 
         raise RebuildError(f"{config.train_mode} cannot replay a step from its record (its state is more than the "
                            f"log holds): its weights cannot be rebuilt")
     if replaying and [int(r["step"]) for r in records] != list(range(step)):
-        raise RebuildError(f"{run.path}: the log does not hold steps 0..{step - 1} exactly once")
+        raise RebuildError(f"{run.path}: the log does not hold steps 0..{step - 1} exactly once (the run took "
+                           f"{metrics.get('steps')} steps)")
     if config.threads:
         torch.set_num_threads(config.threads)
     task, splits = task_and_splits(config)
@@ -115,8 +121,8 @@ def rescore_test(run_dir: str | Path, threads: int | None = None, model_name: st
                  data_dir: str | None = None, device: str | None = None, tolerance: float = 1e-9) -> dict:
     """Scores the test split of the evaluated state again and writes test_predictions.jsonl, but only if the
     metric equals metrics.json's; returns the rescored test entry."""
-    run = RunDir(run_dir)
-    recorded = (run.read_metrics() if run.metrics_path.exists() else {}).get("test")
+    run = finished_run(run_dir)
+    recorded = run.read_metrics().get("test")
     if not recorded:
         raise RebuildError(f"{run.path}: metrics.json has no test result to check a rescore against")
     rebuilt = rebuild(run_dir, threads=threads, model_name=model_name, data_dir=data_dir, device=device)
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 rebuilt.model.save_pretrained(args.save_model)
                 rebuilt.tokenizer.save_pretrained(args.save_model)
                 log.info("%s: weights after %d steps saved to %s", run_dir, rebuilt.step, args.save_model)
-        except RebuildError as error:
+        except (RebuildError, ValueError, FileNotFoundError) as error:  # a run, device or path that cannot serve
             log.error("%s", error)
             failed += 1
     return 1 if failed else 0

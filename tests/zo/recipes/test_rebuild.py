@@ -59,6 +59,15 @@ def test_a_rescore_that_disagrees_with_metrics_json_writes_nothing(tmp_path, tin
     assert not (out / "test_predictions.jsonl").exists()
     # the CLI says so and exits 1; a folder without a run is one more clear error, not a crash
     assert main([str(out), str(tmp_path / "nothing"), "--rescore_test", "--threads", "1"]) == 1
+    with pytest.raises(RebuildError, match="holds no finished fine-tuning run"):  # not "no test result"
+        rescore_test(tmp_path / "nothing")
+
+
+def test_the_cli_reports_a_device_it_cannot_use_and_goes_on(tmp_path, tiny_llama_dir, caplog):
+    out, _ = _finished_run(tmp_path, tiny_llama_dir, "mezo", max_steps=2, eval_steps=0)
+    assert main([str(out), "--rescore_test", "--skip_done", "--save_model", str(tmp_path / "m"),
+                 "--device", "no-such-device", "--threads", "1"]) == 1
+    assert any("no-such-device" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
 
 
 def test_a_method_without_replay_is_refused(tmp_path, tiny_llama_dir):
@@ -74,7 +83,7 @@ def test_the_cli_saves_the_weights_of_any_step(tmp_path, tiny_llama_dir):
     assert_same_weights(saved, snapshot(rebuild(out, step=3, threads=1).model))
     steps = [r["step"] for r in read_jsonl(out / "train_log.jsonl") if r.get("kind") == "step"]
     assert steps == list(range(6))
-    with pytest.raises(RebuildError, match="steps 0..6 exactly once"):  # a step beyond the run
+    with pytest.raises(RebuildError, match=r"steps 0..6 exactly once \(the run took 6 steps\)"):  # beyond the run
         rebuild(out, step=7, threads=1)
 
 
