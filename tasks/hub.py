@@ -65,6 +65,12 @@ class HubSource:
         from datasets import load_dataset
 
         args: list[Any] = [self.repo] + ([self.config] if self.config else [])
-        rows = load_dataset(*args, split=HUB_SPLITS[split])
+        try:
+            rows = load_dataset(*args, split=HUB_SPLITS[split])
+        except OSError as err:  # no network or no hub (ConnectionError, HTTP errors, dataset not found)
+            first_line = (str(err).splitlines() or [""])[0]
+            raise FileNotFoundError(
+                f"{self.task}: cannot load {self.repo} from the Hugging Face hub ({type(err).__name__}: "
+                f"{first_line}); pass --data_dir (DATA_DIR) with local files, e.g. ../shared/data") from err
         adapt = ADAPTERS.get(self.task, _same)
         return [adapt(row) for row in rows]

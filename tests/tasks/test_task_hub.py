@@ -59,3 +59,12 @@ def test_hub_ids_are_script_free_parquet_repos():
     assert HUB_IDS["SST2"] == ("nyu-mll/glue", "sst2") and HUB_IDS["WSC"] == ("aps/super_glue", "wsc.fixed")
     assert {repo for repo, _ in HUB_IDS.values()} == {"nyu-mll/glue", "aps/super_glue", "google/boolq",
                                                       "rajpurkar/squad", "ucinlp/drop"}
+
+
+def test_an_unreachable_hub_says_to_pass_a_data_dir(monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(FileNotFoundError, match=r"SST2: cannot load nyu-mll/glue .*ConnectionError.*--data_dir"):
+        tasks.get_task("SST2").load_split("train")
