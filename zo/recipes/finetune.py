@@ -61,9 +61,10 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
     # one demonstration set, drawn with train_set_seed, for every test example (MeZO with a train-set seed or
     # --num_train_sets, which sets it); False: one set per test example (MeZO without either)
     shared_demonstrations: bool = False
-    # MeZO's calibration of classification scores: option log-prob minus its log-prob after a content-free prompt
-    sfc: bool = False  # content-free prompt without demonstrations
-    icl_sfc: bool = False  # content-free prompt after the same demonstrations
+    # MeZO's calibration of classification scores: option log-prob minus its log-prob after a content-free prompt,
+    # here one without demonstrations
+    sfc: bool = False
+    icl_sfc: bool = False  # --sfc with the content-free prompt after the same demonstrations
     load_mlp_path: str | None = None
     need_normalization: bool = True
     effective_dim_rule: str | None = None  # None: the rule the bank records (upstream for the authors' banks)
@@ -326,6 +327,8 @@ def fine_tune(config: FineTuneConfig) -> dict:
     if config.non_diff and not task.is_generation:
         raise ValueError(f"--non_diff (-F1 objective) needs a generation task; {task.name} is classification")
     dtype = resolve_dtype(config.load_float16, config.load_bfloat16)
+    if config.device_map and config.device != "auto":
+        log.warning("--device %s is not used: --device_map %s places the model", config.device, config.device_map)
     model, tokenizer = load_model(model_path, dtype, device=None if config.device_map else device,
                                   native_opt_bos=config.native_opt_bos, device_map=config.device_map)
     blocks = trainable_blocks(model, config.trainable_blocks)
@@ -458,6 +461,8 @@ def fine_tune_sets(config: FineTuneConfig) -> dict:
         raise ValueError("--num_train_sets runs its sets one after the other in one process: launch one "
                          "data-parallel run per --train_set_seed instead")
     model_path = resolve_model_path(config.model_name)  # a bad model path fails before any folder is made
+    if config.device_map is None:
+        resolve_device(config.device)  # so does a bad device
     output_dir = Path(config.output_dir or config.default_output_dir())
     seeds = [config.train_set_seed + i for i in range(config.num_train_sets)]
     folders = [output_dir / SET_FOLDER.format(i) for i in range(config.num_train_sets)]

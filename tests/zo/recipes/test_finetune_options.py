@@ -196,3 +196,12 @@ def test_non_diff_is_for_the_generation_tasks_whatever_the_case_of_their_name():
     for name in ("SQuAD", "drop"):
         FineTuneConfig(task_name=name, train_mode="mezo", non_diff=True).validate()
     assert tasks.is_generation_task("squad") and not tasks.is_generation_task("Copa")
+
+
+@requires_shared_data
+def test_device_with_a_device_map_is_warned_unused(tmp_path, tiny_llama_dir, caplog):
+    out = tmp_path / "run"
+    metrics = fine_tune(FineTuneConfig(task_name="SST2", model_name=str(tiny_llama_dir), data_dir=str(SHARED_DATA),
+                                       output_dir=str(out), device="cpu", device_map="auto", **SMALL))
+    assert metrics["status"] == "completed"
+    assert "--device cpu is not used: --device_map auto places the model" in caplog.messages

@@ -175,6 +175,9 @@ def test_bad_input_in_the_first_set_leaves_no_folder_behind(tmp_path, tiny_llama
     with pytest.raises(FileNotFoundError):
         fine_tune(_config(tiny_llama_dir, out, data_dir=str(data), num_train_sets=2))
     assert not out.exists()
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        fine_tune(_config(tiny_llama_dir, out, device="gpu", num_train_sets=2))
+    assert not out.exists()
 
 
 def test_data_parallel_multi_set_runs_are_refused(monkeypatch, tmp_path):
