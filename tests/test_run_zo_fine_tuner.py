@@ -149,6 +149,19 @@ def test_init_bank_cli_with_model(tiny_llama_bank, tiny_llama_dir):
     assert bank.metadata["trained"] == "false" and json.loads(bank.metadata["init_seed"]) == 3
 
 
+def test_init_bank_cli_never_replaces_a_file_without_overwrite(tmp_path, tiny_llama_dir):
+    from run_helpers import run_cmd
+
+    bank = tmp_path / "trained.safetensors"
+    bank.write_bytes(b"a trained bank")
+    cmd = [sys.executable, "-m", "zo.init_bank", "--model", str(tiny_llama_dir), "--out", str(bank)]
+    proc = run_cmd(cmd, {}, check=False)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr and bank.read_bytes() == b"a trained bank"
+    missing = run_cmd(cmd[:-1] + [str(tmp_path / "no" / "b.safetensors")], {}, check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert run_cmd(cmd + ["--overwrite"], {}).returncode == 0 and bank.read_bytes() != b"a trained bank"
+
+
 def test_launcher_config_file_env_overrides_and_refusal(tmp_path, tiny_llama_dir):
     config = tmp_path / "run.yaml"
     config.write_text(f"model_name: {tiny_llama_dir}\ntask_name: SST2\ntrain_mode: mezo\nmax_steps: 2\n"

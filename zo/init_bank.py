@@ -40,13 +40,19 @@ def init_bank(model: str | None, out: str | Path, seed: int = 0, granularity: st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model folder or hub id (default: embedded SmolLM2)")
     parser.add_argument("--out", required=True, help="output .safetensors path")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--granularity", choices=GRANULARITIES, default="block",
                         help="block: one PertNN per parameter tensor; layer: one per transformer layer")
+    parser.add_argument("--overwrite", action="store_true", help="replace a file already at --out")
     args = parser.parse_args()
+    out = Path(args.out)
+    if not out.parent.is_dir():  # before reading the model
+        raise FileNotFoundError(f"cannot write the bank: folder {out.parent} does not exist")
+    if out.exists() and not args.overwrite:  # a trained bank is one mistyped path away
+        raise FileExistsError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
     bank = init_bank(args.model, args.out, args.seed, args.granularity)
     unit = "blocks" if args.granularity == "block" else "layer groups"
     print(f"wrote an untrained {args.granularity}-wise bank with {len(bank)} {unit} to {args.out}")
