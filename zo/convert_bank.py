@@ -67,8 +67,9 @@ def _restricted_load(path: Path) -> Any:
     # torch.save writes a zip archive, or (legacy) a pickle of protocol >= 2: anything else is not a torch file,
     # and the unpickler's error about it would read as a refused object
     if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        hint = "; a .safetensors bank needs no conversion: load it as it is" if path.suffix == ".safetensors" else ""
         raise ValueError(f"{path} is not a torch file (torch.save writes a zip archive or a pickle; its first "
-                         f"bytes are {head!r})")
+                         f"bytes are {head!r}){hint}")
     try:
         # map_location: the authors' files tag their storages cuda:0..7; this also works without CUDA.
         with torch.serialization.safe_globals(list(PERTNN_ALLOWED_GLOBALS)):
@@ -89,8 +90,8 @@ def _torch_detail(err: Exception) -> str:
     """The informative part of torch's weights_only error (the blocked global or opcode)."""
     text = str(err)
     for line in text.splitlines():
-        if "GLOBAL" in line:
-            return line.strip()
+        if "GLOBAL" in line:  # without torch's advice to allowlist it: the point is not to
+            return line.split(" was not an allowed global")[0].strip() + " (not allowed)"
     tail = text.split("WeightsUnpickler error:", 1)[-1]
     return next((line.strip() for line in tail.splitlines() if line.strip()), text.strip())
 

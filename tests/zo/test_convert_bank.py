@@ -266,6 +266,8 @@ def test_wrong_structure_is_rejected(obj, error, needle, tmp_path):
         read_upstream_bank(path)
     if error is ValueError:
         assert not isinstance(info.value, UnsafeBankError)
+    else:  # names the refused class, without torch's advice to allowlist it
+        assert "activation.ReLU (not allowed)" in str(info.value) and "add_safe_globals" not in str(info.value)
 
 
 @pytest.mark.parametrize("content, needle", [(b"hello\n", "is not a torch file"), (b"", "is not a torch file"),
@@ -277,6 +279,11 @@ def test_a_file_that_is_not_a_torch_archive_says_so(content, needle, tmp_path):
     with pytest.raises(ValueError, match=needle) as info:
         read_upstream_bank(path)
     assert not isinstance(info.value, UnsafeBankError)
+
+
+def test_a_safetensors_bank_given_to_the_converter_is_told_to_load_as_it_is(tmp_path):
+    with pytest.raises(ValueError, match="needs no conversion"):
+        read_upstream_bank(REPO_ROOT / "learned_finetuner" / "smollm2-135m_copa.safetensors")
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------
