@@ -107,6 +107,9 @@ def has_replay(train_mode: str) -> bool:
 
 
 def build_method(train_mode: str, ctx: MethodContext, values: dict) -> Method:
+    """The method `train_mode` on `ctx`, with its options from `values` (another method's option, set to a
+    non-default value there, is refused: code outside the recipe calls this too)."""
+    check_options(train_mode, values)
     spec = get_method(train_mode)
     return spec.build(ctx, method_config(train_mode, values))
 

@@ -27,6 +27,11 @@ def build(ctx: MethodContext, options: ZOFineTunerConfig) -> ZOOptimizer:
         raise ValueError("train_mode zo_fine_tuner needs a PertNN bank: set LOAD_MLP_PATH / --load_mlp_path "
                          "(python -m zo.init_bank writes an untrained one)")
     bank = load_bank(ctx.load_mlp_path)
+    trained_with = bank.metadata.get("need_normalization")  # recorded by L2L since the ablations; older: absent
+    if trained_with in ("true", "false") and (trained_with == "true") != ctx.need_normalization:
+        log.warning("the bank %s was meta-trained with need_normalization=%s and this run uses %s: its sigma were "
+                    "learned for the other scale (set --need_normalization %s to use it as trained)",
+                    ctx.load_mlp_path, trained_with == "true", ctx.need_normalization, trained_with == "true")
     if Path(ctx.load_mlp_path).suffix in (".pth", ".pt", ".bin"):
         log.info("converted the authors' pickled bank %s through the safe loader (%d blocks)", ctx.load_mlp_path,
                  len(bank))

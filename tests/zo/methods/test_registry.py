@@ -184,3 +184,22 @@ def test_inplace_perturbation_matches_virtual(mode, options):
     assert moved > 1e-4
     for (name, p), q in zip(models["virtual"].named_parameters(), models["inplace"].parameters()):
         assert torch.allclose(p, q, rtol=0, atol=1e-3 * moved), name
+
+
+@pytest.mark.parametrize("recorded, used, warned", [("false", True, True), ("false", False, False),
+                                                    ("true", False, True), (None, True, False)])
+def test_a_bank_used_with_another_normalization_than_it_was_trained_with_is_warned(tmp_path, tiny_llama_dir,
+                                                                                   caplog, recorded, used, warned):
+    from transformers import AutoModelForCausalLM
+
+    from zo.init_bank import init_bank
+    from zo.methods import MethodContext, build_method
+
+    bank = init_bank(str(tiny_llama_dir), tmp_path / "b.safetensors")
+    if recorded is not None:
+        bank.save(tmp_path / "b.safetensors", {**bank.metadata, "need_normalization": recorded})
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    ctx = MethodContext(model, parameter_blocks(model), ZOConfig(), load_mlp_path=str(tmp_path / "b.safetensors"),
+                        need_normalization=used)
+    build_method("zo_fine_tuner", ctx, {})
+    assert any("meta-trained with need_normalization" in m for m in caplog.messages) == warned
