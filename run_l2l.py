@@ -59,7 +59,7 @@ HELP = {
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_dataclass_arguments(parser, L2LConfig, HELP)
     # Upstream spellings.
     parser.add_argument("--num_epochs", "--epoch", dest="num_train_epochs", type=int, help=argparse.SUPPRESS)

@@ -82,7 +82,7 @@ HELP = {
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_dataclass_arguments(parser, FineTuneConfig, HELP)
     # Upstream's --trainer: zo trains, none evaluates only (MeZO); --save_steps is the evaluation period here.
     parser.add_argument("--trainer", choices=("zo", "none"), default="zo", help="zo | none (evaluation only)")

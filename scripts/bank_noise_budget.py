@@ -46,7 +46,7 @@ def record_is_current(bank: Path, normalize: bool) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("banks", nargs="+")
     parser.add_argument("--model", default=None, help="model folder (default: the embedded SmolLM2-135M)")
     parser.add_argument("--batch_size", type=int, default=16, help="enters the effective dimension of embeddings")

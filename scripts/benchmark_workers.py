@@ -58,7 +58,7 @@ def losses(out: Path) -> list[tuple[float, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", default=str(REPO_ROOT.parent / "shared" / "data"))
     parser.add_argument("--model", default="")
     parser.add_argument("--task", default="SST2")

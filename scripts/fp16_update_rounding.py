@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=str(REPO / "models" / "SmolLM2-135M" / "model.safetensors"))
     parser.add_argument("--lr", type=float, default=1e-7)
     args = parser.parse_args()

@@ -22,7 +22,7 @@ from zo.models import load_model, resolve_model_path  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--task", default="SQuAD")

@@ -310,7 +310,7 @@ def stage_settings(assignments: str) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--status", action="store_true", help="print the plan and exit")
     parser.add_argument("--max_runs", type=int, default=0, help="start at most this many runs (0: all)")
     parser.add_argument("--workers", type=int, default=None,

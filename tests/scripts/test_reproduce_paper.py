@@ -140,6 +140,10 @@ def test_campaign_survives_a_kill_and_the_report_has_the_right_cells(campaign_en
     readme.write_text("no markers\n")
     bad = run_cmd([sys.executable, "scripts/make_report.py", "--readme", str(readme)], env, check=False)
     assert bad.returncode != 0 and "campaign-table" in bad.stderr and readme.read_text() == "no markers\n"
+    mistyped = run_cmd([sys.executable, "scripts/make_report.py"], {**env, "RESULTS_DIR": str(readme.parent / "x")},
+                       check=False)
+    assert mistyped.returncode != 0 and "no campaign runs in" in mistyped.stderr
+    assert not (readme.parent / "x").exists()
 
 
 def load(folder: Path) -> Run:
