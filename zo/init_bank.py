@@ -14,7 +14,7 @@ import torch
 
 from zo.blocks import DEFAULT_EFFECTIVE_DIM_RULE, GRANULARITIES, Block, parameter_blocks
 from zo.models import resolve_model_path
-from zo.pertnn import PertNNBank, fresh_bank
+from zo.pertnn import PertNNBank, check_bank_folder, fresh_bank
 
 
 def blocks_for(model_path: str) -> list[Block]:
@@ -49,8 +49,7 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a file already at --out")
     args = parser.parse_args()
     out = Path(args.out)
-    if not out.parent.is_dir():  # before reading the model
-        raise FileNotFoundError(f"cannot write the bank: folder {out.parent} does not exist")
+    check_bank_folder(out)  # before reading the model
     if out.exists() and not args.overwrite:  # a trained bank is one mistyped path away
         raise FileExistsError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
     bank = init_bank(args.model, args.out, args.seed, args.granularity)

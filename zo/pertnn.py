@@ -41,6 +41,12 @@ def bank_effective_dim_rule(metadata: Mapping[str, str]) -> str:
     return metadata.get("effective_dim_rule", "upstream")
 
 
+def check_bank_folder(path: str | Path) -> None:
+    """A bank can be saved at `path`: its folder exists (checked before long work, and again by save)."""
+    if not Path(path).parent.is_dir():
+        raise FileNotFoundError(f"cannot save the bank: folder {Path(path).parent} does not exist")
+
+
 class BankMismatchError(ValueError):
     """The bank's block names do not match the model's parameter blocks."""
 
@@ -229,8 +235,7 @@ class PertNNBank(nn.Module):
         from zo.io import atomic_path
 
         path = Path(path)
-        if not path.parent.exists():
-            raise FileNotFoundError(f"cannot save the bank: folder {path.parent} does not exist")
+        check_bank_folder(path)
         meta = dict(self.metadata)
         for key, value in (extra_metadata or {}).items():
             meta[key] = value if isinstance(value, str) else json.dumps(value)

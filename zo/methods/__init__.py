@@ -69,14 +69,16 @@ def _method_options_class() -> type:
 MethodOptions = _method_options_class()
 
 
-def method_listing() -> str:
-    """One line per registered method: its name and what it does."""
-    return "\n".join(f"  {spec.name}: {spec.summary}" for spec in METHODS.values())
+def unknown_train_mode(name: str, also: str = "") -> ValueError:
+    """The error for a train mode the registry lacks: every method with what it does (`also`: the caller's own
+    modes, e.g. the recipe's evaluation-only `none`)."""
+    listing = "\n".join(f"  {spec.name}: {spec.summary}" for spec in METHODS.values())
+    return ValueError(f"unknown train_mode {name!r}: choose one of {', '.join(TRAIN_MODES)}{also}\n{listing}")
 
 
 def get_method(name: str) -> MethodSpec:
     if name not in METHODS:
-        raise ValueError(f"unknown train_mode {name!r}: choose one of {', '.join(TRAIN_MODES)}\n{method_listing()}")
+        raise unknown_train_mode(name)
     return METHODS[name]
 
 
@@ -115,5 +117,5 @@ def build_method(train_mode: str, ctx: MethodContext, values: dict) -> Method:
 
 
 __all__ = ["METHODS", "TRAIN_MODES", "MethodContext", "MethodOptions", "MethodRecord", "MethodSpec",
-           "build_method", "check_options", "get_method", "has_replay", "method_config", "method_listing",
-           "option_owners"]
+           "build_method", "check_options", "get_method", "has_replay", "method_config", "option_owners",
+           "unknown_train_mode"]

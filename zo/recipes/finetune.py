@@ -29,7 +29,7 @@ from zo.io import sanitize_component
 from zo.loop import (AccumulatedBatches, CheckpointPolicy, LoopResult, accumulated_loss,
                      refuse_replay_drawn_elsewhere, train_zo)
 from zo.methods import (TRAIN_MODES, MethodContext, MethodOptions, build_method, check_options, method_config,
-                        method_listing)
+                        unknown_train_mode)
 from zo.models import load_model, resolve_device, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource, blocks_noise_signature
 from zo.run.folder import RunDir
@@ -158,8 +158,7 @@ class FineTuneConfig(MethodOptions):  # each method's options (zo.methods) are f
 
     def validate(self) -> None:
         if self.train_mode not in TRAIN_MODES and self.train_mode != "none":  # none: MeZO's --trainer none
-            raise ValueError(f"unknown train_mode {self.train_mode!r}: choose one of {', '.join(TRAIN_MODES)}, or "
-                             "none (evaluation only)\n" + method_listing())
+            raise unknown_train_mode(self.train_mode, also=", or none (evaluation only)")
         if self.train_mode != "none":
             check_options(self.train_mode, asdict(self))  # another method's option
             method_config(self.train_mode, asdict(self))  # the method's own checks (rank, interval >= 1, ...)

@@ -8,7 +8,6 @@ model's structure.
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 import signal
@@ -26,7 +25,7 @@ from zo.l2l import MetaConfig, MetaLearner, MicroBatches, TrajectoryOptimizer
 from zo.loop import CheckpointPolicy, load_weights, save_weights
 from zo.models import load_model, resolve_device, resolve_dtype, resolve_model_path
 from zo.noise import NoiseSource
-from zo.pertnn import check_bank_granularity, fresh_bank, load_bank
+from zo.pertnn import check_bank_folder, check_bank_granularity, fresh_bank, load_bank
 from zo.run.folder import RunDir
 from zo.run.l2l_state import learner_state, load_learner_state
 from zo.run.progress import check_report_to, make_reporter, progress_bar
@@ -151,8 +150,8 @@ class L2LConfig:
             raise ValueError(f"--gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
         if self.l2l_accumulation not in L2L_ACCUMULATIONS:
             raise ValueError(f"--l2l_accumulation must be one of {L2L_ACCUMULATIONS}, got {self.l2l_accumulation!r}")
-        if self.save_mlp_path and not Path(self.save_mlp_path).parent.is_dir():
-            raise FileNotFoundError(f"cannot save the bank: folder {Path(self.save_mlp_path).parent} does not exist")
+        if self.save_mlp_path:
+            check_bank_folder(self.save_mlp_path)
         if self.init_mlp_path and not Path(self.init_mlp_path).exists():
             raise FileNotFoundError(f"initial bank not found: {self.init_mlp_path}")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
@@ -234,15 +233,14 @@ def warn_copied_values(config: L2LConfig) -> list[str]:
     return warnings
 
 
-def refuse_to_replace_a_bank(save_path: Path, output_dir: Path, config: L2LConfig) -> None:
+def refuse_to_replace_a_bank(save_path: Path, run: RunDir, config: L2LConfig) -> None:
     """A bank file already there (a shipped bank is one --save_mlp_path away) is replaced only with --overwrite,
     or by the run that writes it (then the run folder's own rules apply: resume it, or it is refused)."""
     if config.overwrite or not save_path.exists():
         return
-    saved = output_dir / "config.json"
-    if saved.exists():
+    if run.config_path.exists():
         try:
-            owner = json.loads(saved.read_text()).get("save_mlp_path")
+            owner = run.read_config().get("save_mlp_path")
         except ValueError:
             owner = None
         if owner is not None and Path(owner).resolve() == save_path.resolve():
@@ -258,7 +256,8 @@ def meta_train(config: L2LConfig) -> dict:
     model_path = resolve_model_path(config.model_name)  # a bad model path fails before any data is read
     output_dir = Path(config.output_dir or config.default_output_dir())
     save_path = Path(config.save_mlp_path or output_dir / "bank.safetensors")
-    refuse_to_replace_a_bank(save_path, output_dir, config)
+    run = RunDir(output_dir, metrics_name="summary.json")  # nothing on disk is touched until run.start
+    refuse_to_replace_a_bank(save_path, run, config)
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -307,7 +306,6 @@ def meta_train(config: L2LConfig) -> dict:
                      "tasks": task_names, "steps_per_epoch": steps_per_epoch, "restart_period_steps": period_steps,
                      "num_blocks": len(blocks), "step_batch_size": step_batch_size})
     # Every input is checked: only now touch the run folder (bad input never deletes an earlier log).
-    run = RunDir(output_dir, metrics_name="summary.json")
     start_state = run.start(resolved, resume=config.resume, overwrite=config.overwrite, ignore_keys=RUNTIME_KEYS,
                             defaults=asdict(L2LConfig()))
     if start_state.finished is not None:

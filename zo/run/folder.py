@@ -37,6 +37,10 @@ PREDICTIONS_FILE = "test_predictions.jsonl"  # the test split's prediction and s
 FINISHED_STATUSES_PREFIX = ("completed", "stopped", "evaluated without training")
 
 
+def is_finished(status: str | None) -> bool:
+    return str(status or "").startswith(FINISHED_STATUSES_PREFIX)
+
+
 class RunFolderError(ValueError):
     """The run folder cannot be used as asked (a finished run, or a resume with another config)."""
 
@@ -137,9 +141,10 @@ class RunDir:
             return Start()
         if not resume:
             status = self.read_metrics().get("status") if self.metrics_path.exists() else None
-            finished = str(status or "").startswith(FINISHED_STATUSES_PREFIX)
-            what, resume_does = ((f"a finished run (status {status!r})", "return its metrics") if finished else
-                                 (f"an unfinished run{f' (status {status!r})' if status else ''}", "continue it"))
+            if is_finished(status):
+                what, resume_does = f"a finished run (status {status!r})", "return its metrics"
+            else:
+                what, resume_does = f"an unfinished run{f' (status {status!r})' if status else ''}", "continue it"
             raise RunFolderError(f"{self.path} holds {what}: pass --resume (RESUME=1) to {resume_does}, "
                                  f"--overwrite (OVERWRITE=1) to replace it, or choose another output folder")
         if self.config_path.exists():
@@ -147,7 +152,7 @@ class RunDir:
         self._clean_temporaries()
         if self.metrics_path.exists():
             metrics = self.read_metrics()
-            if str(metrics.get("status", "")).startswith(FINISHED_STATUSES_PREFIX):
+            if is_finished(metrics.get("status")):
                 log.info("%s already holds a finished run (status %r): nothing to resume", self.path,
                          metrics.get("status"))
                 return Start(finished=metrics)
