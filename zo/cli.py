@@ -14,6 +14,8 @@ import tokenize
 import typing
 from pathlib import Path
 
+from zo.run.status import INTERRUPTED
+
 
 def str2bool(text: str | bool) -> bool:
     if isinstance(text, bool):
@@ -256,5 +258,5 @@ def run_main(main) -> None:
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, ImportError) as err:
         logging.getLogger("zo").error("%s: %s", type(err).__name__, err)
         sys.exit(2)
-    if isinstance(result, dict) and result.get("status") == "interrupted":
+    if isinstance(result, dict) and result.get("status") == INTERRUPTED:
         sys.exit(128 + int(result.get("signal") or 2))

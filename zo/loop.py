@@ -29,7 +29,8 @@ from zo.noise import blocks_noise_signature
 from zo.run.folder import BEST_STATE_FILE, RunDir, RunFolderError, RunLog
 from zo.run.progress import Reporter, progress_bar
 from zo.run.rng import global_rng_state, set_global_rng_state
-from zo.run.signals import INTERRUPTED, GracefulStop
+from zo.run.signals import GracefulStop
+from zo.run.status import COMPLETED, INTERRUPTED, STOPPED
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ def train_zo(optimizer, batches, loss_fn: Callable[[object], torch.Tensor], step
     data = batches if hasattr(batches, "forever") else None
     reporter = reporter or Reporter()
     checkpointer = _Checkpointer(run, checkpoints or CheckpointPolicy(), optimizer, data)
-    result = LoopResult(steps_done=0, status="completed")
+    result = LoopResult(steps_done=0, status=COMPLETED)
     if resume is not None:
         checkpointer.restore(resume, result)
     iterator: Iterator = data.forever() if data is not None else batches
@@ -288,7 +289,7 @@ def train_zo(optimizer, batches, loss_fn: Callable[[object], torch.Tensor], step
             try:
                 record = optimizer.step(lambda: loss_fn(batch))
             except NonFiniteLossError as err:
-                result.status = f"stopped: {err}"
+                result.status = f"{STOPPED}: {err}"
                 log.error("%s; keeping the last good state", err)
                 break
             record_dict = record.to_dict()

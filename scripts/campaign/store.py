@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from .settings import put_repo_on_path
+
+put_repo_on_path()
+from zo.run.status import is_finished, is_stopped  # noqa: E402  (torch-free: the driver never imports torch)
+
 SMALL_FILES = ("config.json", "metrics.json", "train_log.jsonl", "test_predictions.jsonl")
 CAMPAIGN_FILE = "campaign.json"
 
@@ -28,15 +33,10 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
-# zo.recipes.finetune's status of an evaluation-only run (zero_shot), which takes no step
-EVALUATED_PREFIX = "evaluated without training"
-
-
 def is_final(metrics: dict | None) -> bool:
     """Completed, stopped on a non-finite loss (a diverged LR is a result, and rerunning repeats it), or evaluated
-    without training."""
-    status = (metrics or {}).get("status", "")
-    return status == "completed" or status.startswith(("stopped", EVALUATED_PREFIX))
+    without training (zero_shot)."""
+    return is_finished((metrics or {}).get("status"))
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Run:
 
     @property
     def diverged(self) -> bool:
-        return self.metrics.get("status", "").startswith("stopped")
+        return is_stopped(self.metrics.get("status"))
 
     def _number(self, key: str) -> float:
         """metrics[key] as a float; NaN when it is missing or not a number (a diverged run's null)."""

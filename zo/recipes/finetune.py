@@ -34,13 +34,13 @@ from zo.models import load_model, resolve_device, resolve_dtype, resolve_model_p
 from zo.noise import NoiseSource, blocks_noise_signature
 from zo.run.folder import RunDir
 from zo.run.progress import Reporter, check_report_to, make_reporter
-from zo.run.signals import INTERRUPTED, GracefulStop
+from zo.run.signals import GracefulStop
+from zo.run.status import COMPLETED, EVALUATED, INTERRUPTED
 from zo.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-EVALUATED = "evaluated without training (eval_only)"  # the status of an evaluation-only run
 # Settings that may change between a run and its resume (they do not change what is computed).
 RUNTIME_KEYS = ("output_dir", "progress", "threads", "pair_forwards", "report_to", "resume", "overwrite",
                 "checkpoint_steps", "checkpoint_minutes", "checkpoint_kind",
@@ -540,9 +540,9 @@ def summarize_sets(results: list[dict], seeds: list[int], folders: list[Path]) -
     for key in ("best_dev_loss", "final_train_loss"):
         if all(isinstance(r.get(key), (int, float)) for r in results):
             summary[key] = _mean_sd([float(r[key]) for r in results])
-    others = [s["train_set"] for s, r in zip(sets, results) if not str(r.get("status", "")).startswith("completed")
-              and r.get("status") != EVALUATED]
-    metrics.update({"status": "completed", "summary": summary, "sets": sets})
+    others = [s["train_set"] for s, r in zip(sets, results)
+              if not str(r.get("status", "")).startswith((COMPLETED, EVALUATED))]
+    metrics.update({"status": COMPLETED, "summary": summary, "sets": sets})
     if others:  # e.g. stopped at a non-finite loss: their last good state was evaluated, and is counted
         metrics["sets_not_completed"] = others
     return metrics

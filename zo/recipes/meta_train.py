@@ -30,7 +30,8 @@ from zo.run.folder import RunDir
 from zo.run.l2l_state import learner_state, load_learner_state
 from zo.run.progress import check_report_to, make_reporter, progress_bar
 from zo.run.rng import global_rng_state, set_global_rng_state
-from zo.run.signals import INTERRUPTED, GracefulStop
+from zo.run.signals import GracefulStop
+from zo.run.status import COMPLETED, INTERRUPTED, STOPPED
 from zo.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -370,7 +371,7 @@ def meta_train(config: L2LConfig) -> dict:
         })
 
     epoch = cursor["epoch"]
-    status = "completed"
+    status = COMPLETED
     stop = GracefulStop().install()
     try:
         for epoch in range(cursor["epoch"], config.num_train_epochs):
@@ -446,7 +447,7 @@ def meta_train(config: L2LConfig) -> dict:
         log.warning("interrupted after step %d: checkpoint written; resume with --resume", step)
         return summary
     except _MaxStepsReached:
-        status = f"stopped at max_steps={config.max_steps}"
+        status = f"{STOPPED} at max_steps={config.max_steps}"
     except KeyboardInterrupt:
         status = f"interrupted at step {step}"
         log.warning("interrupted: saving the bank as of step %d", step)

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import torch
 
 from zo.io import _jsonable, atomic_path, write_json
+from zo.run.status import is_finished
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,6 @@ LOG_KINDS = ("step", "dev", "event")
 CHECKPOINT_FORMAT = "zo-run-checkpoint"
 BEST_STATE_FILE = "best_model.safetensors"
 PREDICTIONS_FILE = "test_predictions.jsonl"  # the test split's prediction and score per example
-# "interrupted" runs can be resumed; "evaluated without training" is an evaluation-only run (zo.recipes.finetune)
-FINISHED_STATUSES_PREFIX = ("completed", "stopped", "evaluated without training")
-
-
-def is_finished(status: str | None) -> bool:
-    return str(status or "").startswith(FINISHED_STATUSES_PREFIX)
-
-
 class RunFolderError(ValueError):
     """The run folder cannot be used as asked (a finished run, or a resume with another config)."""
 

@@ -12,10 +12,11 @@ import signal
 import sys
 import threading
 
+from zo.run.status import INTERRUPTED
+
 log = logging.getLogger(__name__)
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
-INTERRUPTED = "interrupted"
 
 
 class GracefulStop:
