@@ -449,7 +449,7 @@ def meta_train(config: L2LConfig) -> dict:
     except _MaxStepsReached:
         status = f"{STOPPED} at max_steps={config.max_steps}"
     except KeyboardInterrupt:
-        status = f"interrupted at step {step}"
+        status = f"{INTERRUPTED} at step {step}"
         log.warning("interrupted: saving the bank as of step %d", step)
         save_bank(final=False)
         raise

@@ -34,6 +34,8 @@ LOG_KINDS = ("step", "dev", "event")
 CHECKPOINT_FORMAT = "zo-run-checkpoint"
 BEST_STATE_FILE = "best_model.safetensors"
 PREDICTIONS_FILE = "test_predictions.jsonl"  # the test split's prediction and score per example
+
+
 class RunFolderError(ValueError):
     """The run folder cannot be used as asked (a finished run, or a resume with another config)."""
 

@@ -12,8 +12,6 @@ import signal
 import sys
 import threading
 
-from zo.run.status import INTERRUPTED
-
 log = logging.getLogger(__name__)
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
