@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> dict:
     return meta_train(L2LConfig(**args))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script's entry (pyproject.toml): logging, then main with its exit codes."""
     setup_logging()
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()
