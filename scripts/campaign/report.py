@@ -224,6 +224,12 @@ def ablation_table(cells, settings, methods: tuple[str, ...], first: str = "bank
     A table of banks (first == "bank") ends with each bank's noise split, as measured beside the bank."""
     tasks = [t for t in settings.tasks if any((t, m) in cells and cells[t, m].runs for m in methods)]
     if not tasks:
+        # a grid partly run chooses no LR yet: say so, not that nothing ran
+        partial = [f"{t} {m} {c.grid_done}/{c.grid_size}" for (t, m), c in cells.items()
+                   if m in methods and c.grid_done]
+        if partial:
+            return [f"No LR chosen yet for {', '.join(methods)}: grids partly run ({', '.join(partial)}); "
+                    "their runs are in the table of every grid run."]
         return [f"No runs yet for {', '.join(methods)}."]
     methods = tuple(dict.fromkeys(shown_with + methods))
     by_name = {m.name: m for m in settings.methods}

@@ -68,6 +68,16 @@ def test_the_diagnostics_table_shows_mezo_and_zoft_beside_the_variants_on_their_
     assert [r.split(" |")[0] for r in rows[2:]] == ["| mezo", "| zoft_new", "| zoft_no_embed", "| mezo_embed_only"]
     assert "0.9000 / 0.6500 (1e-4)" in rows[4] and rows[5].endswith("| missing |")
 
+    # a grid under way chooses no LR: the table says how far each grid is, not that nothing ran
+    partial = {("CB", "zoft_no_embed"): Cell("CB", "zoft_no_embed", grid_done=1, grid_size=3),
+               ("SQuAD", "mezo_embed_only"): Cell("SQuAD", "mezo_embed_only", grid_size=3)}
+    assert ablation_table(partial, settings, ("zoft_no_embed", "mezo_embed_only"), first="method") == [
+        "No LR chosen yet for zoft_no_embed, mezo_embed_only: grids partly run (CB zoft_no_embed 1/3); "
+        "their runs are in the table of every grid run."]
+    del partial["CB", "zoft_no_embed"]
+    assert ablation_table(partial, settings, ("zoft_no_embed", "mezo_embed_only"), first="method") == [
+        "No runs yet for zoft_no_embed, mezo_embed_only."]
+
 
 def test_the_paper_table_bolds_the_best_zeroth_order_cell_and_marks_what_has_not_run(tmp_path):
     settings = load_settings({"RESULTS_DIR": str(tmp_path), "TASKS": "SST2 CB WSC BoolQ",
