@@ -1,13 +1,13 @@
 """pyproject.toml's install: every package of the code is found, and each console script names a real entry."""
 import importlib
 import tomllib
-from pathlib import Path
 
 import pytest
 
+from conftest import REPO_ROOT
+
 find_namespace_packages = pytest.importorskip("setuptools").find_namespace_packages
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 
 
